@@ -1,0 +1,54 @@
+//! Small, audited helpers for touching the host: process identity and signals
+//! ([`process`]), durable file writes ([`fs`]), and machine facts ([`boot_id`]).
+//!
+//! Everything here uses system calls directly (through `libc`); nothing runs a shell.
+
+pub mod fs;
+pub mod process;
+
+/// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), which changes on every boot.
+/// Receipts record it so that a revert after a reboot knows that non-persistent state
+/// (processes, qdiscs) is already gone and must not be matched by number.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+/// Whether the current process runs with effective uid 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Random lower-case hex of `n` bytes from the kernel's CSPRNG (`getrandom(2)`).
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let r = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if r > 0 {
+            filled += r as usize;
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // getrandom cannot fail on Linux >= 3.17 with a valid buffer; fall back to time.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos();
+            for (i, b) in buf.iter_mut().enumerate().skip(filled) {
+                *b = (t >> ((i % 16) * 8)) as u8 ^ (std::process::id() as u8);
+            }
+            break;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since the Unix epoch, for journal timestamps.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,210 @@
+//! The kind registry: maps kind strings to constructors and to the receipt-only functions
+//! (verify, revert, manual undo), so the runner, recovery and examples never `match` on
+//! kinds. Each fault crate exposes `register(&mut Registry)`.
+
+use std::collections::BTreeMap;
+use std::time::Duration as StdDuration;
+
+use serde_json::Value;
+
+use crate::fault::{Context, Fault, KindInfo, Observation};
+use crate::{Error, ErrorKind, Result};
+
+/// A fault with its spec type erased; receipts travel as JSON values.
+pub trait DynFault: Send + Sync {
+    /// The kind string.
+    fn kind(&self) -> &'static str;
+    /// One line saying what this fault will do.
+    fn describe(&self) -> String;
+    /// The validated spec, as JSON (what the journal stores).
+    fn spec(&self) -> Value;
+    /// See [`Fault::plan`].
+    fn plan(&self, cx: &Context) -> Result<Value>;
+    /// See [`Fault::inject`].
+    fn inject(&self, cx: &Context, receipt: &mut Value) -> Result<()>;
+    /// See [`Fault::maintain_interval`].
+    fn maintain_interval(&self) -> Option<StdDuration>;
+    /// See [`Fault::maintain`].
+    fn maintain(&self, cx: &Context, receipt: &mut Value) -> Result<Option<StdDuration>>;
+}
+
+struct Erased<F: Fault> {
+    fault: F,
+    spec: Value,
+}
+
+fn decode<R: serde::de::DeserializeOwned>(kind: &str, v: &Value) -> Result<R> {
+    R::deserialize(v).map_err(|e| {
+        Error::new(
+            ErrorKind::Journal,
+            format!("{kind}: unreadable receipt: {e}"),
+        )
+    })
+}
+
+fn encode<R: serde::Serialize>(kind: &str, r: &R) -> Result<Value> {
+    serde_json::to_value(r).map_err(|e| {
+        Error::new(
+            ErrorKind::Journal,
+            format!("{kind}: receipt not serializable: {e}"),
+        )
+    })
+}
+
+impl<F: Fault> DynFault for Erased<F> {
+    fn kind(&self) -> &'static str {
+        F::KIND
+    }
+    fn describe(&self) -> String {
+        self.fault.describe()
+    }
+    fn spec(&self) -> Value {
+        self.spec.clone()
+    }
+    fn plan(&self, cx: &Context) -> Result<Value> {
+        encode(F::KIND, &self.fault.plan(cx)?)
+    }
+    fn inject(&self, cx: &Context, receipt: &mut Value) -> Result<()> {
+        let mut r: F::Receipt = decode(F::KIND, receipt)?;
+        let result = self.fault.inject(cx, &mut r);
+        // Keep what inject recorded even when it failed part-way: revert needs it.
+        *receipt = encode(F::KIND, &r)?;
+        result
+    }
+    fn maintain_interval(&self) -> Option<StdDuration> {
+        self.fault.maintain_interval()
+    }
+    fn maintain(&self, cx: &Context, receipt: &mut Value) -> Result<Option<StdDuration>> {
+        let mut r: F::Receipt = decode(F::KIND, receipt)?;
+        let result = self.fault.maintain(cx, &mut r);
+        *receipt = encode(F::KIND, &r)?;
+        result
+    }
+}
+
+/// One registered kind.
+#[derive(Clone, Copy)]
+pub struct KindEntry {
+    /// The kind string.
+    pub kind: &'static str,
+    /// Describe the kind.
+    pub info: fn() -> KindInfo,
+    build: fn(&Value) -> Result<Box<dyn DynFault>>,
+    verify: fn(&Value) -> Result<Observation>,
+    revert: fn(&Value) -> Result<()>,
+    manual_undo: fn(&Value) -> Result<Vec<String>>,
+    targets: fn(&Value) -> Result<Vec<String>>,
+}
+
+impl std::fmt::Debug for KindEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KindEntry")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+fn build<F: Fault>(spec: &Value) -> Result<Box<dyn DynFault>> {
+    let parsed: F::Spec = serde_path_to_error::deserialize(spec).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() {
+            Error::invalid(inner)
+        } else {
+            Error::invalid(format!("{path}: {inner}"))
+        }
+    })?;
+    let fault = F::new(parsed)?;
+    let spec = encode(F::KIND, &spec_of::<F>(&fault, spec))?;
+    Ok(Box::new(Erased { fault, spec }))
+}
+
+// The journal keeps the spec as the user wrote it (validated); this indirection exists so a
+// future kind can normalize it.
+fn spec_of<F: Fault>(_f: &F, spec: &Value) -> Value {
+    spec.clone()
+}
+
+fn verify<F: Fault>(r: &Value) -> Result<Observation> {
+    F::verify(&decode(F::KIND, r)?)
+}
+fn revert<F: Fault>(r: &Value) -> Result<()> {
+    F::revert(&decode(F::KIND, r)?)
+}
+fn manual_undo<F: Fault>(r: &Value) -> Result<Vec<String>> {
+    Ok(F::manual_undo(&decode(F::KIND, r)?))
+}
+fn targets<F: Fault>(r: &Value) -> Result<Vec<String>> {
+    Ok(F::targets(&decode(F::KIND, r)?))
+}
+
+/// Kind string -> constructor and receipt functions.
+#[derive(Debug, Default, Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, KindEntry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Register fault type `F` under `F::KIND`. Registering a kind twice keeps the last.
+    pub fn register<F: Fault>(&mut self) -> &mut Registry {
+        self.kinds.insert(
+            F::KIND,
+            KindEntry {
+                kind: F::KIND,
+                info: F::info,
+                build: build::<F>,
+                verify: verify::<F>,
+                revert: revert::<F>,
+                manual_undo: manual_undo::<F>,
+                targets: targets::<F>,
+            },
+        );
+        self
+    }
+
+    /// The entry for `kind`.
+    pub fn get(&self, kind: &str) -> Result<&KindEntry> {
+        self.kinds.get(kind).ok_or_else(|| {
+            let known: Vec<&str> = self.kinds.keys().copied().collect();
+            Error::invalid(format!(
+                "unknown fault kind \"{kind}\" (known kinds: {})",
+                known.join(", ")
+            ))
+        })
+    }
+
+    /// Every registered kind, sorted.
+    pub fn kinds(&self) -> impl Iterator<Item = &KindEntry> {
+        self.kinds.values()
+    }
+
+    /// Validate `spec` for `kind` and build the fault.
+    pub fn build(&self, kind: &str, spec: &Value) -> Result<Box<dyn DynFault>> {
+        (self.get(kind)?.build)(spec)
+    }
+
+    /// Verify from a receipt alone.
+    pub fn verify(&self, kind: &str, receipt: &Value) -> Result<Observation> {
+        (self.get(kind)?.verify)(receipt)
+    }
+
+    /// Revert from a receipt alone.
+    pub fn revert(&self, kind: &str, receipt: &Value) -> Result<()> {
+        (self.get(kind)?.revert)(receipt)
+    }
+
+    /// The manual undo commands for a receipt.
+    pub fn manual_undo(&self, kind: &str, receipt: &Value) -> Result<Vec<String>> {
+        (self.get(kind)?.manual_undo)(receipt)
+    }
+
+    /// The targets a receipt acts on.
+    pub fn targets(&self, kind: &str, receipt: &Value) -> Result<Vec<String>> {
+        (self.get(kind)?.targets)(receipt)
+    }
+}

@@ -1,0 +1,118 @@
+//! Helpers for tests of crates built on `fault-core` (feature `test-util`).
+
+/// Skip the current test (return early) with a printed reason unless running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !$crate::host::is_root() {
+            eprintln!(
+                "SKIPPED {}: needs root (run the suite with sudo)",
+                module_path!()
+            );
+            return;
+        }
+    };
+}
+
+/// A fresh temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    /// Create `/tmp/<prefix>-<random>` (mode 0700).
+    pub fn new(prefix: &str) -> TempDir {
+        use std::os::unix::fs::DirBuilderExt;
+        let p = std::env::temp_dir().join(format!("{prefix}-{}", crate::host::random_hex(6)));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&p)
+            .expect("create temp dir");
+        TempDir(p)
+    }
+    /// The path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tmpfs of `size` mounted on a fresh temporary directory, unmounted on drop. Needs root.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` bytes.
+    pub fn mount(size: u64) -> std::io::Result<Tmpfs> {
+        use std::ffi::CString;
+        let dir = TempDir::new("chaos-tmpfs");
+        let target = CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("no NUL");
+        let opts = CString::new(format!("size={size},mode=0755")).expect("no NUL");
+        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Tmpfs { dir })
+    }
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Ok(target) = std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()) {
+            // SAFETY: target is a valid NUL-terminated path.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// A child process the test owns (`sleep` by default), killed and reaped on drop.
+#[derive(Debug)]
+pub struct Victim(pub std::process::Child);
+
+impl Victim {
+    /// Start `sleep 600` with `argv[0]` set to `name` (so tests can target it by name).
+    pub fn sleeping(name: &str) -> Victim {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("sleep")
+            .arg0(name)
+            .arg("600")
+            .spawn()
+            .expect("spawn sleep");
+        Victim(child)
+    }
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    /// Its state letter from `/proc/<pid>/stat`.
+    pub fn state(&self) -> Option<char> {
+        crate::host::process::Stat::read(self.pid()).map(|s| s.state)
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
