@@ -1,1 +1,1025 @@
-//! placeholder
+//! The runner: executes a validated experiment and always reverts.
+//!
+//! For each step, every fault is **planned** first (targets resolved, nothing changed); if
+//! any plan fails, or two faults of the step act on the same target, or a target still waits
+//! for a person to undo an earlier fault, the step fails before anything is touched. Then
+//! each fault is journaled as `planned` (fsync'd) and runs on its own thread:
+//! wait for its start delay -> inject -> journal `applied` -> verify it took effect -> hold
+//! for its duration (calling `maintain` when the fault asks) -> revert -> verify clean ->
+//! journal `reverted`.
+//!
+//! A fault that fails to inject or verify is reverted (partial artifacts too) and makes the
+//! other faults of the step revert at once; the step and the run are reported failed and the
+//! remaining steps do not run. An abort (Ctrl-C, SIGTERM, the daemon's abort order, a lost
+//! lease) ends the hold of every fault, which then reverts. A revert is retried with
+//! backoff; when it keeps failing the record becomes `needs-manual`, carrying the commands a
+//! person can run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::experiment::{FaultDef, Prepared};
+use crate::journal::{Entry, Journal, Record, RecordState};
+use crate::{failpoint, Context, DynFault, Effect, Error, ErrorKind, Registry, Result};
+
+/// A cancellation flag shared by the runner and whoever may abort it. A child handle is
+/// aborted when its parent is, but aborting a child leaves the parent running.
+#[derive(Debug, Clone, Default)]
+pub struct AbortHandle {
+    inner: Arc<AbortInner>,
+}
+
+#[derive(Debug, Default)]
+struct AbortInner {
+    flag: AtomicBool,
+    reason: Mutex<Option<String>>,
+    parent: Option<AbortHandle>,
+}
+
+impl AbortHandle {
+    /// A fresh, not-aborted handle.
+    pub fn new() -> AbortHandle {
+        AbortHandle::default()
+    }
+
+    /// A handle aborted by this one (and by its own `abort`).
+    pub fn child(&self) -> AbortHandle {
+        AbortHandle {
+            inner: Arc::new(AbortInner {
+                parent: Some(self.clone()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Abort, keeping the first reason given.
+    pub fn abort(&self, reason: impl Into<String>) {
+        let mut r = self.inner.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason.into());
+        }
+        self.inner.flag.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this handle or an ancestor was aborted.
+    pub fn is_aborted(&self) -> bool {
+        self.inner.flag.load(Ordering::SeqCst)
+            || self.inner.parent.as_ref().is_some_and(|p| p.is_aborted())
+    }
+
+    /// The reason of the nearest aborted handle.
+    pub fn reason(&self) -> Option<String> {
+        if self.inner.flag.load(Ordering::SeqCst) {
+            return self
+                .inner
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+        }
+        self.inner.parent.as_ref().and_then(|p| p.reason())
+    }
+
+    /// Sleep up to `d`, waking within 50 ms of an abort. Returns `true` if aborted.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let end = Instant::now() + d;
+        loop {
+            if self.is_aborted() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= end {
+                return false;
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+        }
+    }
+}
+
+/// How often and how patiently a failing revert is retried before `needs-manual`.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Delays before each attempt; its length is the number of attempts.
+    pub backoff: Vec<Duration>,
+    /// How long to wait for `verify` to report clean after a successful revert.
+    pub settle: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            backoff: vec![
+                Duration::ZERO,
+                Duration::from_millis(250),
+                Duration::from_secs(1),
+            ],
+            settle: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Where a fault is, as reported in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultState {
+    /// Planned and journaled.
+    Planned,
+    /// Injected.
+    Injected,
+    /// Verified in effect; holding.
+    Holding,
+    /// Reverting.
+    Reverting,
+    /// Reverted and verified clean.
+    Reverted,
+    /// Failed (plan, inject or verify).
+    Failed,
+    /// Revert failed after retries; a person must undo it.
+    NeedsManual,
+    /// Never injected (the step failed or the run was aborted first).
+    Skipped,
+}
+
+/// Progress, for a live view or JSON lines.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    /// The run begins.
+    RunStarted {
+        /// Run id.
+        run_id: String,
+        /// Experiment name.
+        name: String,
+        /// Number of steps.
+        steps: usize,
+        /// Upper bound of the run's length, in milliseconds.
+        max_duration_ms: u64,
+    },
+    /// A step begins.
+    StepStarted {
+        /// Step index (0-based).
+        step: usize,
+        /// Step name.
+        name: String,
+        /// Number of faults in the step.
+        faults: usize,
+    },
+    /// A fault changed state.
+    Fault {
+        /// Step index.
+        step: usize,
+        /// Fault id.
+        fault_id: String,
+        /// Kind.
+        kind: String,
+        /// New state.
+        state: FaultState,
+        /// What happened, for people.
+        detail: String,
+    },
+    /// A fault is being held; sent about once a second.
+    Holding {
+        /// Step index.
+        step: usize,
+        /// Fault id.
+        fault_id: String,
+        /// Kind.
+        kind: String,
+        /// Time left, in milliseconds.
+        remaining_ms: u64,
+    },
+    /// A step ended.
+    StepFinished {
+        /// Step index.
+        step: usize,
+        /// Outcome.
+        outcome: StepOutcome,
+    },
+    /// The run ended.
+    RunFinished {
+        /// The full report.
+        report: RunReport,
+    },
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StepOutcome {
+    /// Every fault ran its full duration and was reverted.
+    Completed,
+    /// A fault failed to plan, inject or verify.
+    Failed,
+    /// The run was aborted during the step.
+    Aborted,
+    /// The step never started (an earlier step failed, or the run was aborted).
+    Skipped,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunOutcome {
+    /// Every step completed.
+    Completed,
+    /// A step failed.
+    Failed,
+    /// The run was aborted.
+    Aborted,
+}
+
+/// What became of a fault's change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RevertOutcome {
+    /// Reverted and verified clean.
+    Reverted,
+    /// Nothing was applied, so nothing had to be reverted.
+    NotNeeded,
+    /// The change cannot be taken back (e.g. a killed process); nothing to revert.
+    Irreversible,
+    /// Revert failed; see `manual_undo`.
+    NeedsManual,
+}
+
+/// One fault in a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaultReport {
+    /// Fault id.
+    pub fault_id: String,
+    /// Kind.
+    pub kind: String,
+    /// What it does.
+    pub description: String,
+    /// Whether inject succeeded.
+    pub injected: bool,
+    /// What verify saw after inject.
+    pub observed: Option<String>,
+    /// How long it was held, in milliseconds.
+    pub held_ms: u64,
+    /// What became of it.
+    pub revert: RevertOutcome,
+    /// The first error, if any.
+    pub error: Option<String>,
+    /// Commands for a person, when `revert` is `needs-manual`.
+    pub manual_undo: Vec<String>,
+}
+
+/// One step in a report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step name.
+    pub name: String,
+    /// Outcome.
+    pub outcome: StepOutcome,
+    /// Why the step failed before any fault ran (planning errors, conflicts).
+    pub error: Option<String>,
+    /// Its faults.
+    pub faults: Vec<FaultReport>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Run id.
+    pub run_id: String,
+    /// Experiment name.
+    pub name: String,
+    /// Outcome.
+    pub outcome: RunOutcome,
+    /// Why it was aborted.
+    pub abort_reason: Option<String>,
+    /// Steps.
+    pub steps: Vec<StepReport>,
+    /// Wall time, in milliseconds.
+    pub elapsed_ms: u64,
+}
+
+impl RunReport {
+    /// Whether every change was reverted (no fault needs a person).
+    pub fn host_clean(&self) -> bool {
+        self.steps
+            .iter()
+            .flat_map(|s| &s.faults)
+            .all(|f| f.revert != RevertOutcome::NeedsManual)
+    }
+}
+
+/// The event callback.
+pub type Events<'a> = &'a (dyn Fn(&Event) + Sync);
+
+/// Runs experiments; see the module docs.
+pub struct Runner<'a> {
+    /// Kinds.
+    pub registry: &'a Registry,
+    /// The journal (held under the state lock by the caller).
+    pub journal: &'a Journal,
+    /// Progress callback.
+    pub events: Events<'a>,
+    /// Aborts the run.
+    pub abort: AbortHandle,
+    /// Revert retries.
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for Runner<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new run id: 8 random hex digits.
+pub fn new_run_id() -> String {
+    crate::host::random_hex(4)
+}
+
+/// The fault id of fault `fault` (0-based) of step `step` in run `run_id`.
+pub fn fault_id(run_id: &str, step: usize, fault: usize) -> String {
+    format!("{run_id}-{}-{}", step + 1, fault + 1)
+}
+
+/// Refuse to start while the journal holds faults that were never reverted (a crashed run):
+/// those must be recovered first. Returns the targets of `needs-manual` records, which new
+/// faults may not touch.
+pub fn preflight(journal: &Journal) -> Result<Vec<String>> {
+    let mut pending = Vec::new();
+    let mut manual = Vec::new();
+    for e in journal.load()? {
+        match e {
+            Entry::Ok(r) if r.state == RecordState::NeedsManual => manual.extend(r.targets),
+            Entry::Ok(r) if r.state != RecordState::Reverted => pending.push(r.fault_id),
+            Entry::Ok(_) => {}
+            Entry::Corrupt { fault_id, .. } => pending.push(format!("{fault_id} (corrupt record)")),
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "the journal holds {} fault(s) from an earlier run that were never reverted ({}); run `chaos-agent recover` first",
+                pending.len(),
+                pending.join(", ")
+            ),
+        ));
+    }
+    Ok(manual)
+}
+
+/// One planned fault of a step.
+struct Planned<'p> {
+    fault: &'p dyn DynFault,
+    def: &'p FaultDef,
+    cx: Context,
+    record: Record,
+}
+
+impl Runner<'_> {
+    fn emit_fault(&self, step: usize, r: &Record, state: FaultState, detail: impl Into<String>) {
+        (self.events)(&Event::Fault {
+            step,
+            fault_id: r.fault_id.clone(),
+            kind: r.kind.clone(),
+            state,
+            detail: detail.into(),
+        });
+    }
+
+    /// Run a validated experiment. Returns when every step has ended and every applied
+    /// change has been reverted (or marked `needs-manual`). Call [`preflight`] first.
+    pub fn run(&self, prepared: &Prepared, run_id: &str, manual_targets: &[String]) -> RunReport {
+        let started = Instant::now();
+        let exp = &prepared.experiment;
+        (self.events)(&Event::RunStarted {
+            run_id: run_id.to_string(),
+            name: exp.name.clone(),
+            steps: exp.steps.len(),
+            max_duration_ms: exp.total_duration().as_millis() as u64,
+        });
+        let mut steps = Vec::new();
+        let mut outcome = RunOutcome::Completed;
+        for (si, step) in exp.steps.iter().enumerate() {
+            if outcome != RunOutcome::Completed || self.abort.is_aborted() {
+                if self.abort.is_aborted() && outcome == RunOutcome::Completed {
+                    outcome = RunOutcome::Aborted;
+                }
+                steps.push(StepReport {
+                    name: step.name.clone(),
+                    outcome: StepOutcome::Skipped,
+                    error: None,
+                    faults: Vec::new(),
+                });
+                (self.events)(&Event::StepFinished {
+                    step: si,
+                    outcome: StepOutcome::Skipped,
+                });
+                continue;
+            }
+            let report = self.run_step(
+                si,
+                &step.name,
+                &prepared.faults[si],
+                &step.faults,
+                run_id,
+                manual_targets,
+            );
+            (self.events)(&Event::StepFinished {
+                step: si,
+                outcome: report.outcome,
+            });
+            match report.outcome {
+                StepOutcome::Failed => outcome = RunOutcome::Failed,
+                StepOutcome::Aborted => outcome = RunOutcome::Aborted,
+                _ => {}
+            }
+            steps.push(report);
+        }
+        let report = RunReport {
+            run_id: run_id.to_string(),
+            name: exp.name.clone(),
+            outcome,
+            abort_reason: if outcome == RunOutcome::Aborted {
+                self.abort.reason()
+            } else {
+                None
+            },
+            steps,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        };
+        (self.events)(&Event::RunFinished {
+            report: report.clone(),
+        });
+        report
+    }
+
+    fn run_step(
+        &self,
+        si: usize,
+        name: &str,
+        faults: &[Box<dyn DynFault>],
+        defs: &[FaultDef],
+        run_id: &str,
+        manual_targets: &[String],
+    ) -> StepReport {
+        (self.events)(&Event::StepStarted {
+            step: si,
+            name: name.to_string(),
+            faults: faults.len(),
+        });
+        let failed = |error: String, reports: Vec<FaultReport>| StepReport {
+            name: name.to_string(),
+            outcome: StepOutcome::Failed,
+            error: Some(error),
+            faults: reports,
+        };
+        let skipped = |f: &dyn DynFault, id: String, error: Option<String>| FaultReport {
+            fault_id: id,
+            kind: f.kind().to_string(),
+            description: f.describe(),
+            injected: false,
+            observed: None,
+            held_ms: 0,
+            revert: RevertOutcome::NotNeeded,
+            error,
+            manual_undo: Vec::new(),
+        };
+
+        // 1. Plan everything; change nothing.
+        let mut planned: Vec<Planned<'_>> = Vec::new();
+        let mut errors = Vec::new();
+        for (fi, (fault, def)) in faults.iter().zip(defs).enumerate() {
+            let id = fault_id(run_id, si, fi);
+            let cx = Context::new(&id, run_id);
+            let result = fault.plan(&cx).and_then(|receipt| {
+                let targets = self.registry.targets(fault.kind(), &receipt)?;
+                Ok((receipt, targets))
+            });
+            match result {
+                Ok((receipt, targets)) => {
+                    let record =
+                        Record::planned(&id, run_id, fault.kind(), fault.spec(), receipt, targets);
+                    planned.push(Planned {
+                        fault: fault.as_ref(),
+                        def,
+                        cx,
+                        record,
+                    });
+                }
+                Err(e) => errors.push(format!("{id} ({}): {e}", fault.kind())),
+            }
+        }
+        // 2. Refuse overlapping targets, and targets waiting for manual undo.
+        for (i, a) in planned.iter().enumerate() {
+            for t in &a.record.targets {
+                if manual_targets.contains(t) {
+                    errors.push(format!(
+                        "{} ({}): {t} still carries a fault that needs manual undo; undo it and run `chaos-agent forget <fault-id>`",
+                        a.record.fault_id, a.record.kind
+                    ));
+                }
+                for b in &planned[i + 1..] {
+                    if b.record.targets.contains(t) {
+                        errors.push(format!(
+                            "{} and {} both act on {t}; faults of one step run at the same time, so put them in separate steps",
+                            a.record.fault_id, b.record.fault_id
+                        ));
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            let reports = faults
+                .iter()
+                .enumerate()
+                .map(|(fi, f)| skipped(f.as_ref(), fault_id(run_id, si, fi), None))
+                .collect();
+            for p in &planned {
+                self.emit_fault(
+                    si,
+                    &p.record,
+                    FaultState::Skipped,
+                    "step failed before injection",
+                );
+            }
+            return failed(
+                format!("nothing was changed: {}", errors.join("; ")),
+                reports,
+            );
+        }
+        failpoint::hit("after-plan");
+
+        // 3. Journal every plan before touching the host.
+        for (i, p) in planned.iter().enumerate() {
+            if let Err(e) = self.journal.put(&p.record) {
+                // Nothing is injected yet: close the records already written.
+                for q in &mut planned[..i] {
+                    q.record.state = RecordState::Reverted;
+                    let _ = self.journal.put(&q.record);
+                }
+                let reports = planned
+                    .iter()
+                    .map(|p| skipped(p.fault, p.record.fault_id.clone(), None))
+                    .collect();
+                return failed(
+                    format!("nothing was changed: cannot write the journal: {e}"),
+                    reports,
+                );
+            }
+            self.emit_fault(si, &p.record, FaultState::Planned, p.fault.describe());
+        }
+        failpoint::hit("after-journal-planned");
+
+        // 4. Run the faults of the step in parallel.
+        let step_abort = self.abort.child();
+        let reports: Vec<FaultReport> = std::thread::scope(|s| {
+            let handles: Vec<_> = planned
+                .into_iter()
+                .map(|p| {
+                    let step_abort = step_abort.clone();
+                    s.spawn(move || self.run_fault(si, p, &step_abort))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fault thread panicked"))
+                .collect()
+        });
+        let outcome = if reports.iter().any(|r| r.error.is_some()) {
+            StepOutcome::Failed
+        } else if self.abort.is_aborted() {
+            StepOutcome::Aborted
+        } else {
+            StepOutcome::Completed
+        };
+        StepReport {
+            name: name.to_string(),
+            outcome,
+            error: None,
+            faults: reports,
+        }
+    }
+
+    fn run_fault(&self, si: usize, p: Planned<'_>, step_abort: &AbortHandle) -> FaultReport {
+        let Planned {
+            fault,
+            def,
+            cx,
+            mut record,
+        } = p;
+        let mut report = FaultReport {
+            fault_id: record.fault_id.clone(),
+            kind: record.kind.clone(),
+            description: fault.describe(),
+            injected: false,
+            observed: None,
+            held_ms: 0,
+            revert: RevertOutcome::NotNeeded,
+            error: None,
+            manual_undo: Vec::new(),
+        };
+        let fail = |report: &mut FaultReport, record: &Record, msg: String| {
+            self.emit_fault(si, record, FaultState::Failed, msg.clone());
+            if report.error.is_none() {
+                report.error = Some(msg.clone());
+            }
+            step_abort.abort(format!("{} failed: {msg}", record.fault_id));
+        };
+
+        if step_abort.sleep(def.start_delay.std()) {
+            // Never injected: close the record without touching the host.
+            record.state = RecordState::Reverted;
+            let _ = self.journal.put(&record);
+            self.emit_fault(
+                si,
+                &record,
+                FaultState::Skipped,
+                "aborted before its start delay ended",
+            );
+            return report;
+        }
+
+        let injected = fault.inject(&cx, &mut record.receipt);
+        failpoint::hit("after-inject");
+        match injected {
+            Err(e) => {
+                // Keep what inject recorded (partial artifacts) so revert can remove it.
+                let _ = self.journal.put(&record);
+                fail(&mut report, &record, format!("inject failed: {e}"));
+            }
+            Ok(()) => {
+                report.injected = true;
+                record.state = RecordState::Applied;
+                record.updated_at = crate::host::unix_now();
+                if let Err(e) = self.journal.put(&record) {
+                    fail(
+                        &mut report,
+                        &record,
+                        format!("cannot journal the applied fault: {e}"),
+                    );
+                }
+                failpoint::hit("after-journal-applied");
+                self.emit_fault(si, &record, FaultState::Injected, "");
+            }
+        }
+
+        if report.error.is_none() {
+            match self.registry.verify(&record.kind, &record.receipt) {
+                Ok(obs) if obs.effect == Effect::InEffect => {
+                    self.emit_fault(si, &record, FaultState::Holding, obs.detail.clone());
+                    report.observed = Some(obs.detail);
+                }
+                Ok(obs) => fail(
+                    &mut report,
+                    &record,
+                    format!("injected, but verify saw {:?}: {}", obs.effect, obs.detail),
+                ),
+                Err(e) => fail(&mut report, &record, format!("verify failed: {e}")),
+            }
+        }
+
+        if report.error.is_none() {
+            let start = Instant::now();
+            let deadline = start + def.duration.std();
+            let mut next_maintain = fault.maintain_interval().map(|d| start + d);
+            let mut next_tick = start;
+            loop {
+                let now = Instant::now();
+                if step_abort.is_aborted() || now >= deadline {
+                    break;
+                }
+                if next_maintain.is_some_and(|t| now >= t) {
+                    match fault.maintain(&cx, &mut record.receipt) {
+                        Ok(next) => {
+                            next_maintain = next.map(|d| Instant::now() + d);
+                            let _ = self.journal.put(&record);
+                        }
+                        Err(e) => {
+                            fail(&mut report, &record, format!("maintain failed: {e}"));
+                            break;
+                        }
+                    }
+                }
+                if now >= next_tick {
+                    (self.events)(&Event::Holding {
+                        step: si,
+                        fault_id: record.fault_id.clone(),
+                        kind: record.kind.clone(),
+                        remaining_ms: (deadline - now).as_millis() as u64,
+                    });
+                    next_tick = now + Duration::from_secs(1);
+                }
+                let mut wake = deadline.min(next_tick);
+                if let Some(t) = next_maintain {
+                    wake = wake.min(t);
+                }
+                std::thread::sleep(
+                    wake.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(50)),
+                );
+            }
+            report.held_ms = start.elapsed().as_millis() as u64;
+        }
+
+        self.emit_fault(si, &record, FaultState::Reverting, "");
+        let outcome = revert_record(self.registry, self.journal, &mut record, &self.retry);
+        report.revert = outcome;
+        match outcome {
+            RevertOutcome::NeedsManual => {
+                report.manual_undo = record.manual_undo.clone();
+                let err = record.last_error.clone().unwrap_or_default();
+                self.emit_fault(
+                    si,
+                    &record,
+                    FaultState::NeedsManual,
+                    format!("revert failed: {err}"),
+                );
+                if report.error.is_none() {
+                    report.error = Some(format!("revert failed: {err}"));
+                }
+            }
+            _ if !report.injected && report.error.is_some() => {
+                // Inject failed: whatever it left behind was removed.
+                report.revert = RevertOutcome::Reverted;
+                self.emit_fault(si, &record, FaultState::Reverted, "partial changes removed");
+            }
+            RevertOutcome::Irreversible => self.emit_fault(
+                si,
+                &record,
+                FaultState::Reverted,
+                "nothing to revert (irreversible)",
+            ),
+            _ => self.emit_fault(si, &record, FaultState::Reverted, ""),
+        }
+        report
+    }
+}
+
+/// Revert a journaled fault from its record alone, with bounded retries, keeping the
+/// journal current at every attempt. Used by the runner and by recovery.
+pub fn revert_record(
+    registry: &Registry,
+    journal: &Journal,
+    record: &mut Record,
+    retry: &RetryPolicy,
+) -> RevertOutcome {
+    let entry = match registry.get(&record.kind) {
+        Ok(e) => *e,
+        Err(e) => {
+            record.state = RecordState::NeedsManual;
+            record.last_error = Some(format!("{e}; this agent cannot revert it"));
+            record.manual_undo = vec![format!(
+                "inspect {}/{}.json: its receipt describes what the fault changed",
+                journal.dir().display(),
+                record.fault_id
+            )];
+            record.updated_at = crate::host::unix_now();
+            let _ = journal.put(record);
+            return RevertOutcome::NeedsManual;
+        }
+    };
+    let reversible = (entry.info)().reversible;
+    for delay in &retry.backoff {
+        std::thread::sleep(*delay);
+        record.state = RecordState::Reverting;
+        record.attempts += 1;
+        record.updated_at = crate::host::unix_now();
+        let _ = journal.put(record);
+        failpoint::hit("mid-revert");
+        let result = registry
+            .revert(&record.kind, &record.receipt)
+            .and_then(|()| {
+                if reversible {
+                    wait_clean(registry, record, retry.settle)
+                } else {
+                    Ok(())
+                }
+            });
+        match result {
+            Ok(()) => {
+                record.state = RecordState::Reverted;
+                record.last_error = None;
+                record.updated_at = crate::host::unix_now();
+                let _ = journal.put(record);
+                failpoint::hit("after-revert");
+                return if reversible {
+                    RevertOutcome::Reverted
+                } else {
+                    RevertOutcome::Irreversible
+                };
+            }
+            Err(e) => record.last_error = Some(e.to_string()),
+        }
+    }
+    record.state = RecordState::NeedsManual;
+    record.manual_undo = registry
+        .manual_undo(&record.kind, &record.receipt)
+        .unwrap_or_else(|e| {
+            vec![format!(
+                "receipt unreadable ({e}); inspect the journal record"
+            )]
+        });
+    record.updated_at = crate::host::unix_now();
+    let _ = journal.put(record);
+    RevertOutcome::NeedsManual
+}
+
+fn wait_clean(registry: &Registry, record: &Record, settle: Duration) -> Result<()> {
+    let end = Instant::now() + settle;
+    loop {
+        let obs = registry.verify(&record.kind, &record.receipt)?;
+        if obs.effect == Effect::Clean {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(Error::new(
+                ErrorKind::Drifted,
+                format!("after revert the host is not clean: {}", obs.detail),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What recovery did with one journal entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecoverItem {
+    /// Fault id.
+    pub fault_id: String,
+    /// Kind (empty when the record is unreadable).
+    pub kind: String,
+    /// State found in the journal.
+    pub found: String,
+    /// What recovery did.
+    pub outcome: RecoverOutcome,
+    /// Details (errors, where the receipt came from).
+    pub detail: String,
+    /// Commands for a person.
+    pub manual_undo: Vec<String>,
+}
+
+/// The outcome of recovering one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoverOutcome {
+    /// Reverted now (or found already gone), verified clean.
+    Reverted,
+    /// Could not be reverted; a person must act.
+    NeedsManual,
+    /// The record is damaged and no intact copy exists: what it changed is unknown.
+    Unidentifiable,
+}
+
+/// Revert every journal entry that is not `reverted` (including `needs-manual` ones, which
+/// get another round of attempts). Needs no network and no token. The host is clean when
+/// every item is `reverted`.
+pub fn recover(
+    registry: &Registry,
+    journal: &Journal,
+    retry: &RetryPolicy,
+) -> Result<Vec<RecoverItem>> {
+    let mut items = Vec::new();
+    for entry in journal.load()? {
+        let (mut record, source) = match entry {
+            Entry::Ok(r) if r.state == RecordState::Reverted => continue,
+            Entry::Corrupt { path, error, backup: Some(b), .. } => {
+                (b, format!("record {} was damaged ({error}); used its last intact copy from the journal log. ", path.display()))
+            }
+            Entry::Corrupt { fault_id, path, error, backup: None } => {
+                items.push(RecoverItem {
+                    fault_id: fault_id.clone(),
+                    kind: String::new(),
+                    found: "corrupt".into(),
+                    outcome: RecoverOutcome::Unidentifiable,
+                    detail: format!("record {} is damaged ({error}) and has no intact copy; nothing was touched", path.display()),
+                    manual_undo: vec![
+                        format!("look for leftovers named after fault {fault_id}, e.g. `find / -xdev -name '.chaos-agent-*{fault_id}*'`, and stopped processes (`ps -eo pid,stat,comm | awk '$2 ~ /T/'`)"),
+                        format!("then `chaos-agent forget {fault_id}`"),
+                    ],
+                });
+                continue;
+            }
+            Entry::Ok(r) => (r, String::new()),
+        };
+        let found = record.state.as_str().to_string();
+        let outcome = revert_record(registry, journal, &mut record, retry);
+        let (outcome, detail) = match outcome {
+            RevertOutcome::NeedsManual => (
+                RecoverOutcome::NeedsManual,
+                format!(
+                    "{source}revert failed: {}",
+                    record.last_error.clone().unwrap_or_default()
+                ),
+            ),
+            RevertOutcome::Irreversible => (
+                RecoverOutcome::Reverted,
+                format!("{source}nothing to revert (irreversible)"),
+            ),
+            _ => (RecoverOutcome::Reverted, format!("{source}reverted")),
+        };
+        items.push(RecoverItem {
+            fault_id: record.fault_id.clone(),
+            kind: record.kind.clone(),
+            found,
+            outcome,
+            detail,
+            manual_undo: record.manual_undo.clone(),
+        });
+    }
+    Ok(items)
+}
+
+/// What one fault would do, for `--dry-run`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRunItem {
+    /// Step index.
+    pub step: usize,
+    /// Fault id it would get.
+    pub fault_id: String,
+    /// Kind.
+    pub kind: String,
+    /// What it will change.
+    pub description: String,
+    /// The privilege it needs.
+    pub privileges: String,
+    /// Start delay and duration.
+    pub start_delay: String,
+    /// Duration.
+    pub duration: String,
+    /// The plan's receipt (what it resolved), or the error planning gave.
+    pub plan: std::result::Result<Value, String>,
+}
+
+/// Plan every fault without changing anything (resolving targets as of now).
+pub fn dry_run(registry: &Registry, prepared: &Prepared, run_id: &str) -> Vec<DryRunItem> {
+    let mut out = Vec::new();
+    for (si, (faults, step)) in prepared
+        .faults
+        .iter()
+        .zip(&prepared.experiment.steps)
+        .enumerate()
+    {
+        for (fi, (fault, def)) in faults.iter().zip(&step.faults).enumerate() {
+            let id = fault_id(run_id, si, fi);
+            let info = registry.get(fault.kind()).map(|e| (e.info)());
+            out.push(DryRunItem {
+                step: si,
+                fault_id: id.clone(),
+                kind: fault.kind().to_string(),
+                description: fault.describe(),
+                privileges: info.map(|i| i.privileges.to_string()).unwrap_or_default(),
+                start_delay: def.start_delay.to_string(),
+                duration: def.duration.to_string(),
+                plan: fault
+                    .plan(&Context::new(&id, run_id))
+                    .map_err(|e| e.to_string()),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_abort_follows_parent_not_the_reverse() {
+        let parent = AbortHandle::new();
+        let child = parent.child();
+        child.abort("step failed");
+        assert!(child.is_aborted() && !parent.is_aborted());
+        let other = parent.child();
+        parent.abort("SIGTERM");
+        parent.abort("second reason is ignored");
+        assert!(other.is_aborted());
+        assert_eq!(other.reason().as_deref(), Some("SIGTERM"));
+        assert_eq!(child.reason().as_deref(), Some("step failed"));
+    }
+
+    #[test]
+    fn sleep_wakes_on_abort() {
+        let h = AbortHandle::new();
+        let h2 = h.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            h2.abort("stop");
+        });
+        let start = Instant::now();
+        assert!(h.sleep(Duration::from_secs(30)));
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+        assert!(!AbortHandle::new().sleep(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn fault_ids_are_valid_journal_names() {
+        let id = fault_id(&new_run_id(), 0, 11);
+        crate::journal::check_id(&id).unwrap();
+        assert!(id.ends_with("-1-12"), "{id}");
+    }
+}
