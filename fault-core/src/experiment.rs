@@ -129,153 +129,39 @@ impl Experiment {
     /// Parse an experiment file. Syntax errors report line and column; structural errors
     /// report paths. All structural problems are collected, not just the first.
     pub fn from_toml(text: &str) -> Result<Experiment, Invalid> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| {
-            let path = match e.span() {
-                Some(span) => {
-                    let before = &text[..span.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-                    format!("line {line}, column {col}")
-                }
-                None => String::new(),
-            };
-            Invalid(vec![Problem {
-                path,
-                message: e.message().trim().to_string(),
-            }])
-        })?;
-        let value = serde_json::to_value(&table).map_err(|e| {
-            Invalid(vec![Problem {
-                path: String::new(),
-                message: format!("unsupported value: {e}"),
-            }])
-        })?;
-        Experiment::from_value(&value)
+        Experiment::from_value(&toml_to_value(text)?)
     }
 
     /// Read an experiment from JSON (the control plane's form, same keys as the file).
     pub fn from_value(value: &Value) -> Result<Experiment, Invalid> {
-        let mut p = Problems(Vec::new());
-        let Some(top) = value.as_object() else {
-            return Err(Invalid(vec![Problem {
-                path: String::new(),
-                message: format!("expected a table, found {}", type_name(value)),
-            }]));
-        };
-        for key in top.keys() {
-            if !["name", "description", "steps"].contains(&key.as_str()) {
-                p.add(
-                    key.clone(),
-                    "unknown key (expected name, description, steps)",
-                );
-            }
-        }
-        let name = match top.get("name") {
-            Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
-            Some(Value::String(_)) => {
-                p.add("name", "must be 1 to 200 characters");
-                String::new()
-            }
-            Some(v) => {
-                p.add("name", format!("expected a string, found {}", type_name(v)));
-                String::new()
-            }
-            None => {
-                p.add("name", "missing (every experiment needs a name)");
-                String::new()
-            }
-        };
-        let description = match top.get("description") {
-            None => None,
-            Some(Value::String(s)) => Some(s.clone()),
-            Some(v) => {
-                p.add(
-                    "description",
-                    format!("expected a string, found {}", type_name(v)),
-                );
-                None
-            }
-        };
-        let mut steps = Vec::new();
-        match top.get("steps") {
-            None => p.add(
-                "steps",
-                "missing: add at least one [[steps]] with [[steps.faults]]",
-            ),
-            Some(Value::Array(a)) if a.is_empty() => p.add("steps", "empty: add at least one step"),
-            Some(Value::Array(a)) if a.len() > MAX_STEPS => p.add(
-                "steps",
-                format!("{} steps; at most {MAX_STEPS} are allowed", a.len()),
-            ),
-            Some(Value::Array(a)) => {
-                for (i, s) in a.iter().enumerate() {
-                    if let Some(step) = parse_step(&mut p, i, s) {
-                        steps.push(step);
-                    }
-                }
-            }
-            Some(v) => p.add(
-                "steps",
-                format!(
-                    "expected an array of tables ([[steps]]), found {}",
-                    type_name(v)
-                ),
-            ),
-        }
-        if p.0.is_empty() {
-            Ok(Experiment {
-                name,
-                description,
-                steps,
-            })
+        let (exp, _, problems) = parse(value, None);
+        if problems.is_empty() {
+            Ok(exp)
         } else {
-            Err(Invalid(p.0))
+            Err(Invalid(problems))
         }
     }
 
     /// Validate every fault against the registry (spec parsing and each kind's own checks).
     /// Reads nothing from the host and changes nothing.
     pub fn validate(self, registry: &Registry) -> Result<Prepared, Invalid> {
-        let mut p = Problems(Vec::new());
-        let mut faults = Vec::new();
-        for (si, step) in self.steps.iter().enumerate() {
-            let mut built = Vec::new();
-            for (fi, def) in step.faults.iter().enumerate() {
-                let path = format!("steps[{si}].faults[{fi}]");
-                match registry.build(&def.kind, &Value::Object(def.params.clone())) {
-                    Ok(f) => built.push(f),
-                    Err(e) => {
-                        let msg = e.message().to_string();
-                        // "field: message" from the spec decoder becomes part of the path.
-                        match msg.split_once(": ") {
-                            Some((field, rest))
-                                if !field.contains(' ')
-                                    && def.params.contains_key(
-                                        field.split(['.', '[']).next().unwrap_or(""),
-                                    ) =>
-                            {
-                                p.add(format!("{path}.{field}"), rest)
-                            }
-                            _ => p.add(path, format!("{} ({})", e, def.kind)),
-                        }
-                    }
-                }
-            }
-            faults.push(built);
-        }
-        if p.0.is_empty() {
-            Ok(Prepared {
-                experiment: self,
-                faults,
-            })
-        } else {
-            Err(Invalid(p.0))
-        }
+        Experiment::load_value(&self.to_value(), registry)
     }
 
-    /// Parse and validate in one go.
+    /// Parse and validate an experiment file, reporting structural and per-kind problems
+    /// together.
     pub fn load_toml(text: &str, registry: &Registry) -> Result<Prepared, Invalid> {
-        Experiment::from_toml(text)?.validate(registry)
+        Experiment::load_value(&toml_to_value(text)?, registry)
+    }
+
+    /// Parse and validate the JSON form (what the control plane sends).
+    pub fn load_value(value: &Value, registry: &Registry) -> Result<Prepared, Invalid> {
+        let (experiment, faults, problems) = parse(value, Some(registry));
+        if problems.is_empty() {
+            Ok(Prepared { experiment, faults })
+        } else {
+            Err(Invalid(problems))
+        }
     }
 
     /// The experiment as JSON (the control plane's form).
@@ -332,7 +218,161 @@ impl Experiment {
     }
 }
 
-fn parse_step(p: &mut Problems, i: usize, v: &Value) -> Option<Step> {
+fn toml_to_value(text: &str) -> Result<Value, Invalid> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let path = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                format!("line {line}, column {col}")
+            }
+            None => String::new(),
+        };
+        Invalid(vec![Problem {
+            path,
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    serde_json::to_value(&table).map_err(|e| {
+        Invalid(vec![Problem {
+            path: String::new(),
+            message: format!("unsupported value: {e}"),
+        }])
+    })
+}
+
+type Built = Vec<Vec<Box<dyn DynFault>>>;
+
+/// Parse what can be parsed, collecting every problem. With a registry, each fault whose
+/// kind could be read is also built (validated) by its kind, even when other parts of the
+/// document have problems, so one pass reports everything.
+fn parse(value: &Value, registry: Option<&Registry>) -> (Experiment, Built, Vec<Problem>) {
+    let mut p = Problems(Vec::new());
+    let mut built = Vec::new();
+    let empty = Experiment {
+        name: String::new(),
+        description: None,
+        steps: Vec::new(),
+    };
+    let Some(top) = value.as_object() else {
+        let msg = format!("expected a table, found {}", type_name(value));
+        return (
+            empty,
+            built,
+            vec![Problem {
+                path: String::new(),
+                message: msg,
+            }],
+        );
+    };
+    for key in top.keys() {
+        if !["name", "description", "steps"].contains(&key.as_str()) {
+            p.add(
+                key.clone(),
+                "unknown key (expected name, description, steps)",
+            );
+        }
+    }
+    let name = match top.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() && s.len() <= 200 => s.clone(),
+        Some(Value::String(_)) => {
+            p.add("name", "must be 1 to 200 characters");
+            String::new()
+        }
+        Some(v) => {
+            p.add("name", format!("expected a string, found {}", type_name(v)));
+            String::new()
+        }
+        None => {
+            p.add("name", "missing (every experiment needs a name)");
+            String::new()
+        }
+    };
+    let description = match top.get("description") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => {
+            p.add(
+                "description",
+                format!("expected a string, found {}", type_name(v)),
+            );
+            None
+        }
+    };
+    let mut steps = Vec::new();
+    match top.get("steps") {
+        None => p.add(
+            "steps",
+            "missing: add at least one [[steps]] with [[steps.faults]]",
+        ),
+        Some(Value::Array(a)) if a.is_empty() => p.add("steps", "empty: add at least one step"),
+        Some(Value::Array(a)) if a.len() > MAX_STEPS => p.add(
+            "steps",
+            format!("{} steps; at most {MAX_STEPS} are allowed", a.len()),
+        ),
+        Some(Value::Array(a)) => {
+            for (i, s) in a.iter().enumerate() {
+                let mut step_built = Vec::new();
+                if let Some(step) = parse_step(&mut p, i, s, registry, &mut step_built) {
+                    steps.push(step);
+                    built.push(step_built);
+                }
+            }
+        }
+        Some(v) => p.add(
+            "steps",
+            format!(
+                "expected an array of tables ([[steps]]), found {}",
+                type_name(v)
+            ),
+        ),
+    }
+    (
+        Experiment {
+            name,
+            description,
+            steps,
+        },
+        built,
+        p.0,
+    )
+}
+
+fn build_fault(
+    p: &mut Problems,
+    path: &str,
+    kind: &str,
+    params: &Map<String, Value>,
+    registry: &Registry,
+    out: &mut Vec<Box<dyn DynFault>>,
+) {
+    match registry.build(kind, &Value::Object(params.clone())) {
+        Ok(f) => out.push(f),
+        Err(e) => {
+            let msg = e.message().to_string();
+            // "field: message" from the spec decoder becomes part of the path.
+            match msg.split_once(": ") {
+                Some((field, rest))
+                    if !field.contains(' ')
+                        && params.contains_key(field.split(['.', '[']).next().unwrap_or("")) =>
+                {
+                    p.add(format!("{path}.{field}"), rest)
+                }
+                _ if registry.get(kind).is_err() => p.add(path, e.to_string()),
+                _ => p.add(path, format!("{e} ({kind})")),
+            }
+        }
+    }
+}
+
+fn parse_step(
+    p: &mut Problems,
+    i: usize,
+    v: &Value,
+    registry: Option<&Registry>,
+    built: &mut Vec<Box<dyn DynFault>>,
+) -> Option<Step> {
     let path = format!("steps[{i}]");
     let Some(t) = v.as_object() else {
         p.add(path, format!("expected a table, found {}", type_name(v)));
@@ -372,7 +412,8 @@ fn parse_step(p: &mut Problems, i: usize, v: &Value) -> Option<Step> {
         ),
         Some(Value::Array(a)) => {
             for (j, f) in a.iter().enumerate() {
-                if let Some(f) = parse_fault(p, &format!("{path}.faults[{j}]"), f) {
+                let fpath = format!("{path}.faults[{j}]");
+                if let Some(f) = parse_fault(p, &fpath, f, registry, built) {
                     faults.push(f);
                 }
             }
@@ -410,7 +451,13 @@ fn parse_duration(p: &mut Problems, path: String, v: &Value, allow_zero: bool) -
     None
 }
 
-fn parse_fault(p: &mut Problems, path: &str, v: &Value) -> Option<FaultDef> {
+fn parse_fault(
+    p: &mut Problems,
+    path: &str,
+    v: &Value,
+    registry: Option<&Registry>,
+    built: &mut Vec<Box<dyn DynFault>>,
+) -> Option<FaultDef> {
     let Some(t) = v.as_object() else {
         p.add(path, format!("expected a table, found {}", type_name(v)));
         return None;
@@ -452,6 +499,9 @@ fn parse_fault(p: &mut Problems, path: &str, v: &Value) -> Option<FaultDef> {
         .filter(|(k, _)| !["kind", "duration", "start_delay"].contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if let Some(registry) = registry.filter(|_| !kind.is_empty()) {
+        build_fault(p, path, &kind, &params, registry, built);
+    }
     if p.0.len() != before {
         return None;
     }

@@ -1,1 +1,102 @@
-//! TODO
+//! # fault-process
+//!
+//! Process faults for chaos-agent:
+//!
+//! - [`ProcessStop`] (`process.stop`): freeze processes with `SIGSTOP` for the duration;
+//!   revert resumes them with `SIGCONT`.
+//! - [`ProcessKill`] (`process.kill`): send a signal (`SIGKILL` by default), once or every
+//!   `interval` for the duration. Irreversible: a signal cannot be taken back.
+//!
+//! ## Choosing targets
+//!
+//! Both kinds take exactly one of `pid = 4242`, `name = "worker"` (exact match against the
+//! kernel's `comm`, which is cut to 15 characters, or the basename of `argv[0]`, or the
+//! basename of `/proc/PID/exe`) and `cmdline = "worker --queue"` (substring of the
+//! space-joined command line). PID 1, kernel threads, zombies, and the agent with its
+//! ancestors are never targeted: an explicit pid naming one is refused, a name or cmdline
+//! match skips them.
+//!
+//! ## What changes on the host, and how revert undoes it
+//!
+//! Only the targets' run state: stopped (state `T`) or signalled. Nothing is written to
+//! disk. Every target is recorded in the receipt as a
+//! [`ProcessId`](fault_core::host::process::ProcessId) (pid + start time + boot id) and
+//! signalled through a pidfd after re-checking that identity, so a pid that a newcomer
+//! reused, or a reboot, can never make revert (or a repeated kill) hit the wrong process.
+//! `process.stop` refuses a target that is already stopped, so its revert never resumes a
+//! process that someone else stopped. `process.kill` has nothing to revert.
+//!
+//! ## Privileges
+//!
+//! Root, or the same user as the targets (`CAP_KILL` to signal other users' processes).
+//! `plan` checks this with signal 0 before anything changes.
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+mod kill;
+mod stop;
+mod target;
+
+pub use kill::{ProcessKill, ProcessKillReceipt, ProcessKillSpec, SignalSpec};
+pub use stop::{ProcessStop, ProcessStopReceipt, ProcessStopSpec};
+pub use target::{Selector, TargetProcess};
+
+/// Register `process.stop` and `process.kill`.
+pub fn register(reg: &mut fault_core::Registry) {
+    reg.register::<ProcessStop>().register::<ProcessKill>();
+}
+
+#[cfg(test)]
+mod tests {
+    use fault_core::Registry;
+
+    /// Every kind's `info().example` parses as TOML and builds through the registry.
+    #[test]
+    fn examples_validate() {
+        let mut reg = Registry::new();
+        super::register(&mut reg);
+        let kinds: Vec<&str> = reg.kinds().map(|k| k.kind).collect();
+        assert_eq!(kinds, ["process.kill", "process.stop"]);
+        for entry in reg.kinds() {
+            let info = (entry.info)();
+            let mut table: toml::Table = toml::from_str(info.example)
+                .unwrap_or_else(|e| panic!("{}: example is not TOML: {e}", entry.kind));
+            assert_eq!(
+                table
+                    .remove("kind")
+                    .and_then(|k| k.as_str().map(String::from)),
+                Some(entry.kind.to_string())
+            );
+            assert!(table.remove("duration").is_some(), "{}", entry.kind);
+            table.remove("start_delay");
+            let json = serde_json::to_value(&table).unwrap();
+            let fault = reg
+                .build(entry.kind, &json)
+                .unwrap_or_else(|e| panic!("{}: example does not validate: {e}", entry.kind));
+            assert!(!fault.describe().is_empty());
+            let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
+            for key in table.keys() {
+                assert!(
+                    names.contains(&key.as_str()),
+                    "{}: {key} undocumented",
+                    entry.kind
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_through_the_registry() {
+        let mut reg = Registry::new();
+        super::register(&mut reg);
+        for kind in ["process.stop", "process.kill"] {
+            let e = reg
+                .build(kind, &serde_json::json!({"name": "w", "colour": "red"}))
+                .err()
+                .expect("unknown key refused");
+            assert_eq!(e.kind(), fault_core::ErrorKind::InvalidSpec);
+            assert!(e.to_string().contains("colour"), "{e}");
+        }
+    }
+}

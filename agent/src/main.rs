@@ -1,0 +1,297 @@
+//! `chaos-agent`: runs chaos experiments on this host and always puts it back.
+//!
+//! This crate only wires the pieces: the kind registry (from the fault crates), the journal
+//! and runner (from `fault-core`), signals, the state lock, and what a person sees. It holds
+//! no fault logic. See `chaos-agent --help`.
+
+mod render;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fault_core::experiment::Experiment;
+use fault_core::journal::{Entry, Journal, RecordState, StateLock};
+use fault_core::runner::{self, AbortHandle, RecoverOutcome, RetryPolicy, RunOutcome, Runner};
+use fault_core::{ErrorKind, Registry};
+
+/// Exit statuses, documented in `--help`.
+mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const INVALID: u8 = 2;
+    pub const NOT_CLEAN: u8 = 3;
+    pub const BUSY: u8 = 4;
+    pub const ABORTED: u8 = 130;
+}
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0    success; the host is clean
+  1    a fault failed to plan, inject or verify (everything applied was reverted)
+  2    invalid input: bad arguments or an invalid experiment file (nothing was touched)
+  3    the host is NOT clean: a revert failed and needs a person (see `chaos-agent status`)
+  4    busy: another chaos-agent holds the state directory, or an earlier run must be
+       recovered first (`chaos-agent recover`)
+  130  aborted by a signal; everything applied was reverted
+
+Examples:
+  chaos-agent faults                         every fault kind, its parameters and an example
+  chaos-agent run --dry-run demo.toml        what the experiment would change; touches nothing
+  sudo chaos-agent run demo.toml             run it; Ctrl-C reverts everything and stops
+  sudo chaos-agent recover                   revert whatever a crash or reboot left behind
+  chaos-agent status                         what the journal holds";
+
+/// Run chaos experiments on this host, and always put it back.
+///
+/// Every change is written to a durable journal before it is made, so `chaos-agent recover`
+/// can undo it after a crash, a `kill -9` or a reboot, without network access.
+#[derive(Debug, Parser)]
+#[command(name = "chaos-agent", version, about, long_about, after_help = AFTER_HELP)]
+struct Cli {
+    /// Directory holding the journal and the one-agent-per-machine lock.
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "CHAOS_AGENT_STATE_DIR",
+        default_value = "/var/lib/chaos-agent"
+    )]
+    state_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate and run an experiment file, reverting everything at the end or on Ctrl-C.
+    ///
+    /// The whole file is validated first; if anything is wrong, every problem is listed with
+    /// its place in the file and nothing on the host is touched.
+    Run {
+        /// The experiment file (TOML). See `chaos-agent faults` for the kinds.
+        file: PathBuf,
+        /// Print what each fault would change and which privileges it needs; touch nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print machine-readable events (JSON lines) instead of the live view.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert every journaled fault that is not yet reverted. Works offline.
+    ///
+    /// Exit status 0 only when the host is clean afterwards.
+    Recover {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the journal holds: faults in effect, reverted, or waiting for a person.
+    Status {
+        /// Print the journal records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every fault kind with its parameters, defaults and an example.
+    Faults {
+        /// Show only this kind.
+        kind: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop a journal record after you have undone its fault by hand.
+    ///
+    /// Use it for records in `needs-manual` state (or unreadable ones) once `chaos-agent
+    /// status` shows what to undo and you have done it. New faults may then target it again.
+    Forget {
+        /// The fault id, as shown by `chaos-agent status`.
+        fault_id: String,
+    },
+}
+
+/// Every fault kind this agent knows.
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    fault_process::register(&mut r);
+    fault_disk::register(&mut r);
+    r
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("chaos-agent: error: {e:#}");
+            let kind = e.downcast_ref::<fault_core::Error>().map(|e| e.kind());
+            ExitCode::from(match kind {
+                Some(ErrorKind::Busy) => exit::BUSY,
+                Some(ErrorKind::InvalidSpec) => exit::INVALID,
+                _ => exit::FAILED,
+            })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let registry = registry();
+    match cli.command {
+        Command::Run {
+            file,
+            dry_run,
+            json,
+        } => cmd_run(&registry, &cli.state_dir, &file, dry_run, json),
+        Command::Recover { json } => cmd_recover(&registry, &cli.state_dir, json),
+        Command::Status { json } => cmd_status(&cli.state_dir, json),
+        Command::Faults { kind, json } => render::faults(&registry, kind.as_deref(), json),
+        Command::Forget { fault_id } => {
+            let _lock = StateLock::acquire(&cli.state_dir)?;
+            let journal = Journal::open(&cli.state_dir)?;
+            if journal.forget(&fault_id)? {
+                println!("forgot {fault_id}");
+                Ok(exit::OK)
+            } else {
+                eprintln!(
+                    "chaos-agent: no journal record {fault_id} in {}",
+                    cli.state_dir.display()
+                );
+                Ok(exit::INVALID)
+            }
+        }
+    }
+}
+
+fn cmd_run(
+    registry: &Registry,
+    state_dir: &Path,
+    file: &Path,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("chaos-agent: cannot read {}: {e}", file.display());
+            return Ok(exit::INVALID);
+        }
+    };
+    let prepared = match Experiment::load_toml(&text, registry) {
+        Ok(p) => p,
+        Err(invalid) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"event": "invalid", "file": file, "problems": invalid.0})
+                );
+            } else {
+                eprint!("chaos-agent: {}: {invalid}", file.display());
+                eprintln!("Nothing was changed on this host.");
+            }
+            return Ok(exit::INVALID);
+        }
+    };
+    let run_id = runner::new_run_id();
+    if dry_run {
+        let items = runner::dry_run(registry, &prepared, &run_id);
+        let ok = items.iter().all(|i| i.plan.is_ok());
+        render::dry_run(&prepared, &items, json)?;
+        return Ok(if ok { exit::OK } else { exit::FAILED });
+    }
+
+    let _lock = StateLock::acquire(state_dir)?;
+    let journal = Journal::open(state_dir)?;
+    journal.compact(200)?;
+    let manual_targets = runner::preflight(&journal)?;
+
+    let abort = AbortHandle::new();
+    install_signal_handlers(&abort, json)?;
+    let view = render::LiveView::new(json, std::io::stdout().is_terminal());
+    let events = |e: &runner::Event| view.event(e);
+    let runner = Runner {
+        registry,
+        journal: &journal,
+        events: &events,
+        abort: abort.clone(),
+        retry: RetryPolicy::default(),
+    };
+    let report = runner.run(&prepared, &run_id, &manual_targets);
+    view.finish(&report, state_dir);
+    Ok(if !report.host_clean() {
+        exit::NOT_CLEAN
+    } else {
+        match report.outcome {
+            RunOutcome::Completed => exit::OK,
+            RunOutcome::Failed => exit::FAILED,
+            RunOutcome::Aborted => exit::ABORTED,
+        }
+    })
+}
+
+/// SIGINT, SIGTERM and SIGHUP abort the run; every fault then reverts. A second signal only
+/// says that the revert is under way: skipping it would leave the host broken.
+fn install_signal_handlers(abort: &AbortHandle, json: bool) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let abort = abort.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let name = match sig {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    _ => "SIGHUP",
+                };
+                if abort.is_aborted() {
+                    if !json {
+                        eprintln!("\nchaos-agent: {name} again: still reverting, please wait (reverting is what keeps the host safe)");
+                    }
+                } else {
+                    if !json {
+                        eprintln!("\nchaos-agent: {name}: aborting, reverting every fault…");
+                    }
+                    abort.abort(format!("received {name}"));
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn cmd_recover(registry: &Registry, state_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let _lock = StateLock::acquire(state_dir)?;
+    let journal = Journal::open(state_dir)?;
+    let items = runner::recover(registry, &journal, &RetryPolicy::default())?;
+    let clean = items.iter().all(|i| i.outcome == RecoverOutcome::Reverted);
+    if clean {
+        journal.compact(200)?;
+    }
+    render::recover(&items, json)?;
+    Ok(if clean { exit::OK } else { exit::NOT_CLEAN })
+}
+
+fn cmd_status(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    if !state_dir.join("journal").is_dir() {
+        if json {
+            println!("[]");
+        } else {
+            println!(
+                "The journal in {} is empty: no fault has run here.",
+                state_dir.display()
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let journal = Journal::open(state_dir)?;
+    let entries = journal.load()?;
+    let clean = entries
+        .iter()
+        .all(|e| matches!(e, Entry::Ok(r) if r.state == RecordState::Reverted));
+    render::status(&entries, state_dir, json)?;
+    Ok(if clean { exit::OK } else { exit::NOT_CLEAN })
+}

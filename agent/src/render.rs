@@ -1,0 +1,455 @@
+//! What a person (or a script, with `--json`) sees.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fault_core::experiment::Prepared;
+use fault_core::journal::{Entry, RecordState};
+use fault_core::runner::{
+    DryRunItem, Event, FaultState, RecoverItem, RecoverOutcome, RevertOutcome, RunOutcome,
+    RunReport,
+};
+use fault_core::Registry;
+
+fn secs(ms: u64) -> String {
+    fault_core::Duration(Duration::from_millis(ms / 1000 * 1000)).to_string()
+}
+
+/// The live view of a run: one line per state change, and a line of time left per holding
+/// fault (redrawn in place on a terminal, every 5 s otherwise).
+pub(crate) struct LiveView {
+    json: bool,
+    tty: bool,
+    state: Mutex<ViewState>,
+}
+
+struct ViewState {
+    steps: usize,
+    holding: BTreeMap<String, u64>,
+    last_progress: Option<Instant>,
+    progress_shown: bool,
+}
+
+impl LiveView {
+    pub(crate) fn new(json: bool, tty: bool) -> LiveView {
+        LiveView {
+            json,
+            tty,
+            state: Mutex::new(ViewState {
+                steps: 0,
+                holding: BTreeMap::new(),
+                last_progress: None,
+                progress_shown: false,
+            }),
+        }
+    }
+
+    pub(crate) fn event(&self, e: &Event) {
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            if let Ok(line) = serde_json::to_string(e) {
+                let _ = writeln!(out, "{line}");
+            }
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let clear = |st: &mut ViewState, out: &mut std::io::StdoutLock<'_>| {
+            if st.progress_shown && self.tty {
+                let _ = write!(out, "\r\x1b[K");
+                st.progress_shown = false;
+            }
+        };
+        match e {
+            Event::RunStarted {
+                run_id,
+                name,
+                steps,
+                max_duration_ms,
+            } => {
+                st.steps = *steps;
+                let _ = writeln!(
+                    out,
+                    "Run {run_id} \"{name}\": {steps} step{}, at most {}. Ctrl-C reverts everything and stops.",
+                    if *steps == 1 { "" } else { "s" },
+                    secs(*max_duration_ms)
+                );
+            }
+            Event::StepStarted { step, name, faults } => {
+                clear(&mut st, &mut out);
+                let _ = writeln!(
+                    out,
+                    "\n[step {}/{}] {name} ({faults} fault{})",
+                    step + 1,
+                    st.steps,
+                    if *faults == 1 { "" } else { "s" }
+                );
+            }
+            Event::Fault {
+                fault_id,
+                kind,
+                state,
+                detail,
+                ..
+            } => {
+                clear(&mut st, &mut out);
+                if !matches!(state, FaultState::Holding) {
+                    st.holding.remove(fault_id);
+                }
+                let state_s = match state {
+                    FaultState::Planned => "planned",
+                    FaultState::Injected => "injected",
+                    FaultState::Holding => "in effect",
+                    FaultState::Reverting => "reverting",
+                    FaultState::Reverted => "reverted",
+                    FaultState::Failed => "FAILED",
+                    FaultState::NeedsManual => "NEEDS MANUAL UNDO",
+                    FaultState::Skipped => "skipped",
+                };
+                let sep = if detail.is_empty() { "" } else { "  " };
+                let _ = writeln!(
+                    out,
+                    "  {fault_id:<14} {kind:<14} {state_s:<10}{sep}{detail}"
+                );
+            }
+            Event::Holding {
+                fault_id,
+                remaining_ms,
+                ..
+            } => {
+                st.holding.insert(fault_id.clone(), *remaining_ms);
+                let due = match st.last_progress {
+                    None => true,
+                    Some(t) => {
+                        t.elapsed()
+                            >= if self.tty {
+                                Duration::from_millis(900)
+                            } else {
+                                Duration::from_secs(5)
+                            }
+                    }
+                };
+                if due && !st.holding.is_empty() {
+                    let parts: Vec<String> = st
+                        .holding
+                        .iter()
+                        .map(|(id, ms)| format!("{id} {} left", secs(*ms + 999)))
+                        .collect();
+                    if self.tty {
+                        let _ = write!(out, "\r\x1b[K  … holding: {}", parts.join(", "));
+                        st.progress_shown = true;
+                    } else {
+                        let _ = writeln!(out, "  … holding: {}", parts.join(", "));
+                    }
+                    st.last_progress = Some(Instant::now());
+                }
+            }
+            Event::StepFinished { .. } | Event::RunFinished { .. } => clear(&mut st, &mut out),
+        }
+        let _ = out.flush();
+    }
+
+    pub(crate) fn finish(&self, report: &RunReport, state_dir: &Path) {
+        if self.json {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "\nSummary of run {} \"{}\" ({}):",
+            report.run_id,
+            report.name,
+            secs(report.elapsed_ms)
+        );
+        let _ = writeln!(
+            out,
+            "  {:<5} {:<14} {:<14} {:<9} {:<7} {:<13} ERROR",
+            "STEP", "FAULT", "KIND", "INJECTED", "HELD", "REVERT"
+        );
+        for (si, step) in report.steps.iter().enumerate() {
+            if step.faults.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  {:<5} {:?}{}",
+                    si + 1,
+                    step.outcome,
+                    step.error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+                continue;
+            }
+            for f in &step.faults {
+                let revert = match f.revert {
+                    RevertOutcome::Reverted => "reverted",
+                    RevertOutcome::NotNeeded => "not needed",
+                    RevertOutcome::Irreversible => "irreversible",
+                    RevertOutcome::NeedsManual => "NEEDS MANUAL",
+                };
+                let _ = writeln!(
+                    out,
+                    "  {:<5} {:<14} {:<14} {:<9} {:<7} {:<13} {}",
+                    si + 1,
+                    f.fault_id,
+                    f.kind,
+                    if f.injected { "yes" } else { "no" },
+                    secs(f.held_ms),
+                    revert,
+                    f.error.as_deref().unwrap_or("")
+                );
+            }
+            if let Some(e) = &step.error {
+                let _ = writeln!(out, "        step failed: {e}");
+            }
+        }
+        let verdict = match report.outcome {
+            RunOutcome::Completed => "completed".to_string(),
+            RunOutcome::Failed => "FAILED".to_string(),
+            RunOutcome::Aborted => format!(
+                "aborted ({})",
+                report.abort_reason.as_deref().unwrap_or("abort requested")
+            ),
+        };
+        if report.host_clean() {
+            let _ = writeln!(
+                out,
+                "\nResult: {verdict}. The host is clean: every change was reverted."
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "\nResult: {verdict}. THE HOST IS NOT CLEAN. A person must undo these by hand:"
+            );
+            for f in report
+                .steps
+                .iter()
+                .flat_map(|s| &s.faults)
+                .filter(|f| f.revert == RevertOutcome::NeedsManual)
+            {
+                let _ = writeln!(
+                    out,
+                    "  {} ({}): {}",
+                    f.fault_id,
+                    f.kind,
+                    f.error.as_deref().unwrap_or("")
+                );
+                for cmd in &f.manual_undo {
+                    let _ = writeln!(out, "      {cmd}");
+                }
+            }
+            let _ = writeln!(
+                out,
+                "Then run `chaos-agent --state-dir {} forget <fault-id>`. `chaos-agent recover` retries the revert.",
+                state_dir.display()
+            );
+        }
+    }
+}
+
+pub(crate) fn dry_run(prepared: &Prepared, items: &[DryRunItem], json: bool) -> anyhow::Result<()> {
+    if json {
+        let v: Vec<serde_json::Value> = items
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "step": i.step, "fault_id": i.fault_id, "kind": i.kind, "description": i.description,
+                    "privileges": i.privileges, "start_delay": i.start_delay, "duration": i.duration,
+                    "plan": i.plan.as_ref().ok(), "error": i.plan.as_ref().err(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let exp = &prepared.experiment;
+    println!("Dry run of \"{}\": nothing will be changed.", exp.name);
+    println!(
+        "At most {} in all.",
+        fault_core::Duration(exp.total_duration())
+    );
+    let mut last_step = usize::MAX;
+    for i in items {
+        if i.step != last_step {
+            last_step = i.step;
+            println!(
+                "\n[step {}/{}] {} — its faults run at the same time",
+                i.step + 1,
+                exp.steps.len(),
+                exp.steps[i.step].name
+            );
+        }
+        let delay = if i.start_delay == "0s" {
+            String::new()
+        } else {
+            format!(" after {}", i.start_delay)
+        };
+        println!(
+            "  {} {}: {} for {}{delay}",
+            i.fault_id, i.kind, i.description, i.duration
+        );
+        println!("      needs: {}", i.privileges);
+        match &i.plan {
+            Ok(receipt) => println!("      plan: {}", serde_json::to_string(receipt)?),
+            Err(e) => println!("      WOULD FAIL NOW: {e}"),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn recover(items: &[RecoverItem], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+        return Ok(());
+    }
+    if items.is_empty() {
+        println!("Nothing to recover: every journaled fault is reverted. The host is clean.");
+        return Ok(());
+    }
+    for i in items {
+        let outcome = match i.outcome {
+            RecoverOutcome::Reverted => "reverted",
+            RecoverOutcome::NeedsManual => "NEEDS MANUAL UNDO",
+            RecoverOutcome::Unidentifiable => "UNREADABLE RECORD",
+        };
+        println!(
+            "  {:<14} {:<14} was {:<12} -> {outcome}: {}",
+            i.fault_id, i.kind, i.found, i.detail
+        );
+        for cmd in &i.manual_undo {
+            println!("      {cmd}");
+        }
+    }
+    let bad = items
+        .iter()
+        .filter(|i| i.outcome != RecoverOutcome::Reverted)
+        .count();
+    if bad == 0 {
+        println!("Recovered {} fault(s). The host is clean.", items.len());
+    } else {
+        println!("{bad} fault(s) could not be reverted: THE HOST IS NOT CLEAN. Undo them by hand as shown, then `chaos-agent forget <fault-id>`.");
+    }
+    Ok(())
+}
+
+pub(crate) fn status(entries: &[Entry], state_dir: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        let v: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                Entry::Corrupt { fault_id, path, error, backup } => serde_json::json!({
+                    "fault_id": fault_id, "state": "corrupt", "path": path, "error": error, "backup": backup,
+                }),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!(
+            "The journal in {} is empty: no fault has run here.",
+            state_dir.display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<14} {:<13} {:<8} TARGETS",
+        "FAULT", "KIND", "STATE", "ATTEMPTS"
+    );
+    let mut pending = 0;
+    for e in entries {
+        match e {
+            Entry::Ok(r) => {
+                if r.state != RecordState::Reverted {
+                    pending += 1;
+                }
+                println!(
+                    "{:<14} {:<14} {:<13} {:<8} {}",
+                    r.fault_id,
+                    r.kind,
+                    r.state.as_str(),
+                    r.attempts,
+                    r.targets.join(", ")
+                );
+                if let Some(err) = r
+                    .last_error
+                    .as_deref()
+                    .filter(|_| r.state != RecordState::Reverted)
+                {
+                    println!("    last error: {err}");
+                }
+                for cmd in &r.manual_undo {
+                    println!("    undo by hand: {cmd}");
+                }
+            }
+            Entry::Corrupt {
+                fault_id,
+                error,
+                backup,
+                ..
+            } => {
+                pending += 1;
+                let b = if backup.is_some() {
+                    "an intact copy exists in the log"
+                } else {
+                    "no intact copy"
+                };
+                println!(
+                    "{fault_id:<14} {:<14} {:<13} {:<8} ({error}; {b})",
+                    "?", "corrupt", "-"
+                );
+            }
+        }
+    }
+    if pending == 0 {
+        println!("\nEvery fault is reverted. The host is clean.");
+    } else {
+        println!("\n{pending} fault(s) are not reverted. `chaos-agent recover` reverts them.");
+    }
+    Ok(())
+}
+
+pub(crate) fn faults(registry: &Registry, only: Option<&str>, json: bool) -> anyhow::Result<u8> {
+    let entries: Vec<_> = match only {
+        Some(k) => vec![registry.get(k)?],
+        None => registry.kinds().collect(),
+    };
+    if json {
+        let v: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value((e.info)()).unwrap_or_default();
+                v["kind"] = serde_json::Value::String(e.kind.to_string());
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    println!("Every fault also takes: duration (required, e.g. \"30s\") and start_delay (default \"0s\").");
+    for e in entries {
+        let info = (e.info)();
+        println!("\n{}", e.kind);
+        println!("  {}", info.summary);
+        println!("  needs: {}", info.privileges);
+        if !info.reversible {
+            println!("  irreversible: revert has nothing to undo");
+        }
+        println!("  parameters:");
+        for p in info.params {
+            let default = p
+                .default
+                .map(|d| format!(" (default {d})"))
+                .unwrap_or_default();
+            println!("    {:<12} {:<10} {}{default}", p.name, p.ty, p.doc);
+        }
+        println!("  example:\n    [[steps.faults]]");
+        for line in info.example.lines() {
+            println!("    {line}");
+        }
+    }
+    Ok(0)
+}
