@@ -108,11 +108,8 @@ impl LiveView {
                     FaultState::NeedsManual => "NEEDS MANUAL UNDO",
                     FaultState::Skipped => "skipped",
                 };
-                let sep = if detail.is_empty() { "" } else { "  " };
-                let _ = writeln!(
-                    out,
-                    "  {fault_id:<14} {kind:<14} {state_s:<10}{sep}{detail}"
-                );
+                let line = format!("  {fault_id:<14} {kind:<14} {state_s:<10}  {detail}");
+                let _ = writeln!(out, "{}", line.trim_end());
             }
             Event::Holding {
                 fault_id,

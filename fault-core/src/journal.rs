@@ -324,6 +324,15 @@ impl Journal {
     /// and rewrite the backup log with only the latest line of each remaining record.
     /// Call it while holding the state lock.
     pub fn compact(&self, keep_reverted: usize) -> Result<()> {
+        // Temporary files of writes interrupted by a crash (the rename never happened).
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_str().is_some_and(|n| n.starts_with('.') && n.contains(".tmp.")) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let entries = self.load()?;
         let mut reverted: Vec<&Record> = entries
             .iter()
@@ -546,7 +555,10 @@ mod tests {
             j.put(&r).unwrap();
         }
         j.put(&rec("live")).unwrap();
+        let stale = j.dir().join(".live.json.tmp.12345");
+        std::fs::write(&stale, b"{").unwrap();
         j.compact(2).unwrap();
+        assert!(!stale.exists(), "interrupted temp files are removed");
         let mut ids: Vec<String> = j
             .records()
             .unwrap()

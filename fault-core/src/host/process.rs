@@ -251,8 +251,8 @@ mod tests {
         let mut reused = me.clone();
         reused.start_ticks += 1;
         assert!(!reused.is_alive(), "a reused pid never matches");
-        assert_eq!(reused.signal(0).unwrap(), false);
-        assert_eq!(me.signal(0).unwrap(), true);
+        assert!(!reused.signal(0).unwrap());
+        assert!(me.signal(0).unwrap());
     }
 
     #[test]

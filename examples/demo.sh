@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs examples/experiments/demo.toml for real: it freezes a worker process this script
+# starts and fills a 64 MiB tmpfs this script mounts, then shows the host is back.
+# Needs root (mount, and the agent's state directory). Touches nothing else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+demo=/tmp/chaos-demo
+echo "==> building chaos-agent (release)"
+cargo build --release --quiet -p chaos-agent
+agent=(target/release/chaos-agent --state-dir "$demo/state")
+
+worker=""
+cleanup() {
+    [ -n "$worker" ] && kill "$worker" 2>/dev/null || true
+    mountpoint -q "$demo/data" && umount "$demo/data" || true
+}
+trap cleanup EXIT
+
+mkdir -p "$demo/data"
+mountpoint -q "$demo/data" || mount -t tmpfs -o size=64m chaos-demo "$demo/data"
+(exec -a chaos-demo-worker sleep 600) &
+worker=$!
+sleep 0.2
+
+show() {
+    printf '    worker %s state: %s\n' "$worker" "$(awk '{print $3}' "/proc/$worker/stat")"
+    printf '    %s: %s\n' "$demo/data" "$(df -h --output=used,size,pcent "$demo/data" | tail -1 | tr -s ' ')"
+}
+echo "==> before"; show
+echo "==> the plan (nothing is changed by --dry-run)"
+"${agent[@]}" run --dry-run examples/experiments/demo.toml
+echo
+echo "==> running it (Ctrl-C aborts and reverts)"
+( sleep 4; echo; echo "==> meanwhile, 4 s in:"; show; echo ) &
+"${agent[@]}" run examples/experiments/demo.toml
+echo
+echo "==> after"; show
+echo "==> journal"
+"${agent[@]}" status

@@ -1,0 +1,40 @@
+//! Fill a filesystem for a while, then free the space.
+//!
+//! ```sh
+//! sudo cargo run -p chaos-examples --bin disk-fill -- --path /var/tmp --percent 80 --duration 10s
+//! ```
+
+use clap::Parser;
+use fault_core::{Bytes, Fault, Percent};
+use fault_disk::{DiskFill, DiskFillSpec};
+
+/// Fill the filesystem holding PATH to a size or a percentage, then remove the fill file.
+#[derive(Parser)]
+struct Args {
+    /// A directory on the filesystem to fill.
+    #[arg(long)]
+    path: std::path::PathBuf,
+    /// Allocate this much, e.g. 512MiB.
+    #[arg(long, conflicts_with = "percent", required_unless_present = "percent")]
+    size: Option<Bytes>,
+    /// Fill until the filesystem is this % used.
+    #[arg(long)]
+    percent: Option<Percent>,
+    /// Refuse if less than this would stay free.
+    #[arg(long)]
+    reserve: Option<Bytes>,
+    /// How long to keep it full.
+    #[arg(long, default_value = "10s", value_parser = chaos_examples::duration)]
+    duration: std::time::Duration,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let fault = DiskFill::new(DiskFillSpec {
+        path: a.path,
+        size: a.size,
+        percent: a.percent,
+        reserve: a.reserve,
+    })?;
+    chaos_examples::run_one(fault, a.duration)
+}

@@ -1,0 +1,236 @@
+//! A sandbox per test: a private state dir, a tmpfs, and a victim process, all owned by the
+//! test and removed on drop. Nothing outside them is touched.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fault_core::testing::{TempDir, Tmpfs, Victim};
+
+/// The chaos-agent binary of this target directory, built (once per test process) so that
+/// `cargo test -p chaos-tests` never runs a stale binary: this package cannot depend on a
+/// binary, so cargo would not rebuild it on its own.
+pub fn agent_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/chaos-agent
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    BUILT.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "chaos-agent",
+            "--bin",
+            "chaos-agent",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build -p chaos-agent");
+        assert!(status.success(), "cargo build -p chaos-agent failed");
+    });
+    let bin = profile_dir.join("chaos-agent");
+    assert!(
+        bin.exists(),
+        "{} is missing after cargo build",
+        bin.display()
+    );
+    bin
+}
+
+pub struct Sandbox {
+    pub state: TempDir,
+    pub fs: Tmpfs,
+    pub victim: Victim,
+    pub dir: TempDir,
+}
+
+impl Sandbox {
+    /// `None` (after printing why) when not root.
+    pub fn new(test: &str) -> Option<Sandbox> {
+        if !fault_core::host::is_root() {
+            eprintln!("SKIPPED {test}: needs root (mounts a tmpfs, stops its own child process)");
+            return None;
+        }
+        Some(Sandbox {
+            state: TempDir::new("chaos-e2e-state"),
+            fs: Tmpfs::mount(64 << 20).expect("mount tmpfs"),
+            victim: Victim::sleeping(&format!("chaos-victim-{}", fault_core::host::random_hex(3))),
+            dir: TempDir::new("chaos-e2e"),
+        })
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.arg("--state-dir")
+            .arg(self.state.path())
+            .env_remove("CHAOS_AGENT_CRASH_AT");
+        c
+    }
+
+    pub fn agent(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run chaos-agent")
+    }
+
+    pub fn spawn(&self, args: &[&str], crash_at: Option<&str>) -> Child {
+        let mut c = self.cmd();
+        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(p) = crash_at {
+            c.env("CHAOS_AGENT_CRASH_AT", p);
+        }
+        c.spawn().expect("spawn chaos-agent")
+    }
+
+    /// process.stop of the victim + disk.fill of the tmpfs in one step, then a second
+    /// step filling to a percentage.
+    pub fn two_step_experiment(&self, hold: &str) -> PathBuf {
+        self.write(
+            "exp.toml",
+            &format!(
+                r#"
+name = "e2e"
+[[steps]]
+name = "stop and fill"
+  [[steps.faults]]
+  kind = "process.stop"
+  duration = "{hold}"
+  pid = {pid}
+  [[steps.faults]]
+  kind = "disk.fill"
+  duration = "{hold}"
+  path = "{fs}"
+  size = "8MiB"
+[[steps]]
+name = "fill more"
+  [[steps.faults]]
+  kind = "disk.fill"
+  duration = "{hold}"
+  path = "{fs}"
+  percent = 50
+"#,
+                pid = self.victim.pid(),
+                fs = self.fs.path().display()
+            ),
+        )
+    }
+
+    pub fn fill_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.fs.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".chaos-agent-fill-"))
+            .collect()
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        let c = std::ffi::CString::new(self.fs.path().as_os_str().as_encoded_bytes()).unwrap();
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        (st.f_blocks - st.f_bfree) as u64 * st.f_frsize as u64
+    }
+
+    /// The host is as before: victim running, no fill file, nothing used on the tmpfs,
+    /// and `status` says every record is reverted.
+    pub fn assert_clean(&self, context: &str) {
+        // SIGCONT takes effect at once, but give the scheduler a moment to show it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.victim.state() == Some('T') && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let state = self.victim.state();
+        assert!(
+            matches!(state, Some('S') | Some('R')),
+            "{context}: victim state {state:?}"
+        );
+        assert_eq!(
+            self.fill_files(),
+            Vec::<String>::new(),
+            "{context}: fill files left"
+        );
+        assert_eq!(self.used_bytes(), 0, "{context}: tmpfs not empty");
+        let status = self.agent(&["status", "--json"]);
+        let records: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        for r in records.as_array().unwrap() {
+            assert_eq!(
+                r["state"], "reverted",
+                "{context}: journal record not reverted: {r}"
+            );
+        }
+        assert!(
+            status.status.success(),
+            "{context}: status exit {:?}",
+            status.status
+        );
+    }
+
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let status = self.agent(&["status", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Wait for a child with a deadline; kill it if it overruns.
+pub fn wait_with_deadline(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("chaos-agent did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Read JSON events from a `run --json` child's stdout until `pred` matches one.
+pub fn wait_for_event(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for line in lines {
+        let line = line.expect("read event");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad event {line}: {e}"));
+        if pred(&v) {
+            return v;
+        }
+    }
+    panic!("chaos-agent ended before the expected event");
+}
+
+pub fn fault_state(v: &serde_json::Value, kind: &str, state: &str) -> bool {
+    v["event"] == "fault" && v["kind"] == kind && v["state"] == state
+}
