@@ -328,7 +328,10 @@ impl Journal {
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let name = e.file_name();
-                if name.to_str().is_some_and(|n| n.starts_with('.') && n.contains(".tmp.")) {
+                if name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(".tmp."))
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
