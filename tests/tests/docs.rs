@@ -27,3 +27,40 @@ fn docs_faults_md_matches_chaos_agent_faults() {
         panic!("docs/faults.md is out of date: run `UPDATE_DOCS=1 cargo test -p chaos-tests --test docs`");
     }
 }
+
+/// The example `chaos-agent faults` shows for every kind is a valid experiment fragment
+/// (planning may still fail on this host: `name = "worker"` need not exist here).
+#[test]
+fn every_kind_example_passes_validation() {
+    let bin = common::agent_bin();
+    let out = std::process::Command::new(&bin)
+        .args(["faults", "--json"])
+        .output()
+        .unwrap();
+    let kinds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dir = fault_core::testing::TempDir::new("chaos-examples");
+    for k in kinds.as_array().unwrap() {
+        let kind = k["kind"].as_str().unwrap();
+        let example = k["example"].as_str().unwrap();
+        assert!(
+            example.contains(&format!("kind = \"{kind}\"")),
+            "{kind}: {example}"
+        );
+        let file = dir.path().join(format!("{kind}.toml"));
+        let text = format!("name = \"example\"\n[[steps]]\n[[steps.faults]]\n{example}\n");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(&bin)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(["run", "--dry-run"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_ne!(
+            out.status.code(),
+            Some(2),
+            "{kind}: its example is invalid:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
