@@ -118,6 +118,7 @@ fn registry() -> Registry {
     let mut r = Registry::new();
     fault_process::register(&mut r);
     fault_disk::register(&mut r);
+    fault_network::register(&mut r);
     r
 }
 

@@ -1,0 +1,41 @@
+//! Hierarchy token bucket (`htb`) options: the root qdisc (`struct tc_htb_glob`) and a
+//! class (`struct tc_htb_opt`).
+//!
+//! As for tbf, rate specs say `linklayer = ethernet`, so the kernel needs no rate tables
+//! (`TCA_HTB_RTAB`/`TCA_HTB_CTAB`, which `tc` also sends and the golden test strips).
+
+use crate::nl::Msg;
+use crate::tbf::{ratespec, xmittime, TCA_OPTIONS};
+
+const TCA_HTB_PARMS: u16 = 1;
+const TCA_HTB_INIT: u16 = 2;
+
+/// Append the `TCA_OPTIONS` of an htb root qdisc with default class minor `defcls`
+/// (0 = unclassified traffic bypasses shaping through htb's direct queue).
+pub(crate) fn encode_qdisc(m: &mut Msg, defcls: u32) {
+    let mut g = Vec::with_capacity(20);
+    g.extend_from_slice(&3u32.to_ne_bytes()); // version
+    g.extend_from_slice(&10u32.to_ne_bytes()); // rate2quantum
+    g.extend_from_slice(&defcls.to_ne_bytes());
+    g.extend_from_slice(&0u32.to_ne_bytes()); // debug
+    g.extend_from_slice(&0u32.to_ne_bytes()); // direct_pkts
+    let n = m.begin_nest(TCA_OPTIONS);
+    m.attr(TCA_HTB_INIT, &g);
+    m.end_nest(n);
+}
+
+/// Append the `TCA_OPTIONS` of an htb class with rate = ceil = `rate_bytes`.
+pub(crate) fn encode_class(m: &mut Msg, rate_bytes: u32, burst: u32, quantum: u32) {
+    let buffer = xmittime(rate_bytes as u64, burst as u64);
+    let mut o = Vec::with_capacity(44);
+    o.extend_from_slice(&ratespec(rate_bytes));
+    o.extend_from_slice(&ratespec(rate_bytes));
+    o.extend_from_slice(&buffer.to_ne_bytes());
+    o.extend_from_slice(&buffer.to_ne_bytes());
+    o.extend_from_slice(&quantum.to_ne_bytes());
+    o.extend_from_slice(&0u32.to_ne_bytes()); // level
+    o.extend_from_slice(&0u32.to_ne_bytes()); // prio
+    let n = m.begin_nest(TCA_OPTIONS);
+    m.attr(TCA_HTB_PARMS, &o);
+    m.end_nest(n);
+}

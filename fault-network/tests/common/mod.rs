@@ -1,0 +1,4 @@
+//! Shared test support.
+
+pub mod netns;
+pub mod traffic;
