@@ -113,15 +113,6 @@ enum Command {
     },
 }
 
-/// Every fault kind this agent knows.
-fn registry() -> Registry {
-    let mut r = Registry::new();
-    fault_process::register(&mut r);
-    fault_disk::register(&mut r);
-    fault_network::register(&mut r);
-    r
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -139,7 +130,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let registry = registry();
+    let registry = chaos_kinds::registry();
     match cli.command {
         Command::Run {
             file,

@@ -30,11 +30,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let fault = DiskFill::new(DiskFillSpec {
+    let spec = DiskFillSpec {
         path: a.path,
         size: a.size,
         percent: a.percent,
         reserve: a.reserve,
-    })?;
-    chaos_examples::run_one(fault, a.duration)
+    };
+    chaos_examples::run(DiskFill::KIND, serde_json::to_value(spec)?, a.duration)
 }

@@ -38,5 +38,5 @@ fn main() -> anyhow::Result<()> {
     let spec: ProcessKillSpec = serde_json::from_value(serde_json::json!({
         "pid": a.pid, "name": a.name, "cmdline": a.cmdline, "signal": a.signal, "interval": a.interval,
     }))?;
-    chaos_examples::run_one(ProcessKill::new(spec)?, a.duration)
+    chaos_examples::run(ProcessKill::KIND, serde_json::to_value(spec)?, a.duration)
 }

@@ -27,10 +27,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let fault = ProcessStop::new(ProcessStopSpec {
+    let spec = ProcessStopSpec {
         pid: a.pid,
         name: a.name,
         cmdline: a.cmdline,
-    })?;
-    chaos_examples::run_one(fault, a.duration)
+    };
+    chaos_examples::run(ProcessStop::KIND, serde_json::to_value(spec)?, a.duration)
 }
