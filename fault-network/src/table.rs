@@ -88,8 +88,38 @@ pub(crate) fn drop_tail() -> Vec<Expr> {
     vec![Expr::Counter, Expr::Verdict(NF_DROP)]
 }
 
-fn nft_socket() -> Result<Socket> {
-    Socket::open(nl::NETLINK_NETFILTER).map_err(|e| Error::io("open a NETLINK_NETFILTER socket", e))
+/// Run `f` with this network namespace's `NETLINK_NETFILTER` socket.
+///
+/// The socket is kept open and reused: releasing a netfilter socket after a batch that
+/// deleted a table waits for the kernel to finish the deletion (10-15 ms here, measured in
+/// `benches/netlink_vs_cli.rs`), which made every inject+revert as slow as spawning `nft`.
+/// Sockets are keyed by the calling thread's network namespace (device and inode of
+/// `/proc/thread-self/ns/net`; an open socket pins its namespace, so the key cannot be
+/// reused), and a socket that saw any error is closed rather than reused.
+fn with_socket<T>(
+    f: impl FnOnce(&mut Socket) -> std::result::Result<T, nl::NlError>,
+) -> Result<std::result::Result<T, nl::NlError>> {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::{Mutex, OnceLock};
+    static SOCKETS: OnceLock<Mutex<HashMap<(u64, u64), Socket>>> = OnceLock::new();
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| Error::io("identify the network namespace", e))?;
+    let mut sockets = SOCKETS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut sock = match sockets.remove(&ns) {
+        Some(s) => s,
+        None => Socket::open(nl::NETLINK_NETFILTER)
+            .map_err(|e| Error::io("open a NETLINK_NETFILTER socket", e))?,
+    };
+    let result = f(&mut sock);
+    if result.is_ok() {
+        sockets.insert(ns, sock);
+    }
+    Ok(result)
 }
 
 /// Plan: resolve interfaces, derive the table name, check nf_tables answers.
@@ -102,8 +132,7 @@ pub(crate) fn plan(
 ) -> Result<TableReceipt> {
     let interfaces = resolve_interfaces(t)?;
     let table = nft::table_name(&cx.fault_id);
-    let mut sock = nft_socket()?;
-    nft::table_exists(&mut sock, &table).map_err(|e| {
+    with_socket(|sock| nft::table_exists(sock, &table))?.map_err(|e| {
         let mut err = e.into_error("query nf_tables");
         if err.raw_os_error() == Some(libc::EPROTONOSUPPORT)
             || err.raw_os_error() == Some(libc::EOPNOTSUPP)
@@ -129,7 +158,6 @@ pub(crate) fn plan(
 
 /// Inject: one atomic batch that (re)creates the whole table.
 pub(crate) fn inject(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr]) -> Result<()> {
-    let mut sock = nft_socket()?;
     let mut msgs = vec![
         nft::new_table(&r.table),
         nft::del_table(&r.table),
@@ -145,7 +173,7 @@ pub(crate) fn inject(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr
     for (chain, exprs) in rules(&r.interfaces, t, dirs, tail) {
         msgs.push(nft::new_rule(&r.table, chain, &exprs));
     }
-    nft::send_batch(&mut sock, msgs)
+    with_socket(|sock| nft::send_batch(sock, msgs))?
         .map_err(|e| e.into_error(format!("create nft table inet {}", r.table)))
 }
 
@@ -158,8 +186,7 @@ pub(crate) fn revert(r: &TableReceipt) -> Result<()> {
     if rebooted(r) {
         return Ok(());
     }
-    let mut sock = nft_socket()?;
-    match nft::send_batch(&mut sock, vec![nft::del_table(&r.table)]) {
+    match with_socket(|sock| nft::send_batch(sock, vec![nft::del_table(&r.table)]))? {
         Ok(()) => Ok(()),
         Err(e) if e.errno == libc::ENOENT => Ok(()),
         Err(e) => Err(e.into_error(format!("delete nft table inet {}", r.table))),
@@ -173,16 +200,23 @@ pub(crate) fn verify(r: &TableReceipt) -> Result<Observation> {
             "the host rebooted since the fault was planned; nft tables do not survive a reboot",
         ));
     }
-    let mut sock = nft_socket()?;
     let rd = |e: nl::NlError| e.into_error(format!("read nft table inet {}", r.table));
-    if !nft::table_exists(&mut sock, &r.table).map_err(rd)? {
+    let found = with_socket(|sock| {
+        if !nft::table_exists(sock, &r.table)? {
+            return Ok(None);
+        }
+        Ok(Some((
+            nft::chains(sock, &r.table)?,
+            nft::rule_count(sock, &r.table)?,
+        )))
+    })?
+    .map_err(rd)?;
+    let Some((chains, rules)) = found else {
         return Ok(Observation::clean(format!(
             "nft table inet {} does not exist",
             r.table
         )));
-    }
-    let chains = nft::chains(&mut sock, &r.table).map_err(rd)?;
-    let rules = nft::rule_count(&mut sock, &r.table).map_err(rd)?;
+    };
     let chains_ok = r.chains.iter().all(|c| chains.contains(c));
     let detail = format!(
         "nft table inet {} with chains [{}] and {rules} of {} rules ({})",
