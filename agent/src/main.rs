@@ -199,6 +199,11 @@ fn cmd_run(
     journal.compact(200)?;
     let manual_targets = runner::preflight(&journal)?;
 
+    // Stressors run at oom_score_adj 1000; the agent lowers its own so that the OOM killer
+    // never picks it while a memory fault is in effect.
+    if let Err(e) = fault_core::host::stressor::protect_self() {
+        eprintln!("chaos-agent: warning: {e}; the OOM killer still prefers stressors (oom_score_adj 1000)");
+    }
     let abort = AbortHandle::new();
     install_signal_handlers(&abort, json)?;
     let view = render::LiveView::new(json, std::io::stdout().is_terminal());

@@ -14,5 +14,7 @@ pub fn registry() -> Registry {
     fault_process::register(&mut r);
     fault_disk::register(&mut r);
     fault_network::register(&mut r);
+    fault_cpu::register(&mut r);
+    fault_memory::register(&mut r);
     r
 }

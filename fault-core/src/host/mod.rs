@@ -3,8 +3,10 @@
 //!
 //! Everything here uses system calls directly (through `libc`); nothing runs a shell.
 
+pub mod cgroup;
 pub mod fs;
 pub mod process;
+pub mod stressor;
 
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), which changes on every boot.
 /// Receipts record it so that a revert after a reboot knows that non-persistent state

@@ -1,0 +1,849 @@
+//! `disk.io`: worker processes driving direct I/O on a filesystem.
+
+use std::ffi::CString;
+use std::io::ErrorKind as IoKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use fault_core::host::fs::sync_dir;
+use fault_core::host::stressor::{self, Exit, Stressors, Work};
+use fault_core::{Bytes, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::statfs::FsStats;
+
+/// The kind string of [`DiskIo`].
+pub const IO_KIND: &str = "disk.io";
+
+/// Prefix of the scratch files' names; the fault id and the worker index follow.
+const FILE_PREFIX: &str = ".chaos-agent-io-";
+
+/// Alignment O_DIRECT needs for buffer, offset and length on every common filesystem.
+const ALIGN: u64 = 4096;
+
+/// Most workers one fault may start.
+const MAX_WORKERS: u32 = 256;
+
+/// Largest block size.
+const MAX_BLOCK: u64 = 64 << 20;
+
+/// How long `verify` measures throughput.
+const VERIFY_WINDOW: StdDuration = StdDuration::from_millis(300);
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// What the workers do.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum IoMode {
+    /// Read the scratch file over and over (it is written once first).
+    Read,
+    /// Write the scratch file over and over.
+    Write,
+    /// Alternate: read one block, write the next.
+    Mixed,
+}
+
+impl IoMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            IoMode::Read => "read",
+            IoMode::Write => "write",
+            IoMode::Mixed => "mixed",
+        }
+    }
+}
+
+/// The parameters of a `disk.io` fault, as written in an experiment.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskIoSpec {
+    /// An existing directory, written as an absolute path: the workers' scratch files are
+    /// created in it, so its filesystem takes the I/O.
+    pub path: PathBuf,
+    /// Worker processes (>= 1). Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// `read`, `write` or `mixed`. Default `write`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<IoMode>,
+    /// Bytes per read or write, a multiple of 4096. Default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<Bytes>,
+    /// Size of each worker's scratch file, which it goes through again and again (rounded
+    /// down to whole blocks). Default 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_size: Option<Bytes>,
+    /// Stop each worker once it has moved this many bytes (> 0). Default: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<Bytes>,
+    /// Throughput target per worker, in bytes per second (> 0). Default: as fast as the
+    /// device goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Bytes>,
+}
+
+/// What [`DiskIo::plan`] resolved and `inject` recorded.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskIoReceipt {
+    /// The directory (canonical path).
+    pub dir: PathBuf,
+    /// One scratch file per worker, `<dir>/.chaos-agent-io-<fault id>-<n>`.
+    pub files: Vec<PathBuf>,
+    /// What the workers do.
+    pub mode: IoMode,
+    /// Bytes per I/O.
+    pub block_size: u64,
+    /// Bytes per scratch file.
+    pub file_size: u64,
+    /// Bytes each worker moves before it stops; `None`: until reverted.
+    pub bytes: Option<u64>,
+    /// Bytes per second per worker; `None`: unthrottled.
+    pub rate: Option<u64>,
+    /// The cgroups (named at plan) and the workers (recorded at inject).
+    pub stressors: Stressors,
+}
+
+/// Drive direct I/O on the filesystem of a directory with worker processes.
+///
+/// # What changes on the host
+///
+/// One scratch file per worker, `<path>/.chaos-agent-io-<fault id>-<n>` (mode 0600), and one
+/// process per worker, `chaos-io`, that opens it with `O_DIRECT` (so the page cache cannot
+/// absorb the load: every read and write reaches the device) and reads, writes or
+/// alternates `block_size` blocks through it in a loop, from a page-aligned buffer; at
+/// `rate` bytes per second when given, and until it has moved `bytes` when given. Read
+/// and mixed modes write the file once first. The workers run in the fault's cgroup under
+/// the agent's, with `oom_score_adj` 1000.
+///
+/// # Revert
+///
+/// Kills the workers (and anything else in the fault's cgroups), removes the cgroups, then
+/// unlinks the scratch files (only regular files at exactly the receipt's paths) and
+/// `fsync`s the directory.
+///
+/// # Persistence
+///
+/// The receipt names the files and cgroups at plan, before anything is created, and records
+/// each worker's identity at inject, so a fresh process reverts it. The workers die with the
+/// agent.
+///
+/// # Privileges
+///
+/// Write access to the directory; root (or a delegated cgroup) for the cgroups.
+#[derive(Debug, Clone)]
+pub struct DiskIo {
+    spec: DiskIoSpec,
+}
+
+impl DiskIo {
+    /// The validated spec.
+    pub fn spec(&self) -> &DiskIoSpec {
+        &self.spec
+    }
+    fn workers(&self) -> u32 {
+        self.spec.workers.unwrap_or(1)
+    }
+    fn mode(&self) -> IoMode {
+        self.spec.mode.unwrap_or(IoMode::Write)
+    }
+    fn block(&self) -> u64 {
+        self.spec.block_size.map_or(1 << 20, Bytes::get)
+    }
+    fn file_size(&self) -> u64 {
+        let f = self.spec.file_size.map_or(64 << 20, Bytes::get);
+        f - f % self.block()
+    }
+}
+
+fn scratch_file(dir: &Path, fault_id: &str, i: usize) -> Result<PathBuf> {
+    let name = format!("{FILE_PREFIX}{fault_id}-{i}");
+    if fault_id.is_empty() || fault_id.contains(['/', '\0']) || name.len() > 255 {
+        return Err(Error::invalid(format!(
+            "fault id {fault_id:?} cannot name a file"
+        )));
+    }
+    Ok(dir.join(name))
+}
+
+fn fs_magic(path: &Path) -> std::io::Result<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: zeroed statfs is valid (plain integers).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated, st a valid out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's type differs between targets
+    Ok(st.f_type as i64)
+}
+
+/// The loop one worker runs. Only async-signal-safe calls (see [`Work`]).
+#[derive(Debug)]
+struct IoWorker {
+    path: CString,
+    mode: IoMode,
+    block: usize,
+    blocks: u64,
+    /// Bytes to move before stopping; 0: never stop.
+    limit: u64,
+    /// Bytes per second; 0: unthrottled.
+    rate: u64,
+    fd: AtomicI32,
+    buf: AtomicUsize,
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+impl IoWorker {
+    /// One block at block index `i`: `write` or read. Returns an errno on failure.
+    fn io(&self, write: bool, i: u64) -> std::result::Result<(), i32> {
+        let fd = self.fd.load(Ordering::Relaxed);
+        let buf = self.buf.load(Ordering::Relaxed) as *mut libc::c_void;
+        let off = (i * self.block as u64) as libc::off_t;
+        loop {
+            // SAFETY: buf is our mapping of `block` bytes; fd is open.
+            let n = unsafe {
+                if write {
+                    libc::pwrite(fd, buf, self.block, off)
+                } else {
+                    libc::pread(fd, buf, self.block, off)
+                }
+            };
+            if n >= 0 {
+                return Ok(());
+            }
+            let e = errno();
+            if e != libc::EINTR {
+                return Err(e);
+            }
+        }
+    }
+}
+
+// SAFETY: prepare/run only call open, mmap, pread, pwrite, clock_gettime, clock_nanosleep
+// and getppid, on memory prepared before the fork or mapped here.
+unsafe impl Work for IoWorker {
+    fn prepare(&self) -> std::result::Result<(), i32> {
+        // SAFETY: path is NUL-terminated.
+        let fd = unsafe {
+            libc::open(
+                self.path.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_DIRECT | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o600,
+            )
+        };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: an anonymous mapping (page-aligned, so O_DIRECT-aligned).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                self.block,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(errno());
+        }
+        // Non-zero data, so no layer can skip it as zeroes.
+        // SAFETY: p is a fresh mapping of `block` bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0xa5, self.block) };
+        self.fd.store(fd, Ordering::Relaxed);
+        self.buf.store(p as usize, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn run(&self) -> i32 {
+        let code = |e: i32| e.clamp(1, 255);
+        if self.mode != IoMode::Write {
+            for i in 0..self.blocks {
+                if let Err(e) = self.io(true, i) {
+                    return code(e);
+                }
+            }
+        }
+        let start = stressor::monotonic_ns();
+        let mut moved: u64 = 0;
+        let mut n: u64 = 0;
+        loop {
+            for i in 0..self.blocks {
+                let write = match self.mode {
+                    IoMode::Write => true,
+                    IoMode::Read => false,
+                    IoMode::Mixed => n % 2 == 1,
+                };
+                if let Err(e) = self.io(write, i) {
+                    return code(e);
+                }
+                n += 1;
+                moved += self.block as u64;
+                if self.limit > 0 && moved >= self.limit {
+                    return 0;
+                }
+                if self.rate > 0 {
+                    let due = (moved as u128 * 1_000_000_000 / self.rate as u128) as u64;
+                    stressor::sleep_until_ns(start + due);
+                }
+                if n % 64 == 0 && stressor::orphaned() {
+                    return 0;
+                }
+            }
+        }
+    }
+}
+
+/// `(name, errno text)` of an exit code that is an errno.
+fn explain(exit: Exit) -> String {
+    match exit {
+        Exit::Code(c) if c > 0 => format!("{exit}: {}", std::io::Error::from_raw_os_error(c)),
+        other => other.to_string(),
+    }
+}
+
+impl Fault for DiskIo {
+    const KIND: &'static str = IO_KIND;
+    type Spec = DiskIoSpec;
+    type Receipt = DiskIoReceipt;
+
+    fn new(spec: DiskIoSpec) -> Result<DiskIo> {
+        let shown = spec.path.display();
+        if spec.path.as_os_str().is_empty() {
+            return Err(Error::invalid("path is empty: name an existing directory"));
+        }
+        if !spec.path.is_absolute() {
+            return Err(Error::invalid(format!(
+                "path \"{shown}\" is relative: write it as an absolute path"
+            )));
+        }
+        if spec.path.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(Error::invalid(format!(
+                "path \"{shown}\" contains a NUL byte"
+            )));
+        }
+        match spec.workers {
+            Some(0) => return Err(Error::invalid("workers is 0: give at least 1")),
+            Some(n) if n > MAX_WORKERS => {
+                return Err(Error::invalid(format!(
+                    "workers is {n}: at most {MAX_WORKERS}"
+                )))
+            }
+            _ => {}
+        }
+        if let Some(b) = spec.block_size {
+            let b = b.get();
+            if b == 0 || b % ALIGN != 0 || b > MAX_BLOCK {
+                return Err(Error::invalid(format!(
+                    "block_size is {b}: give a multiple of 4096 up to 64MiB (direct I/O needs \
+                     aligned blocks)"
+                )));
+            }
+        }
+        let f = DiskIo { spec };
+        let block = f.block();
+        if let Some(s) = f.spec.file_size {
+            if s.get() < block {
+                return Err(Error::invalid(format!(
+                    "file_size {} is smaller than one block ({})",
+                    s.human(),
+                    Bytes(block).human()
+                )));
+            }
+        }
+        if f.spec.bytes == Some(Bytes(0)) {
+            return Err(Error::invalid(
+                "bytes is 0: leave it out to run until reverted",
+            ));
+        }
+        if f.spec.rate == Some(Bytes(0)) {
+            return Err(Error::invalid("rate is 0: leave it out for full speed"));
+        }
+        Ok(f)
+    }
+
+    fn info() -> KindInfo {
+        KindInfo {
+            summary: "Starts `workers` processes (`chaos-io`) that each read, write or \
+                      alternate `block_size` blocks through a scratch file of their own, \
+                      `<path>/.chaos-agent-io-<fault id>-<n>`, with O_DIRECT so the page \
+                      cache cannot hide the load; at `rate` bytes/s and up to `bytes` when \
+                      given. Plan refuses a path that does not exist, a filesystem without \
+                      O_DIRECT (tmpfs) or without room for the files. Revert kills the \
+                      workers, removes their cgroup and unlinks the files.",
+            privileges: "write access to the directory; root (or a delegated cgroup) to put \
+                         the workers in a cgroup of their own",
+            reversible: true,
+            params: &[
+                Param {
+                    name: "path",
+                    ty: "path",
+                    default: None,
+                    doc: "An existing directory (absolute path); its filesystem takes the I/O.",
+                },
+                Param {
+                    name: "workers",
+                    ty: "integer",
+                    default: Some("1"),
+                    doc: "How many worker processes.",
+                },
+                Param {
+                    name: "mode",
+                    ty: "\"read\", \"write\" or \"mixed\"",
+                    default: Some("write"),
+                    doc: "What the workers do; read and mixed write the file once first.",
+                },
+                Param {
+                    name: "block_size",
+                    ty: "bytes",
+                    default: Some("1MiB"),
+                    doc: "Bytes per read or write, a multiple of 4096.",
+                },
+                Param {
+                    name: "file_size",
+                    ty: "bytes",
+                    default: Some("64MiB"),
+                    doc: "Size of each worker's scratch file, gone through again and again.",
+                },
+                Param {
+                    name: "bytes",
+                    ty: "bytes",
+                    default: None,
+                    doc: "Each worker stops after moving this many bytes.",
+                },
+                Param {
+                    name: "rate",
+                    ty: "bytes per second",
+                    default: None,
+                    doc: "Throughput target per worker.",
+                },
+            ],
+            example: "kind = \"disk.io\"\nduration = \"1m\"\npath = \"/var/tmp\"\nworkers = 2\nmode = \"mixed\"\nblock_size = \"256KiB\"\nrate = \"50MiB\"",
+        }
+    }
+
+    fn describe(&self) -> String {
+        let n = self.workers();
+        let mut s = format!(
+            "{n} worker{} doing direct {} I/O in {} blocks on the filesystem of {}",
+            if n == 1 { "" } else { "s" },
+            self.mode().as_str(),
+            Bytes(self.block()).human(),
+            self.spec.path.display()
+        );
+        if let Some(r) = self.spec.rate {
+            s.push_str(&format!(", {}/s each", r.human()));
+        }
+        if let Some(b) = self.spec.bytes {
+            s.push_str(&format!(", stopping after {} each", b.human()));
+        }
+        s
+    }
+
+    fn plan(&self, cx: &Context) -> Result<DiskIoReceipt> {
+        let path = &self.spec.path;
+        let shown = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| {
+            if e.kind() == IoKind::NotFound {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("{shown} does not exist: no filesystem to put I/O on"),
+                )
+            } else {
+                Error::io(format!("inspecting {shown}"), e)
+            }
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::invalid(format!("{shown} is not a directory")));
+        }
+        let dir =
+            std::fs::canonicalize(path).map_err(|e| Error::io(format!("resolving {shown}"), e))?;
+        let magic = fs_magic(&dir).map_err(|e| Error::io(format!("statfs {shown}"), e))?;
+        if magic == TMPFS_MAGIC || magic == RAMFS_MAGIC {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{shown} is on a memory filesystem (tmpfs/ramfs), which has no device and \
+                     does not support O_DIRECT"
+                ),
+            ));
+        }
+        let stats = FsStats::of_path(&dir).map_err(|e| Error::io(format!("statvfs {shown}"), e))?;
+        if stats.read_only {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("the filesystem of {shown} is mounted read-only"),
+            ));
+        }
+        let n = self.workers() as usize;
+        let files = (0..n)
+            .map(|i| scratch_file(&dir, &cx.fault_id, i))
+            .collect::<Result<Vec<_>>>()?;
+        let need = self.file_size().saturating_mul(n as u64);
+        if need > stats.avail() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the scratch files need {} ({n} x {}) but only {} is available on {shown}",
+                    Bytes(need).human(),
+                    Bytes(self.file_size()).human(),
+                    Bytes(stats.avail()).human()
+                ),
+            ));
+        }
+        Ok(DiskIoReceipt {
+            dir,
+            files,
+            mode: self.mode(),
+            block_size: self.block(),
+            file_size: self.file_size(),
+            bytes: self.spec.bytes.map(Bytes::get),
+            rate: self.spec.rate.map(Bytes::get),
+            stressors: Stressors::plan(&cx.fault_id, &["memory"])?,
+        })
+    }
+
+    fn inject(&self, _cx: &Context, receipt: &mut DiskIoReceipt) -> Result<()> {
+        let s = &mut receipt.stressors;
+        if !s.processes.is_empty() {
+            if s.alive().len() == receipt.files.len() {
+                return Ok(()); // an earlier inject of this receipt finished
+            }
+            s.stop()?;
+            s.processes.clear();
+        }
+        s.create_cgroups()?;
+        for file in &receipt.files {
+            let path = CString::new(file.as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::invalid(format!("{} contains NUL", file.display())))?;
+            let work = Arc::new(IoWorker {
+                path,
+                mode: receipt.mode,
+                block: receipt.block_size as usize,
+                blocks: receipt.file_size / receipt.block_size,
+                limit: receipt.bytes.unwrap_or(0),
+                rate: receipt.rate.unwrap_or(0),
+                fd: AtomicI32::new(-1),
+                buf: AtomicUsize::new(0),
+            });
+            s.spawn("chaos-io", None, work).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "the filesystem of {} refused O_DIRECT: {e}",
+                            receipt.dir.display()
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
+        }
+        let _ = sync_dir(&receipt.dir);
+        Ok(())
+    }
+
+    fn maintain_interval(&self) -> Option<StdDuration> {
+        Some(StdDuration::from_secs(1))
+    }
+
+    fn maintain(&self, _cx: &Context, receipt: &mut DiskIoReceipt) -> Result<Option<StdDuration>> {
+        let s = &receipt.stressors;
+        for p in s.processes.iter().filter(|p| !p.is_alive()) {
+            match stressor::exit_status(p) {
+                Some(Exit::Code(0)) => {} // moved its `bytes`
+                Some(exit) => {
+                    return Err(Error::new(
+                        ErrorKind::Drifted,
+                        format!("disk.io worker pid {} stopped ({})", p.pid, explain(exit)),
+                    ))
+                }
+                None => return Err(Error::new(ErrorKind::Drifted, s.death_note(p, None))),
+            }
+        }
+        Ok(Some(StdDuration::from_secs(1)))
+    }
+
+    fn verify(receipt: &DiskIoReceipt) -> Result<Observation> {
+        let s = &receipt.stressors;
+        let files: Vec<&PathBuf> = receipt
+            .files
+            .iter()
+            .filter(|f| std::fs::symlink_metadata(f).is_ok())
+            .collect();
+        let alive = s.alive();
+        let finished = s
+            .processes
+            .iter()
+            .filter(|p| stressor::exit_status(p) == Some(Exit::Code(0)))
+            .count();
+        if alive.is_empty() && finished == 0 {
+            let cgroups = s.existing_cgroups();
+            return Ok(if files.is_empty() && cgroups.is_empty() {
+                Observation::clean(format!(
+                    "no disk.io worker running, no scratch file in {}",
+                    receipt.dir.display()
+                ))
+            } else {
+                Observation::partial(format!(
+                    "no worker running, but {} scratch file(s) and {} cgroup(s) are left",
+                    files.len(),
+                    cgroups.len()
+                ))
+            });
+        }
+        let pids: Vec<i32> = alive.iter().map(|p| p.pid).collect();
+        let before: Vec<Option<(u64, u64)>> = pids.iter().map(|&p| stressor::io_bytes(p)).collect();
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(VERIFY_WINDOW);
+        let secs = t0.elapsed().as_secs_f64();
+        let (mut rd, mut wr) = (0u64, 0u64);
+        for (&p, b) in pids.iter().zip(before) {
+            if let (Some((r0, w0)), Some((r1, w1))) = (b, stressor::io_bytes(p)) {
+                rd += r1.saturating_sub(r0);
+                wr += w1.saturating_sub(w0);
+            }
+        }
+        let per_s = |b: u64| Bytes((b as f64 / secs) as u64).human();
+        let detail = format!(
+            "{} of {} workers running{} ({} direct I/O in {} blocks on {}): reading {}/s, \
+             writing {}/s",
+            alive.len(),
+            receipt.files.len(),
+            if finished > 0 {
+                format!(", {finished} finished")
+            } else {
+                String::new()
+            },
+            receipt.mode.as_str(),
+            Bytes(receipt.block_size).human(),
+            receipt.dir.display(),
+            per_s(rd),
+            per_s(wr)
+        );
+        Ok(if alive.len() + finished == receipt.files.len() {
+            Observation::in_effect(detail)
+        } else {
+            Observation::partial(detail)
+        })
+    }
+
+    fn revert(receipt: &DiskIoReceipt) -> Result<()> {
+        // Workers first: an open descriptor would keep a file's blocks allocated.
+        receipt.stressors.stop()?;
+        let mut removed = false;
+        for file in &receipt.files {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if !name.starts_with(FILE_PREFIX) {
+                return Err(Error::new(
+                    ErrorKind::Drifted,
+                    format!(
+                        "refusing to remove {}: not a disk.io scratch file",
+                        file.display()
+                    ),
+                ));
+            }
+            match std::fs::symlink_metadata(file) {
+                Ok(m) if m.file_type().is_file() => {}
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Drifted,
+                        format!(
+                            "refusing to remove {}: it is not the regular file disk.io creates",
+                            file.display()
+                        ),
+                    ))
+                }
+                Err(e)
+                    if e.kind() == IoKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(Error::io(format!("inspecting {}", file.display()), e)),
+            }
+            match std::fs::remove_file(file) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == IoKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", file.display()), e)),
+            }
+        }
+        if removed {
+            sync_dir(&receipt.dir)
+                .map_err(|e| Error::io(format!("fsync {}", receipt.dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    fn manual_undo(receipt: &DiskIoReceipt) -> Vec<String> {
+        let mut out = receipt.stressors.manual_undo();
+        for f in &receipt.files {
+            out.push(format!(
+                "rm -f -- '{}'",
+                f.to_string_lossy().replace('\'', r"'\''")
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn build(spec: serde_json::Value) -> Result<DiskIo> {
+        let spec: DiskIoSpec =
+            serde_json::from_value(spec).map_err(|e| Error::invalid(e.to_string()))?;
+        DiskIo::new(spec)
+    }
+
+    #[test]
+    fn spec_validation_table() {
+        let ok = [
+            json!({"path": "/var/tmp"}),
+            json!({"path": "/var/tmp", "workers": 4, "mode": "read", "block_size": "4KiB"}),
+            json!({"path": "/var/tmp", "mode": "mixed", "file_size": "1GiB", "bytes": "10GiB"}),
+            json!({"path": "/var/tmp", "rate": "10MiB"}),
+        ];
+        for spec in ok {
+            build(spec.clone()).unwrap_or_else(|e| panic!("{spec}: {e}"));
+        }
+        let bad = [
+            (json!({}), "missing field `path`"),
+            (json!({"path": "var/tmp"}), "is relative"),
+            (json!({"path": ""}), "path is empty"),
+            (json!({"path": "/var/tmp", "workers": 0}), "workers is 0"),
+            (json!({"path": "/var/tmp", "workers": -1}), "invalid value"),
+            (json!({"path": "/var/tmp", "workers": 1000}), "at most 256"),
+            (
+                json!({"path": "/var/tmp", "mode": "append"}),
+                "unknown variant",
+            ),
+            (
+                json!({"path": "/var/tmp", "block_size": 1000}),
+                "multiple of 4096",
+            ),
+            (
+                json!({"path": "/var/tmp", "block_size": 0}),
+                "multiple of 4096",
+            ),
+            (
+                json!({"path": "/var/tmp", "block_size": "128MiB"}),
+                "up to 64MiB",
+            ),
+            (
+                json!({"path": "/var/tmp", "file_size": "4KiB"}),
+                "smaller than one block",
+            ),
+            (json!({"path": "/var/tmp", "bytes": 0}), "bytes is 0"),
+            (json!({"path": "/var/tmp", "rate": 0}), "rate is 0"),
+            (json!({"path": "/var/tmp", "rate": "-1MiB"}), "negative"),
+            (json!({"path": "/var/tmp", "speed": 1}), "unknown field"),
+        ];
+        for (spec, want) in bad {
+            let e = build(spec.clone()).expect_err(&spec.to_string());
+            assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{spec}");
+            assert!(
+                e.to_string().contains(want),
+                "{spec}: {e} (wanted {want:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn example_validates_through_the_registry() {
+        let info = DiskIo::info();
+        let mut table: toml::Table = toml::from_str(info.example).expect("example is TOML");
+        assert_eq!(table.remove("kind").unwrap().as_str(), Some(IO_KIND));
+        table.remove("duration");
+        let value = serde_json::to_value(&table).unwrap();
+        let mut reg = fault_core::Registry::new();
+        crate::register(&mut reg);
+        let fault = reg.build(IO_KIND, &value).expect("example validates");
+        assert_eq!(
+            fault.describe(),
+            "2 workers doing direct mixed I/O in 256.0 KiB blocks on the filesystem of \
+             /var/tmp, 50.0 MiB/s each"
+        );
+        let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
+        assert_eq!(
+            names,
+            [
+                "path",
+                "workers",
+                "mode",
+                "block_size",
+                "file_size",
+                "bytes",
+                "rate"
+            ]
+        );
+    }
+
+    #[test]
+    fn file_size_is_whole_blocks_and_names_carry_the_fault_id() {
+        let f = build(json!({"path": "/x", "block_size": "1MiB", "file_size": "10.5MiB"})).unwrap();
+        assert_eq!(f.file_size(), 10 << 20);
+        assert_eq!(
+            scratch_file(Path::new("/x"), "r-1-1", 2).unwrap(),
+            Path::new("/x/.chaos-agent-io-r-1-1-2")
+        );
+        assert!(scratch_file(Path::new("/x"), "a/b", 0).is_err());
+    }
+
+    #[test]
+    fn plan_refuses_missing_paths_and_memory_filesystems() {
+        let cx = Context::new("plan-io", "run");
+        let e = build(json!({"path": "/nonexistent-chaos-dir"}))
+            .unwrap()
+            .plan(&cx)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        if fs_magic(Path::new("/dev/shm")).ok() == Some(TMPFS_MAGIC) {
+            let e = build(json!({"path": "/dev/shm"}))
+                .unwrap()
+                .plan(&cx)
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(e.to_string().contains("O_DIRECT"), "{e}");
+        }
+    }
+
+    #[test]
+    fn receipt_functions_work_without_the_filesystem() {
+        let r = DiskIoReceipt {
+            dir: "/nonexistent-chaos-dir".into(),
+            files: vec!["/nonexistent-chaos-dir/.chaos-agent-io-x-0".into()],
+            mode: IoMode::Write,
+            block_size: 4096,
+            file_size: 4096,
+            bytes: None,
+            rate: None,
+            stressors: Stressors::default(),
+        };
+        assert_eq!(
+            DiskIo::verify(&r).unwrap().effect,
+            fault_core::Effect::Clean
+        );
+        DiskIo::revert(&r).unwrap();
+        DiskIo::revert(&r).unwrap();
+        assert_eq!(
+            DiskIo::manual_undo(&r),
+            ["rm -f -- '/nonexistent-chaos-dir/.chaos-agent-io-x-0'"]
+        );
+    }
+}

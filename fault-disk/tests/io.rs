@@ -1,0 +1,378 @@
+//! `disk.io` against the real kernel: real worker processes doing direct I/O on an ext4
+//! image loop-mounted from a tmpfs each test mounts (tmpfs itself has no O_DIRECT), bytes
+//! observed in `/proc/<pid>/io`, and a `kill -9` of an agent process mid-fault. The real
+//! disk is never touched. Workers are throttled (`rate`) so the tests stay light.
+//!
+//! # Tolerance
+//!
+//! A throttled worker must move its `rate` within 30% over a 1 s window (the loop device
+//! and a busy machine add latency; the throttle itself only sleeps, so more than the rate
+//! is impossible beyond one block).
+
+#![cfg(feature = "privileged-tests")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fault_core::experiment::Experiment;
+use fault_core::host::process::ProcessId;
+use fault_core::host::stressor::{self, Exit};
+use fault_core::journal::{Journal, RecordState};
+use fault_core::runner::{self, AbortHandle, RecoverOutcome, RetryPolicy, Runner};
+use fault_core::testing::{TempDir, Tmpfs};
+use fault_core::{Context, Effect, ErrorKind, Fault, Registry};
+use fault_disk::{DiskIo, DiskIoReceipt, DiskIoSpec};
+use serde_json::json;
+
+const MIB: u64 = 1 << 20;
+
+fn cx() -> Context {
+    Context::new(
+        format!("t-{}", fault_core::host::random_hex(6)),
+        "privileged-test",
+    )
+}
+
+fn fault(spec: serde_json::Value) -> DiskIo {
+    let spec: DiskIoSpec = serde_json::from_value(spec).expect("spec parses");
+    DiskIo::new(spec).expect("spec validates")
+}
+
+/// Bytes `(read, written)` by the workers over `window`.
+fn moved(r: &DiskIoReceipt, window: Duration) -> (u64, u64) {
+    let pids: Vec<i32> = r.stressors.processes.iter().map(|p| p.pid).collect();
+    let a: Vec<(u64, u64)> = pids
+        .iter()
+        .map(|&p| stressor::io_bytes(p).unwrap())
+        .collect();
+    std::thread::sleep(window);
+    pids.iter().zip(a).fold((0, 0), |(rd, wr), (&p, (r0, w0))| {
+        let (r1, w1) = stressor::io_bytes(p).unwrap();
+        (rd + r1 - r0, wr + w1 - w0)
+    })
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    v.sort();
+    v
+}
+
+fn assert_clean(r: &DiskIoReceipt) {
+    for p in &r.stressors.processes {
+        assert!(!p.is_alive(), "worker {} still alive", p.pid);
+    }
+    for c in &r.stressors.cgroups {
+        assert!(!c.dir.exists(), "cgroup {} left", c.dir.display());
+    }
+    for f in &r.files {
+        assert!(!f.exists(), "{} left", f.display());
+    }
+    let obs = DiskIo::verify(r).unwrap();
+    assert_eq!(obs.effect, Effect::Clean, "{}", obs.detail);
+}
+
+/// A 32 MiB ext4 image, kept on its own tmpfs, loop-mounted; unmounted on drop.
+struct Ext4 {
+    mnt: TempDir,
+    _backing: Tmpfs,
+}
+
+impl Ext4 {
+    fn mount() -> Option<Ext4> {
+        let backing = Tmpfs::mount(48 * MIB).expect("mount tmpfs");
+        let img: PathBuf = backing.path().join("ext4.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(32 * MIB)
+            .unwrap();
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "5"])
+            .arg(&img)
+            .status();
+        if !matches!(mkfs, Ok(s) if s.success()) {
+            eprintln!("SKIPPED: mkfs.ext4 unavailable or failed: {mkfs:?}");
+            return None;
+        }
+        let mnt = TempDir::new("chaos-ext4");
+        let mount = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(mnt.path())
+            .status();
+        if !matches!(mount, Ok(s) if s.success()) {
+            eprintln!("SKIPPED: loop mount failed: {mount:?}");
+            return None;
+        }
+        Some(Ext4 {
+            mnt,
+            _backing: backing,
+        })
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        // Plain umount releases the auto-clear loop device before the backing tmpfs goes.
+        let _ = Command::new("umount").arg(self.mnt.path()).status();
+    }
+}
+
+#[test]
+fn write_workers_move_bytes_at_the_rate_and_revert_removes_their_files() {
+    fault_core::require_root!();
+    let Some(fs) = Ext4::mount() else { return };
+    let dir = fs.mnt.path();
+    let cx = cx();
+    let f = fault(json!({"path": dir, "workers": 2, "block_size": "64KiB",
+                         "file_size": "4MiB", "rate": "8MiB"}));
+    let mut r = f.plan(&cx).unwrap();
+    assert_eq!(
+        r.files,
+        [0, 1].map(|i| dir.join(format!(".chaos-agent-io-{}-{i}", cx.fault_id)))
+    );
+    assert!(entries(dir).is_empty(), "plan changes nothing");
+    f.inject(&cx, &mut r).unwrap();
+    for p in &r.stressors.processes {
+        assert_eq!(p.stat().unwrap().comm, "chaos-io");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (rd, wr) = moved(&r, Duration::from_secs(1));
+    eprintln!(
+        "2 x 8 MiB/s requested: wrote {:.1} MiB, read {:.1} MiB in 1 s",
+        wr as f64 / MIB as f64,
+        rd as f64 / MIB as f64
+    );
+    assert!(
+        (wr as f64 - 16.0 * MIB as f64).abs() <= 0.3 * 16.0 * MIB as f64,
+        "wrote {wr}"
+    );
+    let obs = DiskIo::verify(&r).unwrap();
+    assert_eq!(obs.effect, Effect::InEffect, "{}", obs.detail);
+    assert!(
+        obs.detail.contains("2 of 2 workers running"),
+        "{}",
+        obs.detail
+    );
+    assert_eq!(entries(dir).len(), 2);
+    f.inject(&cx, &mut r).unwrap(); // twice = once
+    assert_eq!(r.stressors.processes.len(), 2);
+
+    let back: DiskIoReceipt = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    DiskIo::revert(&back).unwrap();
+    DiskIo::revert(&back).unwrap();
+    assert_clean(&r);
+    assert!(entries(dir).is_empty(), "{:?}", entries(dir));
+}
+
+#[test]
+fn reads_go_around_the_page_cache() {
+    fault_core::require_root!();
+    let Some(fs) = Ext4::mount() else { return };
+    let cx = cx();
+    let f = fault(
+        json!({"path": fs.mnt.path(), "mode": "read", "block_size": "256KiB",
+                         "file_size": "2MiB", "rate": "16MiB"}),
+    );
+    let mut r = f.plan(&cx).unwrap();
+    f.inject(&cx, &mut r).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (rd, _) = moved(&r, Duration::from_secs(1));
+    DiskIo::revert(&r).unwrap();
+    assert_clean(&r);
+    eprintln!(
+        "read {:.1} MiB of a 2 MiB file in 1 s",
+        rd as f64 / MIB as f64
+    );
+    // A cached file would be read from the device once at most.
+    assert!(rd >= 8 * MIB, "read {rd}: the page cache served it");
+}
+
+#[test]
+fn mixed_mode_reads_and_writes() {
+    fault_core::require_root!();
+    let Some(fs) = Ext4::mount() else { return };
+    let cx = cx();
+    let f = fault(
+        json!({"path": fs.mnt.path(), "mode": "mixed", "block_size": "64KiB",
+                         "file_size": "1MiB", "rate": "8MiB"}),
+    );
+    let mut r = f.plan(&cx).unwrap();
+    f.inject(&cx, &mut r).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (rd, wr) = moved(&r, Duration::from_secs(1));
+    DiskIo::revert(&r).unwrap();
+    assert_clean(&r);
+    assert!(rd >= 2 * MIB && wr >= 2 * MIB, "read {rd}, wrote {wr}");
+}
+
+#[test]
+fn a_worker_stops_after_its_bytes() {
+    fault_core::require_root!();
+    let Some(fs) = Ext4::mount() else { return };
+    let cx = cx();
+    let f = fault(
+        json!({"path": fs.mnt.path(), "block_size": "64KiB", "file_size": "1MiB",
+                         "bytes": "3MiB"}),
+    );
+    let mut r = f.plan(&cx).unwrap();
+    f.inject(&cx, &mut r).unwrap();
+    let p = r.stressors.processes[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while p.is_alive() {
+        assert!(Instant::now() < deadline, "worker never finished");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(stressor::exit_status(&p), Some(Exit::Code(0)));
+    assert!(
+        f.maintain(&cx, &mut r).unwrap().is_some(),
+        "finishing is not a failure"
+    );
+    let obs = DiskIo::verify(&r).unwrap();
+    assert_eq!(obs.effect, Effect::InEffect, "{}", obs.detail);
+    assert!(obs.detail.contains("1 finished"), "{}", obs.detail);
+    DiskIo::revert(&r).unwrap();
+    assert_clean(&r);
+}
+
+#[test]
+fn plan_refuses_tmpfs_missing_paths_and_files_that_do_not_fit() {
+    fault_core::require_root!();
+    let t = Tmpfs::mount(16 * MIB).unwrap();
+    let e = fault(json!({"path": t.path()})).plan(&cx()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.to_string().contains("does not support O_DIRECT"), "{e}");
+    let e = fault(json!({"path": t.path().join("gone")}))
+        .plan(&cx())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let Some(fs) = Ext4::mount() else { return };
+    let e = fault(json!({"path": fs.mnt.path(), "workers": 4, "file_size": "16MiB"}))
+        .plan(&cx())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("the scratch files need 64.0 MiB (4 x 16.0 MiB)"),
+        "{e}"
+    );
+}
+
+// ---- kill -9 of an agent process -------------------------------------------------------
+
+const AGENT_DIR: &str = "CHAOS_TEST_AGENT_DIR";
+const AGENT_EXPERIMENT: &str = "CHAOS_TEST_AGENT_EXPERIMENT";
+
+fn registry() -> Registry {
+    let mut reg = Registry::new();
+    fault_disk::register(&mut reg);
+    reg
+}
+
+/// Not a test on its own: when started by [`run_agent_then_kill_it`] (with the env set),
+/// it plays the agent: runs the experiment with a journal until it is killed.
+#[test]
+fn helper_agent_process() {
+    let (Ok(dir), Ok(exp)) = (std::env::var(AGENT_DIR), std::env::var(AGENT_EXPERIMENT)) else {
+        return;
+    };
+    let reg = registry();
+    let prepared = Experiment::load_toml(&exp, &reg).expect("experiment");
+    let journal = Journal::open(Path::new(&dir)).unwrap();
+    let events = |_: &runner::Event| {};
+    let runner = Runner {
+        registry: &reg,
+        journal: &journal,
+        events: &events,
+        abort: AbortHandle::new(),
+        retry: RetryPolicy::default(),
+    };
+    runner.run(&prepared, "kill9", &[]);
+}
+
+/// Start an agent process running `experiment`, wait until its fault is applied, `kill
+/// -9` it, and return the journal dir and the recorded stressors.
+fn run_agent_then_kill_it(experiment: &str) -> (TempDir, Vec<ProcessId>, Instant) {
+    let dir = TempDir::new("chaos-kill9");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "helper_agent_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(AGENT_DIR, dir.path())
+        .env(AGENT_EXPERIMENT, experiment)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = Journal::open(dir.path()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pids: Vec<ProcessId> = loop {
+        let applied = journal
+            .records()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.state == RecordState::Applied);
+        if let Some(r) = applied {
+            break serde_json::from_value(r.receipt["stressors"]["processes"].clone()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never applied its fault"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!pids.is_empty());
+    assert!(pids.iter().all(|p| p.is_alive()));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    (dir, pids, Instant::now())
+}
+
+#[test]
+fn kill_9_of_the_agent_kills_every_worker_and_recover_removes_the_files() {
+    fault_core::require_root!();
+    let Some(fs) = Ext4::mount() else { return };
+    let exp = format!(
+        r#"
+name = "kill9"
+[[steps]]
+name = "io"
+  [[steps.faults]]
+  kind = "disk.io"
+  duration = "60s"
+  path = "{}"
+  workers = 2
+  block_size = "64KiB"
+  file_size = "2MiB"
+  rate = "4MiB"
+"#,
+        fs.mnt.path().display()
+    );
+    let (dir, pids, killed_at) = run_agent_then_kill_it(&exp);
+    while pids.iter().any(|p| p.is_alive()) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "workers outlived the agent by 3 s: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("workers gone {:?} after the agent", killed_at.elapsed());
+    assert_eq!(entries(fs.mnt.path()).len(), 2, "files wait for recover");
+    let journal = Journal::open(dir.path()).unwrap();
+    let reg = registry();
+    let items = runner::recover(&reg, &journal, &RetryPolicy::default()).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].outcome, RecoverOutcome::Reverted, "{:?}", items[0]);
+    let record = journal.records().unwrap().pop().unwrap();
+    assert_eq!(record.state, RecordState::Reverted);
+    let r: DiskIoReceipt = serde_json::from_value(record.receipt).unwrap();
+    assert_clean(&r);
+    assert!(entries(fs.mnt.path()).is_empty());
+}
