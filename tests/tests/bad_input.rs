@@ -158,14 +158,13 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_changes() {
         1,
         "available",
     );
-    // The agent itself is never a target.
-    case(
-        &sb,
-        "self-by-name",
-        &fault("kind = \"process.stop\"\nduration = \"1s\"\nname = \"chaos-agent\""),
-        1,
-        "agent",
-    );
+    // The agent itself is never a target: the only process whose command line holds this
+    // marker is the agent (it is in the experiment file's name), so nothing else can match.
+    let marker = format!("self-{}", fault_core::host::random_hex(4));
+    let body = fault(&format!(
+        "kind = \"process.stop\"\nduration = \"1s\"\ncmdline = \"{marker}\""
+    ));
+    case(&sb, &marker, &body, 1, "agent");
     // A step whose second fault cannot be planned changes nothing, not even the first.
     let two = format!(
         "name = \"half\"\n[[steps]]\n  [[steps.faults]]\n  kind = \"process.stop\"\n  duration = \"1s\"\n  pid = {pid}\n  [[steps.faults]]\n  kind = \"disk.fill\"\n  duration = \"1s\"\n  path = \"{fs}\"\n  size = \"1TiB\"\n"
