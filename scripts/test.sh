@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, unit tests, and (as root) the
-# privileged tests against the real kernel plus the end-to-end tests of chaos-agent.
+# privileged tests against the real kernel plus the end-to-end tests of chaos-agent; then the
+# VM suite (tests/vm/run.sh): kill -9, hard resets, netem and services under a real systemd.
 # Installs the few system tools the tests use when they are missing (needs root for that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,3 +32,5 @@ trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-features 2>&1 | tee "$log"
 # One closing line for the whole cargo run (its own last line is often an empty doc-test).
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "cargo tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+echo "==> VM suite (tests/vm/run.sh: a QEMU guest with systemd; see docs/testing.md)"
+tests/vm/run.sh

@@ -6,6 +6,10 @@
 //!   revert resumes them with `SIGCONT`.
 //! - [`ProcessKill`] (`process.kill`): send a signal (`SIGKILL` by default), once or every
 //!   `interval` for the duration. Irreversible: a signal cannot be taken back.
+//! - [`ServiceStop`] (`service.stop`): `systemctl stop` a service unit for the duration;
+//!   revert starts it again when it was active before.
+//! - [`ServiceRestart`] (`service.restart`): `systemctl restart` a service unit, once or every
+//!   `interval`. Irreversible; revert only makes sure it runs again if it ran before.
 //!
 //! ## Choosing targets
 //!
@@ -26,25 +30,43 @@
 //! `process.stop` refuses a target that is already stopped, so its revert never resumes a
 //! process that someone else stopped. `process.kill` has nothing to revert.
 //!
+//! ## Service faults
+//!
+//! `service.stop` and `service.restart` talk to systemd through `systemctl`, run with an
+//! argument vector (no shell) and a unit name checked against systemd's character set. The
+//! receipt records the unit's prior `ActiveState` (and invocation id), so revert (`systemctl
+//! start`, only when it was active) works from the journal alone, after a crash or a reboot.
+//! `chaos-agent.service`, and any unit the agent or one of its ancestors runs in (read from
+//! `/proc/PID/cgroup`), are refused. Where systemd is not the init system, `plan` fails with
+//! [`ErrorKind::Unsupported`](fault_core::ErrorKind::Unsupported) before anything changes.
+//!
 //! ## Privileges
 //!
-//! Root, or the same user as the targets (`CAP_KILL` to signal other users' processes).
-//! `plan` checks this with signal 0 before anything changes.
+//! Process faults: root, or the same user as the targets (`CAP_KILL` to signal other users'
+//! processes); `plan` checks this with signal 0 before anything changes. Service faults:
+//! root (systemd's `manage-units`).
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod kill;
+mod service;
 mod stop;
 mod target;
 
 pub use kill::{ProcessKill, ProcessKillReceipt, ProcessKillSpec, SignalSpec};
+pub use service::{
+    ServiceReceipt, ServiceRestart, ServiceRestartSpec, ServiceStop, ServiceStopSpec,
+};
 pub use stop::{ProcessStop, ProcessStopReceipt, ProcessStopSpec};
 pub use target::{Selector, TargetProcess};
 
-/// Register `process.stop` and `process.kill`.
+/// Register `process.stop`, `process.kill`, `service.stop` and `service.restart`.
 pub fn register(reg: &mut fault_core::Registry) {
-    reg.register::<ProcessStop>().register::<ProcessKill>();
+    reg.register::<ProcessStop>()
+        .register::<ProcessKill>()
+        .register::<ServiceStop>()
+        .register::<ServiceRestart>();
 }
 
 #[cfg(test)]
@@ -57,7 +79,15 @@ mod tests {
         let mut reg = Registry::new();
         super::register(&mut reg);
         let kinds: Vec<&str> = reg.kinds().map(|k| k.kind).collect();
-        assert_eq!(kinds, ["process.kill", "process.stop"]);
+        assert_eq!(
+            kinds,
+            [
+                "process.kill",
+                "process.stop",
+                "service.restart",
+                "service.stop"
+            ]
+        );
         for entry in reg.kinds() {
             let info = (entry.info)();
             let mut table: toml::Table = toml::from_str(info.example)

@@ -1,0 +1,1223 @@
+//! The HTTPS API.
+//!
+//! One process, one SQLite store behind a mutex (every store call is short), and in memory:
+//! a wake-up per agent for the long poll, the last-seen times (flushed to the store every
+//! two seconds), and the set of agents currently reported lost.
+//!
+//! Authentication: agents send `Authorization: Bearer cca_...`; the token's SHA-256 is
+//! looked up, and its generation is compared with the newest generation the agent has used
+//! (see `docs/protocol.md`, "Token lifecycle"). Operators send the admin token.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chaos_protocol::admin::{
+    AbortRequest, AddAgentRequest, AgentInfo, AgentList, CreateRunsRequest, CreateRunsResponse,
+    Health, LogPage, RegistrationKey, RunDetail, RunList, RunRef,
+};
+use chaos_protocol::agent::{
+    AccessToken, AgentSettings, RegisterRequest, RegisterResponse, RotateRequest, TasksResponse,
+};
+use chaos_protocol::run::{
+    LogBatch, LogsResponse, RunResult, RunState, StatusResponse, StatusUpdate,
+};
+use chaos_protocol::{
+    is_agent_id, is_run_id, now_ms, ApiError, ErrorBody, ErrorCode, Invalid, Problem,
+    MAX_BODY_BYTES, MAX_WAIT_SECS,
+};
+use fault_core::experiment::Experiment;
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::pki::{Paths, ADMIN_HASH_KEY};
+use crate::secrets::{self, ACCESS_PREFIX, ADMIN_PREFIX, REGISTRATION_PREFIX};
+use crate::store::{RegisterRefusal, RunFilter, Store, StoreError};
+use crate::{Error, Result};
+
+/// Timings and limits of a server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lifetime of an access token.
+    pub token_ttl: Duration,
+    /// Default lifetime of a registration key.
+    pub key_ttl: Duration,
+    /// Silence after which an agent is shown as lost.
+    pub lost_after: Duration,
+    /// The long-poll `wait` agents are asked to use.
+    pub poll_wait: Duration,
+    /// Default lease of a run.
+    pub lease: Duration,
+    /// A task handed out but not acknowledged is handed out again after this long.
+    pub redeliver_after: Duration,
+    /// Largest request body.
+    pub max_body: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            token_ttl: Duration::from_secs(3600),
+            key_ttl: Duration::from_secs(24 * 3600),
+            lost_after: Duration::from_secs(120),
+            poll_wait: Duration::from_secs(30),
+            lease: Duration::from_secs(120),
+            redeliver_after: Duration::from_secs(10),
+            max_body: MAX_BODY_BYTES,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An error answer: status + `{"error": ...}`.
+#[derive(Debug)]
+pub struct ApiErr(pub ApiError);
+
+impl ApiErr {
+    fn new(code: ErrorCode, message: impl Into<String>) -> ApiErr {
+        ApiErr(ApiError {
+            code,
+            message: message.into(),
+            problems: Vec::new(),
+        })
+    }
+
+    fn invalid(message: impl Into<String>, problems: Vec<Problem>) -> ApiErr {
+        ApiErr(ApiError {
+            code: ErrorCode::Invalid,
+            message: message.into(),
+            problems,
+        })
+    }
+
+    fn from_invalid(what: &str, inv: Invalid) -> ApiErr {
+        ApiErr::invalid(format!("the {what} has invalid fields"), inv.0)
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, Json(ErrorBody { error: self.0 })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+/// A JSON body read with the server's limit; errors become 400/413/422 JSON answers.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiErr> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiErr::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "the body is larger than the {MAX_BODY_BYTES} bytes this server accepts"
+                    ),
+                )
+            } else {
+                ApiErr::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
+            }
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        match serde_path_to_error::deserialize::<_, T>(de) {
+            Ok(v) => Ok(JsonBody(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if inner.is_data() {
+                    let path = if path == "." { String::new() } else { path };
+                    Err(ApiErr::invalid(
+                        "the body does not have the fields this call expects",
+                        vec![Problem {
+                            path,
+                            message: inner.to_string(),
+                        }],
+                    ))
+                } else {
+                    Err(ApiErr::new(
+                        ErrorCode::MalformedJson,
+                        format!("the body is not valid JSON: {inner}"),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Set once at shutdown; long polls return at once.
+#[derive(Debug, Default)]
+struct Shutdown {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Shutdown {
+    fn trigger(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        let n = self.notify.notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if self.flag.load(Ordering::SeqCst) {
+            return;
+        }
+        n.await
+    }
+}
+
+/// Shared state of the server.
+pub struct App {
+    store: Mutex<Store>,
+    settings: Settings,
+    admin_hash: Vec<u8>,
+    registry: fault_core::Registry,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    logs_changed: Notify,
+    seen: Mutex<HashMap<String, u64>>,
+    lost: Mutex<HashSet<String>>,
+    shutdown: Shutdown,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Authed {
+    agent_id: String,
+    generation: u64,
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiErr {
+    tracing::error!(error = %e, "storage failure");
+    ApiErr::new(
+        ErrorCode::Internal,
+        "the server could not read or write its store; see the server log",
+    )
+}
+
+fn store_err(e: StoreError) -> ApiErr {
+    match e {
+        StoreError::Sql(e) => internal(e),
+        StoreError::Conflict(m) => ApiErr::new(ErrorCode::Conflict, m),
+        StoreError::NotFound(m) => ApiErr::new(ErrorCode::NotFound, m),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiErr> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiErr::new(
+            ErrorCode::MissingToken,
+            "this call needs an `Authorization: Bearer <token>` header",
+        ));
+    };
+    v.to_str()
+        .ok()
+        .and_then(|s| s.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiErr::new(
+                ErrorCode::InvalidToken,
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+impl App {
+    /// Build the state from an open store.
+    pub fn new(store: Store, settings: Settings) -> Result<App> {
+        let admin_hash = store.meta(ADMIN_HASH_KEY)?.ok_or_else(|| {
+            Error::msg("the store has no admin token: run `chaos-control init` first")
+        })?;
+        Ok(App {
+            store: Mutex::new(store),
+            settings,
+            admin_hash,
+            registry: crate::registry(),
+            wakers: Mutex::new(HashMap::new()),
+            logs_changed: Notify::new(),
+            seen: Mutex::new(HashMap::new()),
+            lost: Mutex::new(HashSet::new()),
+            shutdown: Shutdown::default(),
+        })
+    }
+
+    fn db<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, ApiErr> {
+        let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s).map_err(store_err)
+    }
+
+    fn waker(&self, agent_id: &str) -> Arc<Notify> {
+        let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(agent_id.to_string()).or_default().clone()
+    }
+
+    fn wake(&self, agent_id: &str) {
+        let w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = w.get(agent_id) {
+            n.notify_waiters();
+        }
+    }
+
+    fn saw(&self, agent_id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent_id.to_string(), now_ms());
+        let back = self
+            .lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(agent_id);
+        if back {
+            tracing::info!(agent_id, "agent is back");
+        }
+    }
+
+    fn admin(&self, headers: &HeaderMap) -> Result<(), ApiErr> {
+        let t = bearer(headers)?;
+        if !secrets::well_formed(t, ADMIN_PREFIX) {
+            return Err(ApiErr::new(
+                ErrorCode::InvalidToken,
+                "this call needs the admin token (see admin.token in the state directory)",
+            ));
+        }
+        // Comparing SHA-256 digests of a 256-bit secret leaks nothing useful through timing.
+        if secrets::hash(t) != self.admin_hash {
+            return Err(ApiErr::new(ErrorCode::InvalidToken, "wrong admin token"));
+        }
+        Ok(())
+    }
+
+    fn agent(&self, headers: &HeaderMap) -> Result<Authed, ApiErr> {
+        let t = bearer(headers)?;
+        if !secrets::well_formed(t, ACCESS_PREFIX) {
+            return Err(ApiErr::new(
+                ErrorCode::InvalidToken,
+                "not an agent access token",
+            ));
+        }
+        let hash = secrets::hash(t);
+        let now = now_ms();
+        let row = self.db(|s| s.token(&hash))?;
+        let Some(row) = row else {
+            return Err(ApiErr::new(
+                ErrorCode::InvalidToken,
+                "unknown token (never issued, or replaced); register again with a new key",
+            ));
+        };
+        match row.agent_state.as_str() {
+            "revoked" => {
+                return Err(ApiErr::new(
+                    ErrorCode::AgentRevoked,
+                    "this agent was revoked by the operator",
+                ))
+            }
+            "locked" => {
+                return Err(ApiErr::new(
+                    ErrorCode::IdentityLocked,
+                    "this agent identity is locked because an old token was used after a newer \
+                     one: two agents share it. The operator must issue a new key \
+                     (`chaos-control agents rekey`)",
+                ))
+            }
+            _ => {}
+        }
+        if row.generation < row.agent_generation {
+            let reason = format!(
+                "token generation {} was presented after generation {} had been used: this \
+                 identity is in use by two agents (a copied state directory?)",
+                row.generation, row.agent_generation
+            );
+            self.db(|s| s.lock(&row.agent_id, &reason))?;
+            tracing::warn!(
+                agent_id = %row.agent_id,
+                presented = row.generation,
+                newest = row.agent_generation,
+                "identity locked: an old token generation was used after a newer one"
+            );
+            return Err(ApiErr::new(
+                ErrorCode::IdentityLocked,
+                format!("{reason}. Every token of this agent is refused until the operator issues a new key (`chaos-control agents rekey`)"),
+            ));
+        }
+        if row.expires_at_ms <= now {
+            return Err(ApiErr::new(
+                ErrorCode::TokenExpired,
+                "the access token has expired; rotate before half its lifetime, or register again with a new key",
+            ));
+        }
+        if row.generation > row.agent_generation {
+            self.db(|s| s.use_generation(&row.agent_id, row.generation, now))?;
+            tracing::debug!(agent_id = %row.agent_id, generation = row.generation, "token generation in use");
+        }
+        self.saw(&row.agent_id);
+        Ok(Authed {
+            agent_id: row.agent_id,
+            generation: row.generation,
+        })
+    }
+
+    fn issue(&self, generation: u64, now: u64) -> (String, AccessToken) {
+        let token = secrets::new_secret(ACCESS_PREFIX);
+        let ttl = ms(self.settings.token_ttl);
+        let at = AccessToken {
+            token: token.clone(),
+            generation,
+            expires_at_ms: now + ttl,
+            rotate_at_ms: now + ttl / 2,
+        };
+        (token, at)
+    }
+
+    /// The run must exist (404) and be this agent's (403).
+    fn own_run(&self, auth: &Authed, run_id: &str) -> Result<(), ApiErr> {
+        if !is_run_id(run_id) {
+            return Err(ApiErr::new(
+                ErrorCode::NotFound,
+                format!("no run {run_id:?}"),
+            ));
+        }
+        match self.db(|s| s.run_owner(run_id))? {
+            None => Err(ApiErr::new(ErrorCode::NotFound, format!("no run {run_id}"))),
+            Some(o) if o.agent_id != auth.agent_id => Err(ApiErr::new(
+                ErrorCode::Forbidden,
+                format!("run {run_id} belongs to another agent"),
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Write last-seen times and report agents that fell silent.
+    fn sweep(&self) {
+        let seen: Vec<(String, u64)> = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        let now = now_ms();
+        let lost_before = now.saturating_sub(ms(self.settings.lost_after));
+        let r = self.db(|s| {
+            if !seen.is_empty() {
+                s.touch(&seen)?;
+            }
+            s.silent_agents(lost_before)
+        });
+        let Ok(silent) = r else { return };
+        let mut lost = self.lost.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, name, last_seen_ms) in silent {
+            if lost.insert(id.clone()) {
+                tracing::warn!(agent_id = %id, %name, last_seen_ms, "agent lost: silent for longer than lost_after");
+            }
+        }
+    }
+
+    fn prune(&self) {
+        let before = now_ms().saturating_sub(7 * 24 * 3600 * 1000);
+        if let Ok(n) = self.db(|s| s.prune_tokens(before)) {
+            if n > 0 {
+                tracing::info!(tokens = n, "forgot retired tokens older than 7 days");
+            }
+        }
+    }
+
+    fn agent_info(&self, row: &crate::store::AgentRow) -> AgentInfo {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&row.id)
+            .copied();
+        let lost_before = now_ms().saturating_sub(ms(self.settings.lost_after));
+        row.info(seen, lost_before)
+    }
+}
+
+fn query_u64(raw: &Option<String>, key: &str, default: u64) -> Result<u64, ApiErr> {
+    let Some(q) = raw else { return Ok(default) };
+    for pair in q.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == key {
+            return v.parse::<u64>().map_err(|_| {
+                ApiErr::new(
+                    ErrorCode::BadRequest,
+                    format!("query parameter `{key}` must be a whole number, not {v:?}"),
+                )
+            });
+        }
+    }
+    Ok(default)
+}
+
+fn query_str<'a>(raw: &'a Option<String>, key: &str) -> Option<&'a str> {
+    raw.as_deref()?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k == key).then_some(v)
+    })
+}
+
+type Shared = State<Arc<App>>;
+
+async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: "v1".into(),
+    })
+}
+
+async fn register(
+    State(app): Shared,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiErr> {
+    req.validate()
+        .map_err(|e| ApiErr::from_invalid("registration", e))?;
+    if !secrets::well_formed(&req.registration_key, REGISTRATION_PREFIX) {
+        return Err(ApiErr::new(
+            ErrorCode::RegistrationKeyInvalid,
+            "not a registration key (they start with ccr_)",
+        ));
+    }
+    let now = now_ms();
+    let (token, at) = app.issue(1, now);
+    let host = serde_json::to_string(&req.host).map_err(internal)?;
+    let key_hash = secrets::hash(&req.registration_key);
+    let token_hash = secrets::hash(&token);
+    let r = app.db(|s| s.register(&key_hash, &host, &token_hash, at.expires_at_ms, now))?;
+    let (agent_id, name) = r.map_err(|refusal| match refusal {
+        RegisterRefusal::Unknown => ApiErr::new(
+            ErrorCode::RegistrationKeyInvalid,
+            "unknown registration key; ask the operator for one (`chaos-control agents add`)",
+        ),
+        RegisterRefusal::Expired => ApiErr::new(
+            ErrorCode::RegistrationKeyExpired,
+            "the registration key has expired; ask the operator for a new one (`chaos-control agents rekey`)",
+        ),
+        RegisterRefusal::Used => ApiErr::new(
+            ErrorCode::RegistrationKeyUsed,
+            "the registration key was already used; each key registers once (`chaos-control agents rekey` issues a new one)",
+        ),
+    })?;
+    app.saw(&agent_id);
+    tracing::info!(%agent_id, %name, hostname = %req.host.hostname, version = %req.host.agent_version, "agent registered");
+    Ok(Json(RegisterResponse {
+        agent_id,
+        name,
+        token: at,
+        settings: AgentSettings {
+            poll_wait_secs: app.settings.poll_wait.as_secs(),
+            lost_after_secs: app.settings.lost_after.as_secs(),
+            token_ttl_secs: app.settings.token_ttl.as_secs(),
+        },
+    }))
+}
+
+async fn rotate(
+    State(app): Shared,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(_): JsonBody<RotateRequest>,
+) -> Result<Json<AccessToken>, ApiErr> {
+    let auth = app.agent(&headers)?;
+    if auth.agent_id != id {
+        return Err(ApiErr::new(
+            ErrorCode::Forbidden,
+            "this token belongs to another agent",
+        ));
+    }
+    // After authentication the presented token is the newest generation in use.
+    let current = auth.generation;
+    let now = now_ms();
+    let (token, at) = app.issue(current + 1, now);
+    let hash = secrets::hash(&token);
+    app.db(|s| s.rotate(&id, current, &hash, at.expires_at_ms, now))?;
+    tracing::info!(agent_id = %id, generation = current + 1, "token rotated");
+    Ok(Json(at))
+}
+
+async fn tasks(
+    State(app): Shared,
+    UrlPath(id): UrlPath<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<TasksResponse>, ApiErr> {
+    let auth = app.agent(&headers)?;
+    if auth.agent_id != id {
+        return Err(ApiErr::new(
+            ErrorCode::Forbidden,
+            "this token belongs to another agent",
+        ));
+    }
+    let wait = Duration::from_secs(query_u64(&q, "wait", 0)?.min(MAX_WAIT_SECS));
+    let waker = app.waker(&id);
+    let woken = waker.notified();
+    tokio::pin!(woken);
+    woken.as_mut().enable();
+    let redeliver = |now: u64| now.saturating_sub(ms(app.settings.redeliver_after));
+    let (mut list, due) = app.db(|s| s.tasks_for(&id, redeliver(now_ms())))?;
+    if !due && !wait.is_zero() {
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = app.shutdown.wait() => {}
+        }
+        list = app.db(|s| s.tasks_for(&id, redeliver(now_ms())))?.0;
+        app.saw(&id);
+    }
+    if !list.is_empty() {
+        app.db(|s| s.mark_delivered(&list, now_ms()))?;
+    }
+    Ok(Json(TasksResponse { tasks: list }))
+}
+
+async fn status(
+    State(app): Shared,
+    UrlPath(run): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(up): JsonBody<StatusUpdate>,
+) -> Result<Json<StatusResponse>, ApiErr> {
+    let auth = app.agent(&headers)?;
+    app.own_run(&auth, &run)?;
+    up.validate()
+        .map_err(|e| ApiErr::from_invalid("status", e))?;
+    let (state, abort) = app.db(|s| s.update_status(&run, &up, now_ms()))?;
+    app.logs_changed.notify_waiters();
+    tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), "run status");
+    Ok(Json(StatusResponse {
+        run_id: run,
+        state,
+        abort_requested: abort,
+    }))
+}
+
+async fn logs(
+    State(app): Shared,
+    UrlPath(run): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(batch): JsonBody<LogBatch>,
+) -> Result<Json<LogsResponse>, ApiErr> {
+    let auth = app.agent(&headers)?;
+    app.own_run(&auth, &run)?;
+    batch
+        .validate()
+        .map_err(|e| ApiErr::from_invalid("log batch", e))?;
+    let (accepted, duplicates) = app.db(|s| s.append_logs(&run, &batch.lines))?;
+    let abort_requested = app
+        .db(|s| s.run_owner(&run))?
+        .is_some_and(|o| o.abort_requested);
+    if accepted > 0 {
+        app.logs_changed.notify_waiters();
+    }
+    Ok(Json(LogsResponse {
+        accepted,
+        duplicates,
+        abort_requested,
+    }))
+}
+
+async fn result(
+    State(app): Shared,
+    UrlPath(run): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(res): JsonBody<RunResult>,
+) -> Result<Json<StatusResponse>, ApiErr> {
+    let auth = app.agent(&headers)?;
+    app.own_run(&auth, &run)?;
+    res.validate()
+        .map_err(|e| ApiErr::from_invalid("result", e))?;
+    if res.run_id != run {
+        return Err(ApiErr::invalid(
+            "the result is for another run",
+            vec![Problem {
+                path: "run_id".into(),
+                message: format!("{} does not match the run in the path ({run})", res.run_id),
+            }],
+        ));
+    }
+    let (state, abort) = app.db(|s| s.store_result(&run, &res, now_ms()))?;
+    app.logs_changed.notify_waiters();
+    tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), host_clean = res.host_clean(), "run result");
+    Ok(Json(StatusResponse {
+        run_id: run,
+        state,
+        abort_requested: abort,
+    }))
+}
+
+// ---- operator calls ----
+
+fn key_for(app: &App, ttl: Option<u64>) -> (String, Vec<u8>, u64) {
+    let key = secrets::new_secret(REGISTRATION_PREFIX);
+    let hash = secrets::hash(&key);
+    let ttl = ttl.map(|s| s * 1000).unwrap_or(ms(app.settings.key_ttl));
+    (key, hash, now_ms() + ttl)
+}
+
+async fn add_agent(
+    State(app): Shared,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<AddAgentRequest>,
+) -> Result<(StatusCode, Json<RegistrationKey>), ApiErr> {
+    app.admin(&headers)?;
+    req.validate()
+        .map_err(|e| ApiErr::from_invalid("request", e))?;
+    let id = secrets::random_hex(8);
+    let (key, hash, expires) = key_for(&app, req.key_ttl_secs);
+    app.db(|s| s.add_agent(&id, &req.name, &hash, expires, now_ms()))?;
+    tracing::info!(agent_id = %id, name = %req.name, "agent added");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegistrationKey {
+            agent_id: id,
+            name: req.name,
+            registration_key: key,
+            expires_at_ms: expires,
+        }),
+    ))
+}
+
+async fn list_agents(State(app): Shared, headers: HeaderMap) -> Result<Json<AgentList>, ApiErr> {
+    app.admin(&headers)?;
+    let rows = app.db(|s| s.list_agents())?;
+    Ok(Json(AgentList {
+        agents: rows.iter().map(|r| app.agent_info(r)).collect(),
+    }))
+}
+
+fn find_agent(app: &App, key: &str) -> Result<crate::store::AgentRow, ApiErr> {
+    if !is_agent_id(key) && chaos_protocol::validate_name(key).is_err() {
+        return Err(ApiErr::new(
+            ErrorCode::NotFound,
+            format!("no agent {key:?}"),
+        ));
+    }
+    app.db(|s| s.find_agent(key))?
+        .ok_or_else(|| ApiErr::new(ErrorCode::NotFound, format!("no agent {key:?}")))
+}
+
+async fn show_agent(
+    State(app): Shared,
+    UrlPath(key): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<AgentInfo>, ApiErr> {
+    app.admin(&headers)?;
+    let row = find_agent(&app, &key)?;
+    Ok(Json(app.agent_info(&row)))
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RekeyRequest {
+    #[serde(default)]
+    key_ttl_secs: Option<u64>,
+}
+
+async fn rekey_agent(
+    State(app): Shared,
+    UrlPath(key): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<RekeyRequest>,
+) -> Result<Json<RegistrationKey>, ApiErr> {
+    app.admin(&headers)?;
+    let row = find_agent(&app, &key)?;
+    if let Some(t) = req.key_ttl_secs {
+        AddAgentRequest {
+            name: row.name.clone(),
+            key_ttl_secs: Some(t),
+        }
+        .validate()
+        .map_err(|e| ApiErr::from_invalid("request", e))?;
+    }
+    let (k, hash, expires) = key_for(&app, req.key_ttl_secs);
+    app.db(|s| s.rekey(&row.id, &hash, expires))?;
+    app.wake(&row.id);
+    tracing::info!(agent_id = %row.id, name = %row.name, "agent rekeyed: tokens dropped, new registration key issued");
+    Ok(Json(RegistrationKey {
+        agent_id: row.id,
+        name: row.name,
+        registration_key: k,
+        expires_at_ms: expires,
+    }))
+}
+
+async fn revoke_agent(
+    State(app): Shared,
+    UrlPath(key): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<AbortRequest>,
+) -> Result<Json<AgentInfo>, ApiErr> {
+    app.admin(&headers)?;
+    req.validate()
+        .map_err(|e| ApiErr::from_invalid("request", e))?;
+    let row = find_agent(&app, &key)?;
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "revoked by the operator".into());
+    app.db(|s| s.revoke(&row.id, &reason))?;
+    app.wake(&row.id);
+    tracing::info!(agent_id = %row.id, name = %row.name, "agent revoked");
+    let row = find_agent(&app, &row.id)?;
+    Ok(Json(app.agent_info(&row)))
+}
+
+async fn create_runs(
+    State(app): Shared,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<CreateRunsRequest>,
+) -> Result<(StatusCode, Json<CreateRunsResponse>), ApiErr> {
+    app.admin(&headers)?;
+    let mut problems = req.validate().err().map(|e| e.0).unwrap_or_default();
+    let (exp_json, name) = match Experiment::load_value(&req.experiment, &app.registry) {
+        Ok(p) => (p.experiment.to_value(), p.experiment.name.clone()),
+        Err(inv) => {
+            problems.extend(inv.0.into_iter().map(|p| Problem {
+                path: if p.path.is_empty() {
+                    "experiment".into()
+                } else {
+                    format!("experiment.{}", p.path)
+                },
+                message: p.message,
+            }));
+            (serde_json::Value::Null, String::new())
+        }
+    };
+    let mut targets: Vec<(String, String)> = Vec::new();
+    if problems.is_empty() {
+        for (i, key) in req.agents.iter().enumerate() {
+            let path = format!("agents[{i}]");
+            match app.db(|s| s.find_agent(key))? {
+                None => problems.push(Problem {
+                    path,
+                    message: format!("no agent {key:?}"),
+                }),
+                Some(a) if a.state != "active" => problems.push(Problem {
+                    path,
+                    message: format!(
+                        "agent {} is {}; only registered agents can run experiments",
+                        a.name, a.state
+                    ),
+                }),
+                Some(a) if targets.iter().any(|(id, _)| *id == a.id) => problems.push(Problem {
+                    path,
+                    message: format!("agent {} is named twice", a.name),
+                }),
+                Some(a) => targets.push((a.id, a.name)),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ApiErr::invalid(
+            "the run request is invalid; nothing was created",
+            problems,
+        ));
+    }
+    let lease = req.lease_secs.unwrap_or(app.settings.lease.as_secs());
+    let exp_text = serde_json::to_string(&exp_json).map_err(internal)?;
+    let mut attempt = 0;
+    let runs = loop {
+        let runs: Vec<(String, String)> = targets
+            .iter()
+            .map(|(id, _)| (secrets::random_hex(4), id.clone()))
+            .collect();
+        let mut ids: Vec<&String> = runs.iter().map(|r| &r.0).collect();
+        ids.sort();
+        ids.dedup();
+        if ids.len() != runs.len() {
+            continue;
+        }
+        match app.db(
+            |s| match s.create_runs(&runs, &name, &exp_text, lease, now_ms()) {
+                Err(StoreError::Conflict(m)) => Ok(Err(m)),
+                other => other.map(Ok),
+            },
+        )? {
+            Ok(()) => break runs,
+            Err(m) if attempt < 5 => {
+                attempt += 1;
+                tracing::debug!(%m, "run id collision; retrying");
+            }
+            Err(m) => return Err(ApiErr::new(ErrorCode::Internal, m)),
+        }
+    };
+    let mut out = Vec::with_capacity(runs.len());
+    for ((run_id, agent_id), (_, agent_name)) in runs.into_iter().zip(targets) {
+        app.wake(&agent_id);
+        tracing::info!(%run_id, %agent_id, experiment = %name, "run created");
+        out.push(RunRef {
+            run_id,
+            agent_id,
+            agent_name,
+        });
+    }
+    Ok((StatusCode::CREATED, Json(CreateRunsResponse { runs: out })))
+}
+
+async fn list_runs(
+    State(app): Shared,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<RunList>, ApiErr> {
+    app.admin(&headers)?;
+    let limit = query_u64(&q, "limit", 50)?.clamp(1, 10_000) as u32;
+    let agent_id = match query_str(&q, "agent") {
+        Some(a) => Some(find_agent(&app, a)?.id),
+        None => None,
+    };
+    let state = match query_str(&q, "state") {
+        Some(s) => Some(RunState::parse(s).ok_or_else(|| {
+            ApiErr::new(
+                ErrorCode::BadRequest,
+                format!("unknown state {s:?} (pending, running, completed, failed, aborted)"),
+            )
+        })?),
+        None => None,
+    };
+    let runs = app.db(|s| {
+        s.list_runs(&RunFilter {
+            agent_id,
+            state,
+            limit,
+        })
+    })?;
+    Ok(Json(RunList { runs }))
+}
+
+fn check_run_id(run: &str) -> Result<(), ApiErr> {
+    if is_run_id(run) {
+        Ok(())
+    } else {
+        Err(ApiErr::new(ErrorCode::NotFound, format!("no run {run:?}")))
+    }
+}
+
+async fn show_run(
+    State(app): Shared,
+    UrlPath(run): UrlPath<String>,
+    headers: HeaderMap,
+) -> Result<Json<RunDetail>, ApiErr> {
+    app.admin(&headers)?;
+    check_run_id(&run)?;
+    app.db(|s| s.run_detail(&run))?
+        .map(Json)
+        .ok_or_else(|| ApiErr::new(ErrorCode::NotFound, format!("no run {run}")))
+}
+
+async fn run_logs(
+    State(app): Shared,
+    UrlPath(run): UrlPath<String>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<LogPage>, ApiErr> {
+    app.admin(&headers)?;
+    check_run_id(&run)?;
+    let after = query_u64(&q, "after", 0)?;
+    let wait = Duration::from_secs(query_u64(&q, "wait", 0)?.min(MAX_WAIT_SECS));
+    let limit = query_u64(&q, "limit", 1000)?.clamp(1, 1000) as u32;
+    let deadline = Instant::now() + wait;
+    loop {
+        let changed = app.logs_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let owner = app
+            .db(|s| s.run_owner(&run))?
+            .ok_or_else(|| ApiErr::new(ErrorCode::NotFound, format!("no run {run}")))?;
+        let lines = app.db(|s| s.logs_after(&run, after, limit))?;
+        let finished = owner.state.is_terminal();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !lines.is_empty() || finished || left.is_zero() {
+            let next_after = lines.last().map(|l| l.seq).unwrap_or(after);
+            return Ok(Json(LogPage {
+                lines,
+                next_after,
+                finished,
+            }));
+        }
+        tokio::select! {
+            _ = &mut changed => {}
+            _ = tokio::time::sleep(left) => {}
+            _ = app.shutdown.wait() => {
+                return Ok(Json(LogPage { lines: vec![], next_after: after, finished: false }));
+            }
+        }
+    }
+}
+
+async fn abort_run(
+    State(app): Shared,
+    UrlPath(run): UrlPath<String>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<AbortRequest>,
+) -> Result<Json<RunDetail>, ApiErr> {
+    app.admin(&headers)?;
+    check_run_id(&run)?;
+    req.validate()
+        .map_err(|e| ApiErr::from_invalid("request", e))?;
+    let reason = req
+        .reason
+        .unwrap_or_else(|| "aborted by the operator".into());
+    app.db(|s| s.abort(&run, &reason, now_ms()))?;
+    let detail = app
+        .db(|s| s.run_detail(&run))?
+        .ok_or_else(|| ApiErr::new(ErrorCode::NotFound, format!("no run {run}")))?;
+    app.wake(&detail.summary.agent_id);
+    app.logs_changed.notify_waiters();
+    tracing::info!(run_id = %run, agent_id = %detail.summary.agent_id, %reason, "abort requested");
+    Ok(Json(detail))
+}
+
+async fn not_found() -> ApiErr {
+    ApiErr::new(
+        ErrorCode::NotFound,
+        "no such path (the API lives under /api/v1)",
+    )
+}
+
+async fn method_not_allowed() -> ApiErr {
+    ApiErr::new(
+        ErrorCode::MethodNotAllowed,
+        "this path does not take this method",
+    )
+}
+
+async fn log_requests(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16();
+    let ms = start.elapsed().as_millis() as u64;
+    if path.ends_with("/tasks") && status < 400 {
+        tracing::debug!(%method, %path, status, ms, "request");
+    } else if status >= 500 {
+        tracing::error!(%method, %path, status, ms, "request");
+    } else if status >= 400 {
+        tracing::warn!(%method, %path, status, ms, "request refused");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
+    resp
+}
+
+/// The router, with body limits, JSON fallbacks and request logs.
+pub fn router(app: Arc<App>) -> Router {
+    let max_body = app.settings.max_body;
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/agents/register", post(register))
+        .route("/agents/{id}/token", post(rotate))
+        .route("/agents/{id}/tasks", get(tasks))
+        .route("/runs/{run}/status", post(status))
+        .route("/runs/{run}/logs", post(logs))
+        .route("/runs/{run}/result", post(result))
+        .route("/admin/agents", post(add_agent).get(list_agents))
+        .route("/admin/agents/{key}", get(show_agent))
+        .route("/admin/agents/{key}/rekey", post(rekey_agent))
+        .route("/admin/agents/{key}/revoke", post(revoke_agent))
+        .route("/admin/runs", post(create_runs).get(list_runs))
+        .route("/admin/runs/{run}", get(show_run))
+        .route("/admin/runs/{run}/logs", get(run_logs))
+        .route("/admin/runs/{run}/abort", post(abort_run))
+        .method_not_allowed_fallback(method_not_allowed);
+    Router::new()
+        .nest(chaos_protocol::API_PREFIX, api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(log_requests))
+        .with_state(app)
+}
+
+/// The TLS configuration: the server certificate and key from the state directory, ring as
+/// the only crypto provider, HTTP/1.1.
+pub fn tls_config(paths: &Paths) -> Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cp, kp) = (paths.server_pem(), paths.server_key());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cp)
+        .and_then(|i| i.collect())
+        .map_err(|e| {
+            Error(format!(
+                "cannot read the server certificate {}: {e} (run `chaos-control init` first)",
+                cp.display()
+            ))
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&kp)
+        .map_err(|e| Error(format!("cannot read the server key {}: {e}", kp.display())))?;
+    check_private(&kp);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            Error(format!(
+                "TLS: the server certificate and key do not fit: {e}"
+            ))
+        })?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+fn check_private(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(p) {
+        if m.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %p.display(), "private key is readable by others; chmod 600 it");
+        }
+    }
+}
+
+/// Raise the soft open-files limit to the hard limit (each agent holds a connection).
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
+    }
+    r.rlim_cur
+}
+
+/// A server ready to run.
+#[derive(Debug)]
+pub struct Server {
+    app: Arc<App>,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl Server {
+    /// Open the store and TLS files of a state directory.
+    pub fn open(paths: &Paths, settings: Settings) -> Result<Server> {
+        // One process-wide provider; ring is the only one compiled in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if !paths.db().exists() {
+            return Err(Error(format!(
+                "{} holds no store: run `chaos-control init --state-dir {}` first",
+                paths.dir.display(),
+                paths.dir.display()
+            )));
+        }
+        let tls = Arc::new(tls_config(paths)?);
+        let store = Store::open(&paths.db())?;
+        let app = Arc::new(App::new(store, settings)?);
+        Ok(Server { app, tls })
+    }
+
+    /// Serve on `listener` until `stop` completes; then stop taking connections, release
+    /// long polls, give in-flight requests the grace period, and flush to the store.
+    pub async fn run(
+        self,
+        listener: std::net::TcpListener,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error(format!("listener: {e}")))?;
+        let addr: SocketAddr = listener
+            .local_addr()
+            .map_err(|e| Error(format!("listener: {e}")))?;
+        let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
+        let rustls = axum_server::tls_rustls::RustlsConfig::from_config(self.tls.clone());
+        let server = axum_server::from_tcp_rustls(listener, rustls)
+            .map_err(|e| Error(format!("listener: {e}")))?
+            .handle(handle.clone());
+        let app = self.app.clone();
+        let sweeper = {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(2));
+                let mut n: u64 = 0;
+                loop {
+                    tick.tick().await;
+                    app.sweep();
+                    n += 1;
+                    if n % 1800 == 1 {
+                        app.prune();
+                    }
+                }
+            })
+        };
+        let svc = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let grace = app.settings.shutdown_grace;
+        let h2 = handle.clone();
+        let app2 = app.clone();
+        let stopper = async move {
+            stop.await;
+            tracing::info!("shutting down: releasing long polls, finishing requests");
+            app2.shutdown.trigger();
+            h2.graceful_shutdown(Some(grace));
+        };
+        tracing::info!(%addr, "listening (HTTPS)");
+        let serve = server.serve(svc);
+        tokio::pin!(serve);
+        tokio::pin!(stopper);
+        let mut stopped = false;
+        let r = loop {
+            tokio::select! {
+                r = &mut serve => break r,
+                _ = &mut stopper, if !stopped => { stopped = true; }
+            }
+        };
+        sweeper.abort();
+        app.sweep();
+        r.map_err(|e| Error(format!("server: {e}")))?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// The shared state (for tests).
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
+    }
+}
+
+impl App {
+    /// Counts of (agents, runs, log lines) in the store.
+    pub fn counts(&self) -> Result<(u64, u64, u64)> {
+        Ok(self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counts()?)
+    }
+}

@@ -1,0 +1,250 @@
+//! A real `chaos-control` server over TLS on 127.0.0.1 (ephemeral port), with a private CA
+//! made by `init` in a temporary state directory, and the protocol's blocking HTTPS client.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use chaos_control::pki::{self, InitOptions, Paths};
+use chaos_control::server::{Server, Settings};
+use chaos_protocol::admin::{
+    AddAgentRequest, CreateRunsRequest, CreateRunsResponse, RegistrationKey,
+};
+use chaos_protocol::agent::{HostFacts, RegisterRequest, RegisterResponse};
+use chaos_protocol::client::{Body, Client, ClientConfig, ClientError, Method};
+use serde_json::{json, Value};
+
+pub struct Harness {
+    pub dir: PathBuf,
+    pub settings: Settings,
+    pub addr: SocketAddr,
+    pub ca: Vec<u8>,
+    pub admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    pub app: std::sync::Arc<chaos_control::server::App>,
+}
+
+fn temp_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "chaos-control-test-{}",
+        chaos_control::secrets::random_hex(6)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        Harness::with(Settings::default())
+    }
+
+    pub fn with(settings: Settings) -> Harness {
+        let dir = temp_dir().join("state");
+        pki::init(&InitOptions {
+            state_dir: dir.clone(),
+            names: vec!["localhost".into()],
+            port: 8443,
+            force: false,
+        })
+        .unwrap();
+        let paths = Paths::new(&dir);
+        let ca = std::fs::read(paths.ca_pem()).unwrap();
+        let admin = std::fs::read_to_string(paths.admin_token())
+            .unwrap()
+            .trim()
+            .to_string();
+        let (addr, stop, thread, app) = start(&dir, &settings);
+        Harness {
+            dir,
+            settings,
+            addr,
+            ca,
+            admin,
+            stop: Some(stop),
+            thread: Some(thread),
+            app,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn client(&self) -> Client {
+        let mut cfg = ClientConfig::new(self.url(), self.ca.clone());
+        cfg.timeout = Duration::from_secs(10);
+        Client::new(cfg).unwrap()
+    }
+
+    /// Stop (gracefully) and start again on the same state directory.
+    pub fn restart(&mut self) {
+        self.shutdown();
+        let (addr, stop, thread, app) = start(&self.dir, &self.settings);
+        self.addr = addr;
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+        self.app = app;
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+
+    pub fn admin_get(&self, path: &str) -> Result<Value, ClientError> {
+        self.client()
+            .call::<(), Value>(Method::GET, path, Some(&self.admin), None)
+    }
+
+    pub fn admin_post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.client()
+            .call(Method::POST, path, Some(&self.admin), Some(body))
+    }
+
+    pub fn add_agent(&self, name: &str) -> RegistrationKey {
+        self.client()
+            .call(
+                Method::POST,
+                "/admin/agents",
+                Some(&self.admin),
+                Some(&AddAgentRequest {
+                    name: name.into(),
+                    key_ttl_secs: None,
+                }),
+            )
+            .unwrap()
+    }
+
+    /// Add and register an agent; returns its registration answer.
+    pub fn agent(&self, name: &str) -> RegisterResponse {
+        let key = self.add_agent(name);
+        self.client()
+            .register(&register_req(&key.registration_key))
+            .unwrap()
+    }
+
+    pub fn create_run(&self, agents: &[&str]) -> CreateRunsResponse {
+        self.client()
+            .call(
+                Method::POST,
+                "/admin/runs",
+                Some(&self.admin),
+                Some(&CreateRunsRequest {
+                    experiment: experiment(),
+                    agents: agents.iter().map(|s| s.to_string()).collect(),
+                    lease_secs: None,
+                }),
+            )
+            .unwrap()
+    }
+
+    pub fn counts(&self) -> (u64, u64, u64) {
+        self.app.counts().unwrap()
+    }
+
+    /// A raw call: status and body.
+    pub fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, Value) {
+        let (s, b) = self
+            .client()
+            .call_raw(
+                method,
+                path,
+                token,
+                if body.is_empty() {
+                    Body::None
+                } else {
+                    Body::Raw(body)
+                },
+                Duration::ZERO,
+            )
+            .unwrap();
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown();
+        if let Some(p) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+type Started = (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    JoinHandle<()>,
+    std::sync::Arc<chaos_control::server::App>,
+);
+
+fn start(dir: &std::path::Path, settings: &Settings) -> Started {
+    let server = Server::open(&Paths::new(dir), settings.clone()).unwrap();
+    let app = server.app();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(server.run(listener, async {
+            let _ = rx.await;
+        }))
+        .unwrap();
+    });
+    (addr, tx, thread, app)
+}
+
+pub fn host() -> HostFacts {
+    HostFacts {
+        hostname: "test-host".into(),
+        agent_version: "0.1.0".into(),
+        os: "Debian GNU/Linux 12".into(),
+        kernel: "6.18.44".into(),
+        arch: "x86_64".into(),
+        machine_id: "0123456789abcdef0123456789abcdef".into(),
+        kinds: vec!["disk.fill".into(), "process.stop".into()],
+    }
+}
+
+pub fn register_req(key: &str) -> RegisterRequest {
+    RegisterRequest {
+        registration_key: key.into(),
+        host: host(),
+    }
+}
+
+/// A valid experiment for the agent's registry.
+pub fn experiment() -> Value {
+    json!({
+        "name": "fill-tmp",
+        "steps": [{
+            "name": "fill",
+            "faults": [{"kind": "disk.fill", "duration": "5s", "path": "/tmp", "size": "1MiB"}]
+        }]
+    })
+}
+
+pub fn code(e: &ClientError) -> (u16, String) {
+    match e {
+        ClientError::Api { status, error } => (*status, error.code.as_str().to_string()),
+        other => panic!("expected an API error, got {other}"),
+    }
+}

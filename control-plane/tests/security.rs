@@ -1,0 +1,420 @@
+//! Every refusal: the right status and code, nothing stored, and the server keeps serving.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use chaos_control::server::Settings;
+use chaos_protocol::client::{Client, ClientConfig, ClientError, Method};
+use chaos_protocol::run::{LogBatch, LogLevel, LogLine};
+use common::{code, register_req, Harness};
+use serde_json::{json, Value};
+
+fn one_line(seq: u64, message: &str) -> LogBatch {
+    LogBatch {
+        lines: vec![LogLine {
+            seq,
+            at_ms: 1,
+            level: LogLevel::Info,
+            message: message.into(),
+        }],
+    }
+}
+
+fn assert_refused(got: (u16, Value), status: u16, code: &str) {
+    assert_eq!(got.0, status, "{}", got.1);
+    assert_eq!(got.1["error"]["code"], code, "{}", got.1);
+    assert!(
+        got.1["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        got.1
+    );
+}
+
+#[test]
+fn bad_credentials_are_refused_and_nothing_is_stored() {
+    let h = Harness::new();
+    let a = h.agent("alpha");
+    let b = h.agent("beta");
+    let run = h.create_run(&["alpha"]).runs[0].run_id.clone();
+    let before = h.counts();
+    let tasks = format!("/agents/{}/tasks", a.agent_id);
+    let logs = format!("/runs/{run}/logs");
+    let body = serde_json::to_vec(&one_line(1, "x")).unwrap();
+    let forged = format!("cca_{}", "ab".repeat(32));
+
+    // No token, malformed header, wrong token, a registration key, the admin token.
+    assert_refused(h.raw(Method::GET, &tasks, None, b""), 401, "missing_token");
+    assert_refused(
+        h.raw(Method::POST, &logs, None, &body),
+        401,
+        "missing_token",
+    );
+    assert_refused(
+        h.raw(Method::GET, &tasks, Some("garbage"), b""),
+        401,
+        "invalid_token",
+    );
+    assert_refused(
+        h.raw(Method::GET, &tasks, Some(&forged), b""),
+        401,
+        "invalid_token",
+    );
+    assert_refused(
+        h.raw(Method::POST, &logs, Some(&forged), &body),
+        401,
+        "invalid_token",
+    );
+    assert_refused(
+        h.raw(Method::GET, &tasks, Some(&h.admin), b""),
+        401,
+        "invalid_token",
+    );
+    // Another agent's token.
+    assert_refused(
+        h.raw(Method::GET, &tasks, Some(&b.token.token), b""),
+        403,
+        "forbidden",
+    );
+    assert_refused(
+        h.raw(Method::POST, &logs, Some(&b.token.token), &body),
+        403,
+        "forbidden",
+    );
+    assert_refused(
+        h.raw(
+            Method::POST,
+            &format!("/agents/{}/token", a.agent_id),
+            Some(&b.token.token),
+            b"{}",
+        ),
+        403,
+        "forbidden",
+    );
+    // Agent tokens cannot make operator calls, and a wrong admin token is refused.
+    assert_refused(
+        h.raw(Method::GET, "/admin/agents", Some(&a.token.token), b""),
+        401,
+        "invalid_token",
+    );
+    let wrong_admin = format!("ccadm_{}", "cd".repeat(32));
+    assert_refused(
+        h.raw(
+            Method::POST,
+            "/admin/agents",
+            Some(&wrong_admin),
+            br#"{"name":"intruder"}"#,
+        ),
+        401,
+        "invalid_token",
+    );
+    assert_refused(
+        h.raw(Method::GET, "/admin/runs", None, b""),
+        401,
+        "missing_token",
+    );
+
+    assert_eq!(h.counts(), before, "nothing stored");
+    h.client().health().unwrap();
+}
+
+#[test]
+fn registration_keys_are_single_use_and_expire() {
+    let h = Harness::new();
+    let c = h.client();
+    let key = h.add_agent("once");
+    c.register(&register_req(&key.registration_key)).unwrap();
+    let e = c
+        .register(&register_req(&key.registration_key))
+        .unwrap_err();
+    assert_eq!(code(&e), (401, "registration_key_used".into()));
+    let e = c
+        .register(&register_req(&format!("ccr_{}", "00".repeat(32))))
+        .unwrap_err();
+    assert_eq!(code(&e), (401, "registration_key_invalid".into()));
+    let e = c.register(&register_req("not-a-key")).unwrap_err();
+    assert_eq!(code(&e), (401, "registration_key_invalid".into()));
+
+    let short = h
+        .admin_post(
+            "/admin/agents",
+            &json!({"name": "short", "key_ttl_secs": 1}),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let e = c
+        .register(&register_req(short["registration_key"].as_str().unwrap()))
+        .unwrap_err();
+    assert_eq!(code(&e), (401, "registration_key_expired".into()));
+    let info = h.admin_get("/admin/agents/short").unwrap();
+    assert_eq!(info["state"], "pending");
+    // Adding a name twice is a conflict.
+    let e = h
+        .admin_post("/admin/agents", &json!({"name": "once"}))
+        .unwrap_err();
+    assert_eq!(code(&e), (409, "conflict".into()));
+}
+
+#[test]
+fn expired_and_revoked_tokens_are_refused() {
+    let h = Harness::with(Settings {
+        token_ttl: Duration::from_millis(2000),
+        ..Default::default()
+    });
+    let c = h.client();
+    let a = h.agent("expiring");
+    c.tasks(&a.agent_id, &a.token.token, Duration::ZERO)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    let e = c
+        .tasks(&a.agent_id, &a.token.token, Duration::ZERO)
+        .unwrap_err();
+    assert_eq!(code(&e), (401, "token_expired".into()));
+    let e = c.rotate(&a.agent_id, &a.token.token).unwrap_err();
+    assert_eq!(code(&e), (401, "token_expired".into()));
+
+    let r = h.agent("revoked");
+    c.tasks(&r.agent_id, &r.token.token, Duration::ZERO)
+        .unwrap();
+    h.admin_post(
+        "/admin/agents/revoked/revoke",
+        &json!({"reason": "decommissioned"}),
+    )
+    .unwrap();
+    let e = c
+        .tasks(&r.agent_id, &r.token.token, Duration::ZERO)
+        .unwrap_err();
+    assert_eq!(code(&e), (401, "agent_revoked".into()));
+    let info = h.admin_get("/admin/agents/revoked").unwrap();
+    assert_eq!(
+        (info["state"].as_str(), info["state_reason"].as_str()),
+        (Some("revoked"), Some("decommissioned"))
+    );
+}
+
+#[test]
+fn malformed_oversized_and_invalid_bodies() {
+    let h = Harness::new();
+    let a = h.agent("bodies");
+    let run = h.create_run(&["bodies"]).runs[0].run_id.clone();
+    let tok = Some(a.token.token.as_str());
+    let logs = format!("/runs/{run}/logs");
+    let before = h.counts();
+
+    assert_refused(
+        h.raw(Method::POST, &logs, tok, b"{not json"),
+        400,
+        "malformed_json",
+    );
+    assert_refused(h.raw(Method::POST, &logs, tok, b""), 400, "malformed_json");
+    assert_refused(
+        h.raw(Method::POST, &logs, tok, br#"{"lines": [], "extra": 1}"#),
+        422,
+        "invalid",
+    );
+    let (s, b) = h.raw(
+        Method::POST,
+        &logs,
+        tok,
+        br#"{"lines": [{"seq": "one", "at_ms": 1, "level": "info", "message": "m"}]}"#,
+    );
+    assert_refused((s, b.clone()), 422, "invalid");
+    assert_eq!(b["error"]["problems"][0]["path"], "lines[0].seq", "{b}");
+    let (s, b) = h.raw(
+        Method::POST,
+        &logs,
+        tok,
+        br#"{"lines": [{"seq": 0, "at_ms": 1, "level": "info", "message": "bell\u0007"}]}"#,
+    );
+    assert_refused((s, b.clone()), 422, "invalid");
+    assert_eq!(b["error"]["problems"].as_array().unwrap().len(), 2, "{b}");
+
+    // 2 MiB of log lines: 413 before anything is parsed.
+    let huge = one_line(1, &"x".repeat(2 * 1024 * 1024));
+    let body = serde_json::to_vec(&huge).unwrap();
+    assert_refused(
+        h.raw(Method::POST, &logs, tok, &body),
+        413,
+        "payload_too_large",
+    );
+    // A message over the per-line limit inside a small-enough body: 422.
+    let long = serde_json::to_vec(&one_line(1, &"y".repeat(9000))).unwrap();
+    assert_refused(h.raw(Method::POST, &logs, tok, &long), 422, "invalid");
+
+    assert_refused(h.raw(Method::GET, "/nope", None, b""), 404, "not_found");
+    assert_refused(
+        h.raw(Method::DELETE, "/health", None, b""),
+        405,
+        "method_not_allowed",
+    );
+    assert_refused(
+        h.raw(
+            Method::GET,
+            &format!("/agents/{}/tasks?wait=soon", a.agent_id),
+            tok,
+            b"",
+        ),
+        400,
+        "bad_request",
+    );
+    assert_eq!(h.counts(), before, "nothing stored");
+    h.client().health().unwrap();
+}
+
+#[test]
+fn sql_metacharacters_are_data_not_sql() {
+    let h = Harness::new();
+    let evil = "x'); DROP TABLE agents; --";
+    let (s, b) = h.raw(
+        Method::POST,
+        "/admin/agents",
+        Some(&h.admin),
+        serde_json::to_vec(&json!({ "name": evil }))
+            .unwrap()
+            .as_slice(),
+    );
+    assert_refused((s, b), 422, "invalid");
+    assert_refused(
+        h.raw(
+            Method::GET,
+            "/admin/agents/x'%20OR%20'1'='1",
+            Some(&h.admin),
+            b"",
+        ),
+        404,
+        "not_found",
+    );
+    assert_refused(
+        h.raw(
+            Method::GET,
+            "/admin/runs/'%20OR%201=1--",
+            Some(&h.admin),
+            b"",
+        ),
+        404,
+        "not_found",
+    );
+    assert_refused(
+        h.raw(
+            Method::GET,
+            "/admin/runs?agent=a'%20OR%20'1'='1",
+            Some(&h.admin),
+            b"",
+        ),
+        404,
+        "not_found",
+    );
+
+    // Free text with metacharacters is stored verbatim (bound parameters).
+    let key = h.add_agent("sql-host");
+    let mut req = register_req(&key.registration_key);
+    req.host.hostname = "db'; DELETE FROM tokens; --".into();
+    let reg = h.client().register(&req).unwrap();
+    let run = h.create_run(&["sql-host"]).runs[0].run_id.clone();
+    let msg = "'); DROP TABLE logs; SELECT ('";
+    h.client()
+        .logs(&run, &reg.token.token, &one_line(1, msg))
+        .unwrap();
+    let info = h.admin_get("/admin/agents/sql-host").unwrap();
+    assert_eq!(info["host"]["hostname"], "db'; DELETE FROM tokens; --");
+    let page = h.admin_get(&format!("/admin/runs/{run}/logs")).unwrap();
+    assert_eq!(page["lines"][0]["message"], msg);
+    assert_eq!(h.counts(), (1, 1, 1));
+    h.client()
+        .tasks(&reg.agent_id, &reg.token.token, Duration::ZERO)
+        .unwrap();
+}
+
+#[test]
+fn plain_http_and_untrusted_clients_are_refused() {
+    let h = Harness::new();
+    // Plain HTTP to the TLS port: no HTTP answer, and the server keeps serving.
+    let mut s = std::net::TcpStream::connect(h.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        !buf.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+
+    // The client refuses http:// itself.
+    let e = Client::new(ClientConfig::new(
+        format!("http://127.0.0.1:{}", h.addr.port()),
+        h.ca.clone(),
+    ))
+    .unwrap_err();
+    assert!(matches!(e, ClientError::Config(_)), "{e}");
+
+    // A client that trusts another CA: the TLS handshake fails.
+    let other = Harness::new();
+    let c = Client::new(ClientConfig::new(h.url(), other.ca.clone())).unwrap();
+    let e = c.health().unwrap_err();
+    assert!(matches!(e, ClientError::Transport(_)), "{e}");
+    assert!(e.to_string().contains("invalid peer certificate"), "{e}");
+
+    // A CA whose fingerprint does not match what the operator copied.
+    let mut cfg = ClientConfig::new(h.url(), h.ca.clone());
+    cfg.ca_sha256 = Some("00:11".into());
+    assert!(matches!(
+        Client::new(cfg).unwrap_err(),
+        ClientError::Config(_)
+    ));
+    let info = chaos_control::pki::Paths::new(&h.dir).init_info().unwrap();
+    let mut cfg = ClientConfig::new(h.url(), h.ca.clone());
+    cfg.ca_sha256 = Some(info.ca_sha256.to_lowercase());
+    Client::new(cfg).unwrap().health().unwrap();
+
+    assert_eq!(h.counts(), (0, 0, 0));
+    h.client().health().unwrap();
+}
+
+#[test]
+fn secrets_are_stored_only_as_hashes_and_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Harness::new();
+    let key = h.add_agent("hashy");
+    let reg = h
+        .client()
+        .register(&register_req(&key.registration_key))
+        .unwrap();
+    let paths = chaos_control::pki::Paths::new(&h.dir);
+    // Flush the WAL into the main file so a grep of the directory sees everything.
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(&h.dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("control.db")
+        {
+            all.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    let hay = String::from_utf8_lossy(&all);
+    assert!(
+        !hay.contains(&reg.token.token[4..]),
+        "access token stored in clear"
+    );
+    assert!(
+        !hay.contains(&key.registration_key[4..]),
+        "key stored in clear"
+    );
+    assert!(!hay.contains(&h.admin[6..]), "admin token stored in clear");
+    for p in [
+        paths.ca_key(),
+        paths.server_key(),
+        paths.admin_token(),
+        paths.db(),
+    ] {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+}

@@ -1,0 +1,748 @@
+//! `service.stop` and `service.restart`: act on a systemd service unit through `systemctl`.
+//!
+//! `systemctl` is run with an argument vector (never through a shell), with `--` before the
+//! unit name, and the name is checked against systemd's own character set first, so a spec
+//! can never smuggle an option or a command in.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fault_core::{Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result};
+use serde::{Deserialize, Serialize};
+
+/// The agent's own packaged unit: never a target, wherever the agent runs.
+pub(crate) const AGENT_UNIT: &str = "chaos-agent.service";
+
+/// How long one `systemctl` call may take (a stop waits for the unit's own stop timeout).
+const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The shortest restart interval accepted.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Parameters of `service.stop`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceStopSpec {
+    /// The unit, e.g. `"nginx.service"` or `"nginx"` (`.service` is appended).
+    pub unit: String,
+}
+
+/// Parameters of `service.restart`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRestartSpec {
+    /// The unit, e.g. `"nginx.service"` or `"nginx"` (`.service` is appended).
+    pub unit: String,
+    /// Restart again every `interval` for the fault's duration; omitted: once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<fault_core::Duration>,
+}
+
+/// Stops a systemd service for the fault's duration.
+///
+/// **Changes on the host:** `systemctl stop UNIT`: the unit's processes are stopped the way
+/// the unit says (its `ExecStop=`, `KillMode=`); its on-disk configuration is untouched.
+///
+/// **Privileges:** root (or a polkit rule allowing `manage-units`).
+///
+/// **Revert** runs `systemctl start UNIT` when the unit was active before the fault (the
+/// receipt records its `ActiveState`), also after a crash or a reboot; verify sees it active
+/// again. `plan` refuses a unit that is not active (there would be nothing to stop and
+/// nothing to put back), a unit that is not loaded, `chaos-agent.service`, and any unit the
+/// agent or one of its ancestors runs in.
+#[derive(Debug, Clone)]
+pub struct ServiceStop {
+    unit: String,
+}
+
+/// Restarts a systemd service, once or every `interval` for the fault's duration.
+///
+/// **Changes on the host:** `systemctl restart UNIT`: its processes are stopped and started
+/// again (a new invocation). Nothing on disk changes.
+///
+/// **Privileges:** root (or a polkit rule allowing `manage-units`).
+///
+/// **Revert:** a restart cannot be taken back, so the kind is marked irreversible; revert
+/// still makes sure the unit is active again when it was active before (it starts it if a
+/// restart left it inactive or failed). `plan` refuses the same units as `service.stop`.
+#[derive(Debug, Clone)]
+pub struct ServiceRestart {
+    unit: String,
+    interval: Option<Duration>,
+}
+
+/// What a service fault planned: the unit and the state it was in.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceReceipt {
+    /// The unit's id as systemd names it (aliases resolved), e.g. `nginx.service`.
+    pub unit: String,
+    /// Its `ActiveState` when planned (`active`, `reloading`, ...).
+    pub prior_state: String,
+    /// Its invocation id when planned (`InvocationID`, or the activation time when systemd
+    /// has none): a restart changes it.
+    pub prior_invocation: String,
+    /// Boot id when planned, for people reading the receipt.
+    pub boot_id: String,
+    /// How many restarts `service.restart` did.
+    #[serde(default)]
+    pub restarts: u64,
+}
+
+impl ServiceReceipt {
+    /// Whether the unit ran before the fault, i.e. whether revert must start it again.
+    pub fn was_active(&self) -> bool {
+        is_active(&self.prior_state)
+    }
+}
+
+const UNIT_PARAM: Param = Param {
+    name: "unit",
+    ty: "string",
+    default: None,
+    doc: "The systemd service, e.g. \"nginx.service\" (\".service\" is appended when there is no suffix). chaos-agent.service and the unit the agent runs in are refused.",
+};
+
+const STOP_PARAMS: [Param; 1] = [UNIT_PARAM];
+
+const RESTART_PARAMS: [Param; 2] = [
+    UNIT_PARAM,
+    Param {
+        name: "interval",
+        ty: "duration",
+        default: Some("none (restart once)"),
+        doc: "Restart again every interval for the duration (at least 1s).",
+    },
+];
+
+impl Fault for ServiceStop {
+    const KIND: &'static str = "service.stop";
+    type Spec = ServiceStopSpec;
+    type Receipt = ServiceReceipt;
+
+    fn new(spec: ServiceStopSpec) -> Result<ServiceStop> {
+        Ok(ServiceStop {
+            unit: unit_name(&spec.unit)?,
+        })
+    }
+
+    fn info() -> KindInfo {
+        KindInfo {
+            summary: "Stops a systemd service (systemctl stop) for the duration. Revert starts it \
+                      again (systemctl start) because it was active before; the journal records \
+                      its prior ActiveState, so this also happens after a crash or a reboot. A \
+                      unit that is not active, chaos-agent.service and the unit the agent runs \
+                      in are refused.",
+            privileges: "root (systemd manage-units)",
+            reversible: true,
+            params: &STOP_PARAMS,
+            example: "kind = \"service.stop\"\nduration = \"30s\"\nunit = \"nginx.service\"",
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("stop {} (systemctl start on revert)", self.unit)
+    }
+
+    fn plan(&self, cx: &Context) -> Result<ServiceReceipt> {
+        plan_unit(&self.unit, cx, "stop")
+    }
+
+    fn inject(&self, _cx: &Context, receipt: &mut ServiceReceipt) -> Result<()> {
+        systemctl(&["stop", "--", &receipt.unit])
+    }
+
+    fn verify(receipt: &ServiceReceipt) -> Result<Observation> {
+        let now = UnitState::query(&receipt.unit)?;
+        let unit = &receipt.unit;
+        Ok(if !now.loaded() {
+            Observation::clean(format!("{unit} no longer exists ({})", now.load_state))
+        } else if is_active(&now.active_state) {
+            Observation::clean(format!("{unit} is {}", now.active_state))
+        } else if matches!(now.active_state.as_str(), "inactive" | "failed") {
+            Observation::in_effect(format!("{unit} is {}", now.active_state))
+        } else {
+            Observation::partial(format!("{unit} is {}", now.active_state))
+        })
+    }
+
+    fn revert(receipt: &ServiceReceipt) -> Result<()> {
+        start_if_was_active(receipt)
+    }
+
+    fn manual_undo(receipt: &ServiceReceipt) -> Vec<String> {
+        manual_start(receipt)
+    }
+
+    fn targets(receipt: &ServiceReceipt) -> Vec<String> {
+        vec![format!("unit:{}", receipt.unit)]
+    }
+}
+
+impl Fault for ServiceRestart {
+    const KIND: &'static str = "service.restart";
+    type Spec = ServiceRestartSpec;
+    type Receipt = ServiceReceipt;
+
+    fn new(spec: ServiceRestartSpec) -> Result<ServiceRestart> {
+        let interval = spec.interval.map(|d| d.std());
+        if interval.is_some_and(|d| d < MIN_INTERVAL) {
+            return Err(Error::invalid(format!(
+                "interval must be at least {}",
+                fault_core::Duration(MIN_INTERVAL)
+            )));
+        }
+        Ok(ServiceRestart {
+            unit: unit_name(&spec.unit)?,
+            interval,
+        })
+    }
+
+    fn info() -> KindInfo {
+        KindInfo {
+            summary: "Restarts a systemd service (systemctl restart), once or every interval for \
+                      the duration. A restart cannot be taken back: revert only makes sure the \
+                      unit is active again if it was active before (systemctl start). A unit \
+                      that is not active, chaos-agent.service and the unit the agent runs in \
+                      are refused.",
+            privileges: "root (systemd manage-units)",
+            reversible: false,
+            params: &RESTART_PARAMS,
+            example: "kind = \"service.restart\"\nduration = \"1m\"\nunit = \"nginx.service\"\n\
+                      interval = \"20s\"",
+        }
+    }
+
+    fn describe(&self) -> String {
+        let every = self
+            .interval
+            .map(|d| format!(" every {}", fault_core::Duration(d)))
+            .unwrap_or_default();
+        format!(
+            "restart {}{every} (cannot be undone; revert starts it if it is left inactive)",
+            self.unit
+        )
+    }
+
+    fn plan(&self, cx: &Context) -> Result<ServiceReceipt> {
+        plan_unit(&self.unit, cx, "restart")
+    }
+
+    fn inject(&self, _cx: &Context, receipt: &mut ServiceReceipt) -> Result<()> {
+        // Inject twice = once.
+        if receipt.restarts == 0 {
+            systemctl(&["restart", "--", &receipt.unit])?;
+            receipt.restarts = 1;
+        }
+        Ok(())
+    }
+
+    fn maintain_interval(&self) -> Option<Duration> {
+        self.interval
+    }
+
+    fn maintain(&self, _cx: &Context, receipt: &mut ServiceReceipt) -> Result<Option<Duration>> {
+        systemctl(&["restart", "--", &receipt.unit])?;
+        receipt.restarts += 1;
+        Ok(self.interval)
+    }
+
+    fn verify(receipt: &ServiceReceipt) -> Result<Observation> {
+        let now = UnitState::query(&receipt.unit)?;
+        let unit = &receipt.unit;
+        let restarted = now.invocation() != receipt.prior_invocation;
+        Ok(if !now.loaded() {
+            Observation::partial(format!("{unit} no longer exists ({})", now.load_state))
+        } else if !is_active(&now.active_state) {
+            Observation::partial(format!("{unit} is {} after restart", now.active_state))
+        } else if restarted {
+            Observation::in_effect(format!(
+                "{unit} was restarted {} time(s) and is {}",
+                receipt.restarts, now.active_state
+            ))
+        } else {
+            Observation::clean(format!("{unit} has not been restarted"))
+        })
+    }
+
+    fn revert(receipt: &ServiceReceipt) -> Result<()> {
+        start_if_was_active(receipt)
+    }
+
+    fn manual_undo(receipt: &ServiceReceipt) -> Vec<String> {
+        manual_start(receipt)
+    }
+
+    fn targets(receipt: &ServiceReceipt) -> Vec<String> {
+        vec![format!("unit:{}", receipt.unit)]
+    }
+}
+
+/// Validate a unit name from a spec: systemd's unit-name characters only, a `.service`
+/// suffix (appended when the name has no unit-type suffix), never the agent's own unit.
+pub(crate) fn unit_name(raw: &str) -> Result<String> {
+    const TYPES: [&str; 11] = [
+        "service",
+        "socket",
+        "target",
+        "device",
+        "mount",
+        "automount",
+        "swap",
+        "timer",
+        "path",
+        "slice",
+        "scope",
+    ];
+    if raw.is_empty() {
+        return Err(Error::invalid("unit must not be empty"));
+    }
+    if let Some(c) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+    {
+        return Err(Error::invalid(format!(
+            "unit {raw:?}: {c:?} is not allowed in a systemd unit name (letters, digits and \
+             \":-_.\\@\" only; no '/', whitespace or shell syntax)"
+        )));
+    }
+    if raw.starts_with('-') || raw.starts_with('.') {
+        return Err(Error::invalid(format!(
+            "unit {raw:?} must start with a letter, digit or one of \":_\\@\""
+        )));
+    }
+    let name = match raw.rsplit_once('.') {
+        Some((_, "service")) => raw.to_string(),
+        Some((_, ty)) if TYPES.contains(&ty) => {
+            return Err(Error::invalid(format!(
+                "unit {raw:?} is a .{ty} unit; only .service units can be stopped or restarted"
+            )))
+        }
+        _ => format!("{raw}.service"),
+    };
+    if name.len() > 255 {
+        return Err(Error::invalid(format!(
+            "unit {raw:?} is longer than systemd's 255 characters"
+        )));
+    }
+    if name.contains("@.") {
+        return Err(Error::invalid(format!(
+            "unit {name:?} is a template; name an instance, e.g. \"getty@tty1.service\""
+        )));
+    }
+    if name == AGENT_UNIT {
+        return Err(Error::invalid(format!(
+            "{AGENT_UNIT} is the agent's own unit; stopping it would stop the agent in the \
+             middle of its faults"
+        )));
+    }
+    Ok(name)
+}
+
+/// The `.service` unit a process runs in, from its `/proc/PID/cgroup` (cgroup v2, or the
+/// `name=systemd` hierarchy of v1).
+pub(crate) fn service_of_cgroup(cgroup_file: &str) -> Option<String> {
+    let path = cgroup_file.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        (controllers.is_empty() || controllers == "name=systemd").then_some(path)
+    })?;
+    path.split('/')
+        .rev()
+        .find(|c| c.ends_with(".service"))
+        .map(str::to_string)
+}
+
+/// `plan` of both kinds: systemd is there, the unit is loaded and active, and it is not the
+/// agent's own.
+fn plan_unit(unit: &str, cx: &Context, verb: &str) -> Result<ServiceReceipt> {
+    if !Path::new("/run/systemd/system").is_dir() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "cannot {verb} {unit}: systemd is not the init system here \
+                 (/run/systemd/system is missing), so there are no service units"
+            ),
+        ));
+    }
+    let state = UnitState::query(unit)?;
+    if !state.loaded() {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "cannot {verb} {unit}: systemd has no such unit (LoadState={}); see \
+                 `systemctl list-units --type=service`",
+                state.load_state
+            ),
+        ));
+    }
+    let id = if state.id.is_empty() {
+        unit.to_string()
+    } else {
+        state.id.clone()
+    };
+    if id == AGENT_UNIT {
+        return Err(Error::invalid(format!(
+            "{unit} is {AGENT_UNIT}, the agent's own unit; refusing to {verb} it"
+        )));
+    }
+    for pid in std::iter::once(std::process::id() as i32).chain(cx.protected_pids.iter().copied()) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if service_of_cgroup(&text).as_deref() == Some(id.as_str()) {
+            return Err(Error::invalid(format!(
+                "{id} contains the agent (or its ancestor pid {pid}); refusing to {verb} the \
+                 unit the agent runs in"
+            )));
+        }
+    }
+    if !is_active(&state.active_state) {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "cannot {verb} {id}: it is not running (ActiveState={}), so there is nothing to \
+                 {verb} and nothing to put back",
+                state.active_state
+            ),
+        ));
+    }
+    Ok(ServiceReceipt {
+        unit: id,
+        prior_state: state.active_state.clone(),
+        prior_invocation: state.invocation().to_string(),
+        boot_id: cx.boot_id.clone(),
+        restarts: 0,
+    })
+}
+
+fn is_active(state: &str) -> bool {
+    matches!(state, "active" | "reloading" | "activating")
+}
+
+/// Revert of both kinds: start the unit again if it ran before and does not now.
+fn start_if_was_active(receipt: &ServiceReceipt) -> Result<()> {
+    if !receipt.was_active() {
+        return Ok(());
+    }
+    let now = UnitState::query(&receipt.unit)?;
+    if !now.loaded() || is_active(&now.active_state) {
+        // Gone (nothing we could start) or already running: nothing to put back.
+        return Ok(());
+    }
+    systemctl(&["start", "--", &receipt.unit])
+        .map_err(|e| e.context(format!("starting {} again", receipt.unit)))
+}
+
+fn manual_start(receipt: &ServiceReceipt) -> Vec<String> {
+    if !receipt.was_active() {
+        return vec![format!(
+            "# nothing to undo: {} was {} before the fault",
+            receipt.unit, receipt.prior_state
+        )];
+    }
+    vec![
+        format!(
+            "systemctl start {}  # it was {} before the fault",
+            receipt.unit, receipt.prior_state
+        ),
+        format!(
+            "systemctl status {}  # if it does not start: why; then `journalctl -u {}`",
+            receipt.unit, receipt.unit
+        ),
+    ]
+}
+
+/// The properties of a unit that the faults read.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct UnitState {
+    pub(crate) id: String,
+    pub(crate) load_state: String,
+    pub(crate) active_state: String,
+    pub(crate) invocation_id: String,
+    pub(crate) active_enter: String,
+}
+
+impl UnitState {
+    fn query(unit: &str) -> Result<UnitState> {
+        let out = systemctl_output(&[
+            "show",
+            "--property=Id,LoadState,ActiveState,InvocationID,ActiveEnterTimestampMonotonic",
+            "--",
+            unit,
+        ])?;
+        Ok(UnitState::parse(&out))
+    }
+
+    /// Parse `systemctl show` output (`Key=Value` lines).
+    pub(crate) fn parse(text: &str) -> UnitState {
+        let mut s = UnitState::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            let v = v.trim().to_string();
+            match k {
+                "Id" => s.id = v,
+                "LoadState" => s.load_state = v,
+                "ActiveState" => s.active_state = v,
+                "InvocationID" => s.invocation_id = v,
+                "ActiveEnterTimestampMonotonic" => s.active_enter = v,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn loaded(&self) -> bool {
+        self.load_state == "loaded"
+    }
+
+    /// What changes on every (re)start: the invocation id, or the activation time.
+    fn invocation(&self) -> &str {
+        if self.invocation_id.is_empty() {
+            &self.active_enter
+        } else {
+            &self.invocation_id
+        }
+    }
+}
+
+/// Run `systemctl ARGS` (argv, no shell); error with its stderr when it fails.
+fn systemctl(args: &[&str]) -> Result<()> {
+    systemctl_output(args).map(drop)
+}
+
+/// Run `systemctl ARGS` and return its stdout. Bounded by [`SYSTEMCTL_TIMEOUT`].
+fn systemctl_output(args: &[&str]) -> Result<String> {
+    let shown = format!("systemctl {}", args.join(" "));
+    let mut child = Command::new("systemctl")
+        .arg("--no-ask-password")
+        .args(args)
+        .env("LC_ALL", "C")
+        .env("SYSTEMD_PAGER", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    "systemctl is not installed (service faults need systemd)",
+                )
+            } else {
+                Error::io(format!("running {shown}"), e)
+            }
+        })?;
+    // Read both pipes on threads so a chatty systemctl cannot block on a full pipe.
+    let mut out_pipe = child.stdout.take().expect("piped stdout");
+    let mut err_pipe = child.stderr.take().expect("piped stderr");
+    let out_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out_pipe.read_to_string(&mut s);
+        s
+    });
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err_pipe.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + SYSTEMCTL_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{shown} did not finish within {}; systemd may still be running the \
+                         job (see `systemctl list-jobs`)",
+                        fault_core::Duration(SYSTEMCTL_TIMEOUT)
+                    ),
+                ));
+            }
+            Err(e) => return Err(Error::io(format!("waiting for {shown}"), e)),
+        }
+    };
+    let out = out_thread.join().unwrap_or_default();
+    let err = err_thread.join().unwrap_or_default();
+    if status.success() {
+        return Ok(out);
+    }
+    let err = err.trim();
+    let kind = if err.contains("Access denied") || err.contains("authentication required") {
+        ErrorKind::PermissionDenied
+    } else if err.contains("not found") || err.contains("not loaded") {
+        ErrorKind::NotFound
+    } else {
+        ErrorKind::Io
+    };
+    Err(Error::new(
+        kind,
+        format!(
+            "{shown} failed ({status}): {}",
+            if err.is_empty() { "no message" } else { err }
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unit_names() {
+        let cases: [(&str, std::result::Result<&str, &str>); 19] = [
+            ("nginx.service", Ok("nginx.service")),
+            ("nginx", Ok("nginx.service")),
+            ("getty@tty1.service", Ok("getty@tty1.service")),
+            ("my_app-2:x", Ok("my_app-2:x.service")),
+            ("foo.bar", Ok("foo.bar.service")),
+            ("dev-disk-by\\x2duuid", Ok("dev-disk-by\\x2duuid.service")),
+            ("", Err("must not be empty")),
+            ("a/b.service", Err("'/' is not allowed")),
+            ("../etc/passwd", Err("'/' is not allowed")),
+            ("nginx service", Err("' ' is not allowed")),
+            ("nginx\t", Err("'\\t' is not allowed")),
+            ("x;reboot", Err("';' is not allowed")),
+            ("$(reboot)", Err("'$' is not allowed")),
+            ("--force", Err("must start with")),
+            ("nginx.socket", Err("only .service units")),
+            ("multi-user.target", Err("only .service units")),
+            ("getty@.service", Err("is a template")),
+            ("chaos-agent", Err("the agent's own unit")),
+            ("chaos-agent.service", Err("the agent's own unit")),
+        ];
+        for (raw, want) in cases {
+            match (unit_name(raw), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{raw:?}"),
+                (Err(e), Err(want)) => {
+                    assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{raw:?}");
+                    assert!(e.to_string().contains(want), "{raw:?}: {e}");
+                }
+                (got, want) => panic!("{raw:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        assert!(unit_name(&"a".repeat(260)).is_err());
+    }
+
+    #[test]
+    fn spec_validation_through_serde() {
+        let stop = |v: serde_json::Value| {
+            serde_json::from_value::<ServiceStopSpec>(v)
+                .map_err(|e| Error::invalid(e.to_string()))
+                .and_then(ServiceStop::new)
+        };
+        let restart = |v: serde_json::Value| {
+            serde_json::from_value::<ServiceRestartSpec>(v)
+                .map_err(|e| Error::invalid(e.to_string()))
+                .and_then(ServiceRestart::new)
+        };
+        assert_eq!(
+            stop(json!({"unit": "nginx"})).unwrap().unit,
+            "nginx.service"
+        );
+        assert!(stop(json!({})).unwrap_err().to_string().contains("unit"));
+        assert!(stop(json!({"unit": "x", "interval": "1s"}))
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `interval`"));
+        let r = restart(json!({"unit": "db", "interval": "5s"})).unwrap();
+        assert_eq!(
+            (r.unit.as_str(), r.interval),
+            ("db.service", Some(Duration::from_secs(5)))
+        );
+        assert!(restart(json!({"unit": "db", "interval": "100ms"}))
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1s"));
+        assert!(restart(json!({"unit": 5})).is_err());
+    }
+
+    #[test]
+    fn own_unit_from_cgroup() {
+        assert_eq!(
+            service_of_cgroup("0::/system.slice/chaos-agent.service\n").as_deref(),
+            Some("chaos-agent.service")
+        );
+        assert_eq!(
+            service_of_cgroup("0::/system.slice/run-u7.service/payload\n").as_deref(),
+            Some("run-u7.service")
+        );
+        assert_eq!(
+            service_of_cgroup("12:pids:/\n1:name=systemd:/system.slice/cron.service\n0::/\n")
+                .as_deref(),
+            Some("cron.service")
+        );
+        assert_eq!(
+            service_of_cgroup("0::/user.slice/user-0.slice/session-3.scope\n"),
+            None
+        );
+        assert_eq!(service_of_cgroup("0::/\n"), None);
+        assert_eq!(service_of_cgroup(""), None);
+    }
+
+    #[test]
+    fn parses_systemctl_show() {
+        let s = UnitState::parse(
+            "Id=ssh.service\nLoadState=loaded\nActiveState=active\nInvocationID=ab12\n\
+             ActiveEnterTimestampMonotonic=123\n",
+        );
+        assert_eq!(s.id, "ssh.service");
+        assert!(s.loaded());
+        assert_eq!(s.invocation(), "ab12");
+        let s = UnitState::parse("LoadState=not-found\nActiveState=inactive\nInvocationID=\n");
+        assert!(!s.loaded());
+        assert_eq!(s.invocation(), "");
+    }
+
+    #[test]
+    fn plan_without_systemd_is_unsupported() {
+        if Path::new("/run/systemd/system").is_dir() {
+            eprintln!("SKIPPED plan_without_systemd_is_unsupported: systemd runs here");
+            return;
+        }
+        let cx = Context::new("t-svc", "run");
+        let f = ServiceStop::new(ServiceStopSpec { unit: "x".into() }).unwrap();
+        let e = f.plan(&cx).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+        assert!(
+            e.to_string().contains("systemd is not the init system"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn manual_undo_and_targets() {
+        let r = ServiceReceipt {
+            unit: "db.service".into(),
+            prior_state: "active".into(),
+            prior_invocation: "x".into(),
+            boot_id: "b".into(),
+            restarts: 0,
+        };
+        let lines = ServiceStop::manual_undo(&r);
+        assert!(
+            lines[0].starts_with("systemctl start db.service  # it was active"),
+            "{lines:?}"
+        );
+        assert_eq!(ServiceStop::targets(&r), ["unit:db.service"]);
+        let inactive = ServiceReceipt {
+            prior_state: "inactive".into(),
+            ..r
+        };
+        assert!(!inactive.was_active());
+        assert!(ServiceRestart::manual_undo(&inactive)[0].starts_with("# nothing to undo"));
+        // Revert of a receipt whose unit was not running before touches nothing.
+        assert!(ServiceStop::revert(&inactive).is_ok());
+    }
+}

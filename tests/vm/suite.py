@@ -1,0 +1,538 @@
+#!/usr/bin/env python3
+"""The VM scenarios: chaos-agent under a real systemd, kill -9, hard resets, netem.
+
+  suite.py [SCENARIO...]        run all scenarios, or only the named ones
+
+Normally started by tests/vm/run.sh, which installs QEMU, builds or reuses the image and
+builds the agent; see docs/testing.md. The VM boots once, the agent and its unit are
+installed, a snapshot "clean" is taken, and every scenario starts from that snapshot.
+Every assertion is on guest state (journal records, process states, files, units, qdiscs,
+ping measurements), never on log text. On a failure the serial console and the guest
+journals (this boot and the previous one) are saved under $CHAOS_VM_ARTIFACTS.
+
+Env: CHAOS_VM_AGENT (host path of a debug chaos-agent, required), CHAOS_VM_ARTIFACTS
+(default $CHAOS_VM_CACHE/artifacts), CHAOS_VM_NETWORK_TESTS (host path of fault-network's
+privileged test binary; the network-kernel-tests scenario skips without it).
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from vm import CACHE, Vm, VmError  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(HERE))
+ARTIFACTS = os.environ.get("CHAOS_VM_ARTIFACTS", os.path.join(CACHE, "artifacts"))
+FILL_DIR = "/var/lib/chaos-fill"
+NIC, GATEWAY = "ens2", "10.0.2.2"
+
+
+class Skip(Exception):
+    """The scenario cannot run here; the reason is printed."""
+
+
+class Fail(AssertionError):
+    pass
+
+
+def expect(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+def log(msg):
+    print(f"    {msg}", flush=True)
+
+
+def poll(what, fn, timeout=120, every=0.5):
+    """fn() until it returns something truthy; Fail after timeout (a deadline, not a sleep)."""
+    end, last = time.time() + timeout, None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.time() > end:
+            raise Fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(every)
+
+
+class Guest:
+    """Scenario helpers over a Vm: the agent's journal, its unit, the test's victims."""
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.kinds = set()
+
+    # --------------------------------------------------------------- the agent
+    def records(self):
+        return json.loads(self.vm.sh("chaos-agent status --json") or "[]")
+
+    def ids(self):
+        return {r["fault_id"] for r in self.records()}
+
+    def new_records(self, before):
+        return [r for r in self.records() if r["fault_id"] not in before]
+
+    def wait_records(self, before, n, states, timeout=180):
+        """The n records created since `before`, once all are in one of `states`."""
+        def ready():
+            rs = self.new_records(before)
+            return rs if len(rs) == n and all(r["state"] in states for r in rs) else None
+        return poll(f"{n} journal record(s) in state {states}", ready, timeout)
+
+    def unit(self, unit, prop):
+        return self.vm.sh(f"systemctl show -p {prop} --value {unit}")
+
+    def main_pid(self):
+        return int(self.unit("chaos-agent", "MainPID") or 0)
+
+    def wait_agent_running(self, not_pid=None, timeout=120):
+        """chaos-agent.service active with a main process (other than not_pid)."""
+        def ok():
+            pid = self.main_pid()
+            return pid if (pid and pid != not_pid
+                           and self.unit("chaos-agent", "ActiveState") == "active") else None
+        return poll("chaos-agent.service to be active with a new main process", ok, timeout)
+
+    def start_snapshot(self, pid):
+        """The journal as main process `pid` found it when it started (see guest/agent-main)."""
+        text = poll(f"start-{pid}.json", lambda: self.vm.sh(f"cat /run/chaos-vm/start-{pid}.json"), 30)
+        return json.loads(text)
+
+    def queue(self, name, faults, crash_at=None):
+        """Queue an experiment for chaos-agent.service's next main process and restart the
+        unit (ExecStartPre recovery, then the main process runs it). Returns the fault ids
+        that existed before, for new_records()."""
+        before = self.ids()
+        doc = f'name = "{name}"\n[[steps]]\nname = "{name}"\n'
+        for f in faults:
+            doc += "  [[steps.faults]]\n" + "".join(f"  {k} = {json.dumps(v)}\n" for k, v in f.items())
+        self.vm.check("rm -f /run/chaos-vm/running-*.toml")
+        self.vm.write("/run/chaos-vm/queued.toml", doc)
+        if crash_at:
+            self.vm.write("/run/chaos-vm/crash-at", crash_at)
+        self.vm.check("systemctl restart chaos-agent")
+        return before
+
+    def run_pid(self):
+        """The pid of the main process that took the queued experiment (0: none yet)."""
+        name = self.vm.sh("ls /run/chaos-vm/ | grep '^running-'")
+        return int(name[len("running-"):-len(".toml")]) if name else 0
+
+    def end_run(self):
+        """Stop the running experiment the way an operator would: restart the unit (SIGTERM:
+        the agent reverts everything, then ExecStartPre recovery, then an idle main)."""
+        self.vm.check("systemctl restart chaos-agent", timeout=240)
+
+    def assert_all_reverted(self, records, context):
+        for r in records:
+            expect(r["state"] == "reverted",
+                   f"{context}: {r['kind']} {r['fault_id']} is {r['state']} "
+                   f"(last_error: {r.get('last_error')})")
+
+    # --------------------------------------------------------------- victims
+    def worker_state(self):
+        """State letter of the chaos-worker process (S, R, T) or None when gone."""
+        return self.vm.sh("ps -C chaos-worker -o stat= | head -c1") or None
+
+    def fill_files(self):
+        return self.vm.sh(f"ls -A {FILL_DIR}").split()
+
+    def qdiscs(self, dev):
+        return self.vm.sh(f"tc qdisc show dev {dev}")
+
+
+# ------------------------------------------------------------------ measurements
+def ping(g, dest, count=10, interval=0.2, extra=""):
+    """ping from the guest; returns dict(sent, received, loss, dups, rtts, seqs)."""
+    wait = 2 + count * interval * 3
+    _, out, _ = g.vm.exec(f"ping -n -c {count} -i {interval} -W 2 -w {int(wait) + 5} {extra} {dest}",
+                          timeout=wait + 60)
+    rtts = [float(x) for x in re.findall(r"time=([\d.]+) ms", out)]
+    seqs = [int(x) for x in re.findall(r"icmp_seq=(\d+)", out)]
+    m = re.search(r"(\d+) packets transmitted, (\d+) received(?:, \+(\d+) duplicates)?", out)
+    expect(m, f"no ping summary in: {out}")
+    sent, recv = int(m.group(1)), int(m.group(2))
+    return {"sent": sent, "received": recv, "loss": 100.0 * (sent - recv) / max(sent, 1),
+            "dups": int(m.group(3) or 0), "rtts": rtts, "seqs": seqs,
+            "avg": sum(rtts) / len(rtts) if rtts else None}
+
+
+def inversions(seqs):
+    """How many replies arrived after a reply with a higher sequence number."""
+    n, high = 0, -1
+    for s in seqs:
+        if s < high:
+            n += 1
+        high = max(high, s)
+    return n
+
+
+def netem_faults():
+    """(title, fault, measure(g) -> value, expect_during(value), expect_after(value))."""
+    def rtt(dest):
+        return lambda g: ping(g, dest, count=6, interval=0.2)["avg"] or 0.0
+
+    def loss(dest):
+        return lambda g: ping(g, dest, count=40, interval=0.05)["loss"]
+
+    return [
+        # on lo both the echo and the reply pass the delayed egress: RTT += 2 x delay
+        ("latency 100ms on lo", {"kind": "network.latency", "interface": "lo", "delay": "100ms"},
+         rtt("127.0.0.1"), lambda v: 180 <= v <= 1500, lambda v: v < 60, "avg rtt ms"),
+        ("latency 150ms on ens2", {"kind": "network.latency", "interface": NIC, "delay": "150ms"},
+         rtt(GATEWAY), lambda v: 135 <= v <= 1500, lambda v: v < 100, "avg rtt ms"),
+        ("loss 50% on lo", {"kind": "network.loss", "interface": "lo", "percent": 50},
+         loss("127.0.0.1"), lambda v: 30 <= v < 100, lambda v: v == 0, "loss %"),
+        # slirp drops packets whose checksum a flipped bit broke: corruption shows as loss
+        ("corruption 50% on ens2", {"kind": "network.corruption", "interface": NIC, "percent": 50},
+         loss(GATEWAY), lambda v: 15 <= v <= 100, lambda v: v == 0, "loss %"),
+        ("duplication 50% on lo", {"kind": "network.duplication", "interface": "lo", "percent": 50},
+         lambda g: ping(g, "127.0.0.1", count=20, interval=0.1)["dups"],
+         lambda v: v >= 3, lambda v: v == 0, "duplicate replies"),
+        # 50% go at once, the rest wait 300ms: later pings overtake earlier ones
+        ("reorder 50% on ens2", {"kind": "network.reorder", "interface": NIC, "percent": 50,
+                                  "delay": "300ms"},
+         lambda g: inversions(ping(g, GATEWAY, count=30, interval=0.05)["seqs"]),
+         lambda v: v >= 2, lambda v: v == 0, "out-of-order replies"),
+    ]
+
+
+# ------------------------------------------------------------------ scenarios
+SCENARIOS = []
+
+
+def scenario(fn):
+    SCENARIOS.append((fn.__name__.replace("sc_", "").replace("_", "-"), fn))
+    return fn
+
+
+def standard_faults(g):
+    """Scenario 2 and 3's faults: a stopped process, a disk fill, a stopped service, and
+    netem latency on lo when network.latency is registered."""
+    faults = [
+        {"kind": "process.stop", "duration": "10m", "name": "chaos-worker"},
+        {"kind": "disk.fill", "duration": "10m", "path": FILL_DIR, "size": "64MiB"},
+        {"kind": "service.stop", "duration": "10m", "unit": "chaos-victim"},
+    ]
+    if "network.latency" in g.kinds:
+        faults.append({"kind": "network.latency", "duration": "10m", "interface": "lo",
+                       "delay": "100ms"})
+    else:
+        log("SKIPPED netem part: network.latency not registered yet")
+    return faults
+
+
+def assert_faults_in_effect(g, netem):
+    expect(g.worker_state() == "T", f"worker state {g.worker_state()!r}, want T (stopped)")
+    expect(len(g.fill_files()) == 1, f"fill files: {g.fill_files()}")
+    expect(g.unit("chaos-victim", "ActiveState") == "inactive",
+           f"chaos-victim is {g.unit('chaos-victim', 'ActiveState')}, want inactive")
+    if netem:
+        expect("netem" in g.qdiscs("lo"), f"no netem on lo: {g.qdiscs('lo')}")
+
+
+@scenario
+def sc_netem(g):
+    """1. netem on lo and on the NIC: each fault shown by a measurement, gone after revert."""
+    if "network.latency" not in g.kinds:
+        raise Skip("network.latency not registered yet")
+    for title, fault, measure, during_ok, after_ok, unit in netem_faults():
+        if fault["kind"] not in g.kinds:
+            log(f"SKIPPED {title}: {fault['kind']} not registered")
+            continue
+        dev = fault["interface"]
+        qdisc_before = g.qdiscs(dev)
+        before_v = measure(g)
+        expect(after_ok(before_v), f"{title}: before the fault {unit} = {before_v}")
+        ids = g.queue(title.split()[0], [dict(fault, duration="10m")])
+        g.wait_records(ids, 1, {"applied"})
+        expect(g.qdiscs(dev) != qdisc_before, f"{title}: qdisc of {dev} unchanged")
+        during = measure(g)
+        expect(during_ok(during), f"{title}: during the fault {unit} = {during}")
+        g.end_run()
+        [rec] = g.wait_records(ids, 1, {"reverted"})
+        expect(g.qdiscs(dev) == qdisc_before,
+               f"{title}: qdisc of {dev} after revert:\n{g.qdiscs(dev)}\nbefore:\n{qdisc_before}")
+        after = measure(g)
+        expect(after_ok(after), f"{title}: after revert {unit} = {after}")
+        log(f"{title}: {unit} {before_v:.1f} -> {during:.1f} -> {after:.1f}")
+
+
+@scenario
+def sc_kill9(g):
+    """2. kill -9 of the agent holding faults: systemd restarts it, and its ExecStartPre
+    recovery reverts everything before the new main process runs."""
+    faults = standard_faults(g)
+    netem = len(faults) == 4
+    lo_before = g.qdiscs("lo")
+    ids = g.queue("kill9", faults)
+    g.wait_records(ids, len(faults), {"applied"})
+    assert_faults_in_effect(g, netem)
+    old = g.main_pid()
+    restarts = int(g.unit("chaos-agent", "NRestarts"))
+    g.vm.check(f"kill -9 {old}")
+    new = g.wait_agent_running(not_pid=old)
+    # the journal as the new main process found it: recovery had already reverted everything
+    at_start = [r for r in g.start_snapshot(new) if r["fault_id"] not in ids]
+    expect(len(at_start) == len(faults), f"new process saw {len(at_start)} records")
+    g.assert_all_reverted(at_start, "at the new main process's start")
+    expect(int(g.unit("chaos-agent", "NRestarts")) == restarts + 1, "systemd did not restart it")
+    poll("worker running again", lambda: g.worker_state() in ("S", "R"), 30)
+    expect(g.fill_files() == [], f"fill files left: {g.fill_files()}")
+    expect(g.unit("chaos-victim", "ActiveState") == "active", "chaos-victim not started again")
+    expect(g.qdiscs("lo") == lo_before, f"qdisc on lo left: {g.qdiscs('lo')}")
+    g.assert_all_reverted(g.new_records(ids), "journal")
+
+
+@scenario
+def sc_hard_reset(g):
+    """3. Hard reset with the faults active: at boot the recovery reverts what persists (fill
+    file, stopped service), finds the rest gone (process, qdisc), and the agent starts clean."""
+    faults = standard_faults(g)
+    netem = len(faults) == 4
+    ids = g.queue("reset", faults)
+    g.wait_records(ids, len(faults), {"applied"})
+    assert_faults_in_effect(g, netem)
+    fill = g.fill_files()[0]
+    # what a fault held for a few seconds has: its fill file on disk (ext4 commits every 5s)
+    g.vm.check("sync")
+    t0 = time.time()
+    g.vm.reset()
+    log(f"hard reset -> ready in {time.time() - t0:.1f}s")
+    pid = g.wait_agent_running()
+    expect(g.unit("chaos-agent", "NRestarts") == "0", "agent restarted after boot: not a clean start")
+    expect(re.search(r"code=exited ; status=0(/SUCCESS)? ", g.unit("chaos-agent", "ExecStartPre")),
+           f"recovery at boot did not exit 0: {g.unit('chaos-agent', 'ExecStartPre')}")
+    at_start = [r for r in g.start_snapshot(pid) if r["fault_id"] not in ids]
+    expect(len(at_start) == len(faults), f"agent saw {len(at_start)} records at start")
+    g.assert_all_reverted(at_start, "at the agent's start after boot")
+    expect(g.fill_files() == [], f"fill file {fill} survived the recovery: {g.fill_files()}")
+    expect(g.unit("chaos-victim", "ActiveState") == "active",
+           "chaos-victim (not enabled) was not started again by the recovery")
+    expect(g.worker_state() is None, "the worker of the previous boot is back?")
+    expect("netem" not in g.qdiscs("lo"), f"netem after boot: {g.qdiscs('lo')}")
+    prev = g.vm.sh("journalctl -b -1 -q -n 1 -o cat --no-pager")
+    expect(prev != "", "no journal of the previous boot")
+
+
+@scenario
+def sc_needs_manual(g):
+    """4. A revert that cannot succeed (fill file made immutable): needs-manual with an
+    actionable message, and the agent keeps running (also across a restart)."""
+    ids = g.queue("manual", [{"kind": "disk.fill", "duration": "10m", "path": FILL_DIR,
+                              "size": "16MiB"}])
+    g.wait_records(ids, 1, {"applied"})
+    [fill] = g.fill_files()
+    path = f"{FILL_DIR}/{fill}"
+    g.vm.check(f"chattr +i {path}")
+    try:
+        g.end_run()
+        [rec] = g.wait_records(ids, 1, {"needs-manual"})
+        expect(any(path in line for line in rec["manual_undo"]),
+               f"manual_undo does not name {path}: {rec['manual_undo']}")
+        expect("Operation not permitted" in (rec.get("last_error") or ""),
+               f"last_error does not say why: {rec.get('last_error')}")
+        expect(g.fill_files() == [fill], "the immutable file is gone?")
+        pid = g.wait_agent_running()
+        code, out, _ = g.vm.exec("chaos-agent status")
+        expect(code == 3, f"status exit {code}, want 3 (host not clean)")
+        expect(path in out, "`chaos-agent status` does not show what to undo")
+        # the agent keeps running: even a restart (whose recovery fails again) brings it back
+        g.vm.check("systemctl restart chaos-agent")
+        pid2 = g.wait_agent_running(not_pid=pid)
+        [seen] = [r for r in g.start_snapshot(pid2) if r["fault_id"] not in ids]
+        expect(seen["state"] == "needs-manual", f"after restart the record is {seen['state']}")
+    finally:
+        g.vm.exec(f"chattr -i {path}")
+    # a person follows the message: the file can go now; recover confirms the host is clean
+    code, out, err = g.vm.exec("chaos-agent recover")
+    expect(code == 0, f"recover after chattr -i: exit {code}\n{out}{err}")
+    g.assert_all_reverted(g.new_records(ids), "after manual fix")
+    expect(g.fill_files() == [], "fill file left")
+
+
+@scenario
+def sc_services(g):
+    """5. service.stop / service.restart against a real unit, a crash mid-fault, refusals."""
+    victim = "chaos-victim.service"
+    inv = g.unit(victim, "InvocationID")
+    # service.stop: stopped while held, started again by the revert
+    ids = g.queue("svc-stop", [{"kind": "service.stop", "duration": "10m", "unit": "chaos-victim"}])
+    g.wait_records(ids, 1, {"applied"})
+    expect(g.unit(victim, "ActiveState") == "inactive", "service.stop: victim still running")
+    g.end_run()
+    g.wait_records(ids, 1, {"reverted"})
+    expect(g.unit(victim, "ActiveState") == "active", "service.stop revert: victim not active")
+    inv2 = g.unit(victim, "InvocationID")
+    expect(inv2 != inv, "service.stop revert: victim was not started anew")
+    # service.restart: a new invocation, active
+    ids = g.queue("svc-restart", [{"kind": "service.restart", "duration": "2s", "unit": victim}])
+    g.wait_records(ids, 1, {"reverted"})
+    expect(g.unit(victim, "ActiveState") == "active", "service.restart: victim not active")
+    inv3 = g.unit(victim, "InvocationID")
+    expect(inv3 != inv2, "service.restart: same invocation, not restarted")
+    # crash mid-fault: the agent SIGKILLs itself right after stopping the service, before
+    # journaling it applied; the restart's recovery starts the service again
+    for point in ("after-inject", "after-journal-applied"):
+        ids = g.queue(f"svc-crash-{point}",
+                      [{"kind": "service.stop", "duration": "10m", "unit": "chaos-victim"}],
+                      crash_at=point)
+        crashed = poll("the main process that runs the experiment", g.run_pid, 30)
+        new = g.wait_agent_running(not_pid=crashed)
+        [seen] = [r for r in g.start_snapshot(new) if r["fault_id"] not in ids]
+        expect(seen["state"] == "reverted",
+               f"crash at {point}: the restarted agent found the record {seen['state']}")
+        expect(g.unit(victim, "ActiveState") == "active", f"crash at {point}: victim not active")
+    # refusals, each before anything changes
+    inv4 = g.unit(victim, "InvocationID")
+    for unit, why in (("chaos-agent", "the agent's own unit"),
+                      ("qemu-guest-agent", "contains the agent"),  # the exec'd agent runs there
+                      ("no-such-unit", "no such unit")):
+        g.vm.write("/tmp/refuse.toml", f'name = "r"\n[[steps]]\nname = "r"\n  [[steps.faults]]\n'
+                                       f'  kind = "service.stop"\n  duration = "5s"\n  unit = "{unit}"\n')
+        code, out, err = g.vm.exec("chaos-agent run /tmp/refuse.toml")
+        expect(code in (1, 2), f"service.stop {unit}: exit {code}, want refused\n{out}{err}")
+        expect(why in out + err, f"service.stop {unit}: reason {why!r} not given:\n{out}{err}")
+    expect(g.unit("qemu-guest-agent", "ActiveState") == "active", "qemu-guest-agent touched")
+    expect(g.unit(victim, "InvocationID") == inv4, "a refused fault touched the victim")
+
+
+@scenario
+def sc_network_kernel_tests(g):
+    """The privileged real-kernel tests of fault-network (netns + veth + netem), in the guest."""
+    binary = os.environ.get("CHAOS_VM_NETWORK_TESTS")
+    if not binary:
+        raise Skip(os.environ.get("CHAOS_VM_NETWORK_TESTS_WHY", "fault-network is not in the workspace"))
+    g.vm.copy(stripped(binary), "/root/fault-network-privileged")
+    code, out, err = g.vm.exec("cd /root && ./fault-network-privileged --test-threads=1 2>&1",
+                               timeout=600)
+    summary = [line for line in out.splitlines() if line.startswith("test result")]
+    log(summary[-1] if summary else out[-2000:])
+    expect(code == 0, f"fault-network privileged tests failed (exit {code}):\n{out[-6000:]}{err}")
+
+
+# ------------------------------------------------------------------ suite
+def stripped(path):
+    """A copy of a binary without debug info (4x smaller: a faster copy into the guest)."""
+    out = os.path.join(vm_tmp(), os.path.basename(path))
+    if subprocess.run(["strip", "--strip-debug", "-o", out, path]).returncode != 0:
+        return path
+    return out
+
+
+def vm_tmp():
+    d = os.path.join(CACHE, "tmp", str(os.getpid()))
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def install(vm):
+    """Put the agent, its packaged unit (+ the suite's drop-in) and the victims in the guest."""
+    vm.copy(stripped(os.environ["CHAOS_VM_AGENT"]), "/usr/local/bin/chaos-agent")
+    vm.copy(os.path.join(REPO, "packaging", "chaos-agent.service"),
+            "/etc/systemd/system/chaos-agent.service")
+    vm.check("mkdir -p /etc/systemd/system/chaos-agent.service.d /usr/local/lib/chaos-vm")
+    vm.copy(os.path.join(HERE, "guest", "50-vm-test.conf"),
+            "/etc/systemd/system/chaos-agent.service.d/50-vm-test.conf")
+    vm.copy(os.path.join(HERE, "guest", "agent-main"), "/usr/local/lib/chaos-vm/agent-main")
+    vm.copy(os.path.join(HERE, "guest", "chaos-victim.service"),
+            "/etc/systemd/system/chaos-victim.service")
+    vm.check(f"""set -e
+        cp /bin/sleep /usr/local/bin/chaos-worker
+        mkdir -p {FILL_DIR}
+        systemctl daemon-reload
+        systemctl enable --now chaos-agent.service
+        systemctl start chaos-victim.service
+        systemd-run --quiet --unit=chaos-worker /usr/local/bin/chaos-worker infinity
+        systemctl is-active chaos-agent.service chaos-victim.service chaos-worker.service
+        sync""")
+
+
+def main(argv):
+    if argv == ["--list"]:
+        print("\n".join(n for n, _ in SCENARIOS))
+        return 0
+    # SIGTERM (CI's timeout, run.sh's trap) unwinds like Ctrl-C, so the VM is taken down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    only = set(argv)
+    unknown = only - {n for n, _ in SCENARIOS}
+    if unknown:
+        sys.exit(f"vm: unknown scenario(s) {sorted(unknown)}; known: {[n for n, _ in SCENARIOS]}")
+    todo = [(n, f) for n, f in SCENARIOS if not only or n in only]
+    vm = Vm(os.environ.get("VM_NAME", f"suite-{os.getpid()}"))
+    g = Guest(vm)
+    results, t_suite = [], time.time()
+    run_dir = os.path.join(ARTIFACTS, time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.isdir(ARTIFACTS):  # keep the logs of the last 10 runs
+        for old in sorted(os.listdir(ARTIFACTS))[:-10]:
+            shutil.rmtree(os.path.join(ARTIFACTS, old), ignore_errors=True)
+    interrupted = False
+    try:
+        t0 = time.time()
+        try:
+            vm.up()
+            print(f"vm: booted in {time.time() - t0:.1f}s", flush=True)
+            t1 = time.time()
+            install(vm)
+            g.kinds = {k["kind"] for k in json.loads(vm.sh("chaos-agent faults --json"))}
+            vm.save("clean")
+            print(f"vm: agent installed, snapshot 'clean' taken in {time.time() - t1:.1f}s", flush=True)
+        except Exception as e:  # noqa: BLE001 - any setup failure fails every scenario loudly
+            dest = vm.collect_logs(os.path.join(run_dir, "setup")) if vm.pid() else None
+            print(f"vm: FAILED to boot or set up the VM: {e}", flush=True)
+            if dest:
+                print(f"vm: logs in {dest}", flush=True)
+            print(f"vm: 0 passed, {len(todo)} failed")
+            return 1
+        for name, fn in todo:
+            t0 = time.time()
+            print(f"vm: {name} ...", flush=True)
+            try:
+                vm.restore("clean")
+                fn(g)
+                res = "PASS"
+            except Skip as e:
+                res = "SKIP"
+                print(f"    SKIPPED {name}: {e}", flush=True)
+            except (Fail, VmError, Exception) as e:  # noqa: BLE001
+                res = "FAIL"
+                detail = str(e) if isinstance(e, (Fail, VmError)) else traceback.format_exc()
+                print(f"    FAIL: {detail}", flush=True)
+                try:
+                    dest = vm.collect_logs(os.path.join(run_dir, name))
+                    tail = vm.sh("journalctl -b 0 -u chaos-agent -n 25 --no-pager -o short-precise")
+                    print("    last lines of the agent's unit journal:\n      "
+                          + tail.replace("\n", "\n      "), flush=True)
+                    print(f"    logs: {dest}", flush=True)
+                except Exception as le:  # noqa: BLE001
+                    print(f"    (could not collect logs: {le})", flush=True)
+            results.append((name, res))
+            print(f"vm: {name}: {res} in {time.time() - t0:.1f}s", flush=True)
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        print("vm: interrupted", flush=True)
+    finally:
+        vm.down()
+        shutil.rmtree(vm_tmp(), ignore_errors=True)
+    if interrupted:
+        print(f"vm: total {time.time() - t_suite:.1f}s")
+        print(f"vm: {sum(r == 'PASS' for _, r in results)} passed, {len(todo) - sum(r == 'PASS' for _, r in results)} failed")
+        return 1
+    passed = sum(r == "PASS" for _, r in results)
+    failed = sum(r == "FAIL" for _, r in results)
+    skipped = sum(r == "SKIP" for _, r in results)
+    print(f"vm: total {time.time() - t_suite:.1f}s")
+    print(f"vm: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
