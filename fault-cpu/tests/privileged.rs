@@ -12,17 +12,12 @@
 
 #![cfg(feature = "privileged-tests")]
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fault_core::experiment::Experiment;
-use fault_core::host::process::ProcessId;
 use fault_core::journal::{Journal, RecordState};
-use fault_core::runner::{self, AbortHandle, RecoverOutcome, RetryPolicy, Runner};
-use fault_core::testing::TempDir;
-use fault_core::{Context, Effect, Fault, Registry};
+use fault_core::runner::{self, RecoverOutcome, RetryPolicy};
+use fault_core::{Context, Effect, Fault};
 use fault_cpu::{CpuStress, CpuStressReceipt, CpuStressSpec};
 use serde_json::json;
 
@@ -245,74 +240,12 @@ fn a_killed_worker_is_reported_by_maintain_and_verify() {
 
 // ---- kill -9 of an agent process -------------------------------------------------------
 
-const AGENT_DIR: &str = "CHAOS_TEST_AGENT_DIR";
-const AGENT_EXPERIMENT: &str = "CHAOS_TEST_AGENT_EXPERIMENT";
+fault_core::agent_kill9_harness!(fault_cpu::register);
 
-fn registry() -> Registry {
-    let mut reg = Registry::new();
+fn registry() -> fault_core::Registry {
+    let mut reg = fault_core::Registry::new();
     fault_cpu::register(&mut reg);
     reg
-}
-
-/// Not a test on its own: when started by [`run_agent_then_kill_it`] (with the env set),
-/// it plays the agent: runs the experiment with a journal until it is killed.
-#[test]
-fn helper_agent_process() {
-    let (Ok(dir), Ok(exp)) = (std::env::var(AGENT_DIR), std::env::var(AGENT_EXPERIMENT)) else {
-        return;
-    };
-    let reg = registry();
-    let prepared = Experiment::load_toml(&exp, &reg).expect("experiment");
-    let journal = Journal::open(Path::new(&dir)).unwrap();
-    let events = |_: &runner::Event| {};
-    let runner = Runner {
-        registry: &reg,
-        journal: &journal,
-        events: &events,
-        abort: AbortHandle::new(),
-        retry: RetryPolicy::default(),
-    };
-    runner.run(&prepared, "kill9", &[]);
-}
-
-/// Start an agent process running `experiment`, wait until its fault is applied, `kill
-/// -9` it, and return the journal dir and the recorded stressors.
-fn run_agent_then_kill_it(experiment: &str) -> (TempDir, Vec<ProcessId>, Instant) {
-    let dir = TempDir::new("chaos-kill9");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "helper_agent_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(AGENT_DIR, dir.path())
-        .env(AGENT_EXPERIMENT, experiment)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let journal = Journal::open(dir.path()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let pids: Vec<ProcessId> = loop {
-        let applied = journal
-            .records()
-            .unwrap()
-            .into_iter()
-            .find(|r| r.state == RecordState::Applied);
-        if let Some(r) = applied {
-            break serde_json::from_value(r.receipt["stressors"]["processes"].clone()).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never applied its fault"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(!pids.is_empty());
-    assert!(pids.iter().all(|p| p.is_alive()));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    (dir, pids, Instant::now())
 }
 
 #[test]

@@ -617,26 +617,12 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let info = DiskFill::info();
-        let mut table: toml::Table = toml::from_str(info.example).expect("example is TOML");
+        let examples = fault_core::testing::build_examples(crate::register);
         assert_eq!(
-            table
-                .remove("kind")
-                .and_then(|v| v.as_str().map(String::from))
-                .as_deref(),
-            Some(KIND)
-        );
-        table.remove("duration");
-        table.remove("start_delay");
-        let value = serde_json::to_value(&table).unwrap();
-        let mut reg = fault_core::Registry::new();
-        crate::register(&mut reg);
-        let fault = reg.build(KIND, &value).expect("example validates");
-        assert_eq!(fault.kind(), KIND);
-        assert_eq!(
-            fault.describe(),
+            examples[KIND].describe(),
             "fill the filesystem of /var/tmp to 90% used"
         );
+        let info = DiskFill::info();
         assert!(info.reversible);
         // Every documented parameter is a spec field, and every field is documented.
         let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();

@@ -765,20 +765,13 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let info = DiskIo::info();
-        let mut table: toml::Table = toml::from_str(info.example).expect("example is TOML");
-        assert_eq!(table.remove("kind").unwrap().as_str(), Some(IO_KIND));
-        table.remove("duration");
-        let value = serde_json::to_value(&table).unwrap();
-        let mut reg = fault_core::Registry::new();
-        crate::register(&mut reg);
-        let fault = reg.build(IO_KIND, &value).expect("example validates");
+        let examples = fault_core::testing::build_examples(crate::register);
         assert_eq!(
-            fault.describe(),
+            examples[IO_KIND].describe(),
             "2 workers doing direct mixed I/O in 256.0 KiB blocks on the filesystem of \
              /var/tmp, 50.0 MiB/s each"
         );
-        let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
+        let names: Vec<&str> = DiskIo::info().params.iter().map(|p| p.name).collect();
         assert_eq!(
             names,
             [

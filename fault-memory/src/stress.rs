@@ -418,21 +418,14 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let info = MemoryStress::info();
-        let mut table: toml::Table = toml::from_str(info.example).expect("example is TOML");
-        assert_eq!(table.remove("kind").unwrap().as_str(), Some(KIND));
-        table.remove("duration");
-        let value = serde_json::to_value(&table).unwrap();
-        let mut reg = fault_core::Registry::new();
-        crate::register(&mut reg);
-        let fault = reg.build(KIND, &value).expect("example validates");
+        let examples = fault_core::testing::build_examples(crate::register);
         assert_eq!(
-            fault.describe(),
+            examples[KIND].describe(),
             "hold 2.0 GiB of resident memory, growing by 100.0 MiB/s"
         );
-        let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
+        let names: Vec<&str> = MemoryStress::info().params.iter().map(|p| p.name).collect();
         assert_eq!(names, ["size", "percent", "rate", "reserve"]);
-        assert!(info.reversible);
+        assert!(MemoryStress::info().reversible);
     }
 
     #[test]

@@ -73,12 +73,11 @@ pub fn register(reg: &mut fault_core::Registry) {
 mod tests {
     use fault_core::Registry;
 
-    /// Every kind's `info().example` parses as TOML and builds through the registry.
+    /// Every kind's `info().example` validates as an experiment file would be read.
     #[test]
     fn examples_validate() {
-        let mut reg = Registry::new();
-        super::register(&mut reg);
-        let kinds: Vec<&str> = reg.kinds().map(|k| k.kind).collect();
+        let examples = fault_core::testing::build_examples(super::register);
+        let kinds: Vec<&str> = examples.keys().copied().collect();
         assert_eq!(
             kinds,
             [
@@ -88,32 +87,7 @@ mod tests {
                 "service.stop"
             ]
         );
-        for entry in reg.kinds() {
-            let info = (entry.info)();
-            let mut table: toml::Table = toml::from_str(info.example)
-                .unwrap_or_else(|e| panic!("{}: example is not TOML: {e}", entry.kind));
-            assert_eq!(
-                table
-                    .remove("kind")
-                    .and_then(|k| k.as_str().map(String::from)),
-                Some(entry.kind.to_string())
-            );
-            assert!(table.remove("duration").is_some(), "{}", entry.kind);
-            table.remove("start_delay");
-            let json = serde_json::to_value(&table).unwrap();
-            let fault = reg
-                .build(entry.kind, &json)
-                .unwrap_or_else(|e| panic!("{}: example does not validate: {e}", entry.kind));
-            assert!(!fault.describe().is_empty());
-            let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
-            for key in table.keys() {
-                assert!(
-                    names.contains(&key.as_str()),
-                    "{}: {key} undocumented",
-                    entry.kind
-                );
-            }
-        }
+        assert!(examples.values().all(|f| !f.describe().is_empty()));
     }
 
     #[test]

@@ -7,7 +7,7 @@ mod common;
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use common::{fault_state, text, wait_for_event, Sandbox};
+use common::{text, wait_for_event, Sandbox};
 
 fn alive(pid: i64, start: u64) -> bool {
     fault_core::host::process::Stat::read(pid as i32)
