@@ -517,6 +517,17 @@ impl Fault for DiskFill {
         match std::fs::remove_file(file) {
             Ok(()) => {}
             Err(e) if e.kind() == IoKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                // Root gets EPERM from unlink only for immutable or append-only files.
+                return Err(Error::io(
+                    format!(
+                        "removing {} (it is immutable or append-only: `lsattr` shows it, \
+                         `chattr -i -a` clears it)",
+                        file.display()
+                    ),
+                    e,
+                ));
+            }
             Err(e) => return Err(Error::io(format!("removing {}", file.display()), e)),
         }
         let dir = parent(file);
@@ -524,10 +535,11 @@ impl Fault for DiskFill {
     }
 
     fn manual_undo(receipt: &DiskFillReceipt) -> Vec<String> {
-        vec![format!(
-            "rm -f -- {}",
-            sh_quote(&receipt.file.to_string_lossy())
-        )]
+        let file = sh_quote(&receipt.file.to_string_lossy());
+        vec![
+            format!("chattr -i -a -- {file}  # only if `lsattr` shows it immutable (i) or append-only (a)"),
+            format!("rm -f -- {file}"),
+        ]
     }
 
     fn targets(receipt: &DiskFillReceipt) -> Vec<String> {
@@ -676,9 +688,10 @@ mod tests {
             device: 2049,
         };
         assert_eq!(
-            DiskFill::manual_undo(&r),
-            [r"rm -f -- '/srv/it'\''s/.chaos-agent-fill-f1'"]
+            DiskFill::manual_undo(&r)[1],
+            r"rm -f -- '/srv/it'\''s/.chaos-agent-fill-f1'"
         );
+        assert!(DiskFill::manual_undo(&r)[0].starts_with(r"chattr -i -a -- '/srv/it'\''s/"));
         assert_eq!(DiskFill::targets(&r), ["path:/srv/it's"]);
     }
 

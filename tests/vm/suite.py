@@ -340,6 +340,9 @@ def sc_needs_manual(g):
                f"manual_undo does not name {path}: {rec['manual_undo']}")
         expect("Operation not permitted" in (rec.get("last_error") or ""),
                f"last_error does not say why: {rec.get('last_error')}")
+        expect("chattr -i" in (rec.get("last_error") or "")
+               and any("chattr -i" in line for line in rec["manual_undo"]),
+               f"neither says how to clear the immutable flag: {rec}")
         expect(g.fill_files() == [fill], "the immutable file is gone?")
         pid = g.wait_agent_running()
         code, out, _ = g.vm.exec("chaos-agent status")
