@@ -8,7 +8,7 @@
 //! ## What changes on the host
 //!
 //! `cpu.stress` starts one child process per worker (named `chaos-cpu`), forked from the
-//! agent by [`fault_core::host::stressor`]. Each runs a duty cycle of 100 ms periods: it
+//! agent by [`fault_core::host::stressor`]. Each runs a duty cycle of 10 ms periods: it
 //! spins, then sleeps until the period ends. How long it spins is decided from the CPU time
 //! it has *actually received* (`CLOCK_PROCESS_CPUTIME_ID`) against the load integrated over
 //! wall time, so time lost to preemption is made up (within the period, and up to a quarter

@@ -15,14 +15,16 @@ pub const KIND: &str = "cpu.stress";
 /// Most workers one fault may start (a guard against a typo forking thousands).
 const MAX_WORKERS: u32 = 1024;
 
-/// Length of one duty-cycle period.
-const PERIOD_NS: u64 = 100_000_000;
+/// Length of one duty-cycle period. Short, so that any observation window (top's 1-3 s, a
+/// monitoring scrape) sees the requested load: a window cut mid-period is off by at most
+/// one period's busy time (10 ms here, 0.17 points over 6 s; it was 100 ms, ~1.7 points).
+const PERIOD_NS: u64 = 10_000_000;
 
 /// CPU time a worker may owe and make up in later periods: time lost to preemption within
-/// a period is made up in that period (it spins longer in wall time); beyond that, a
-/// quarter period is carried, so a measurement window of whole seconds sees at most
-/// 25 ms of catch-up.
-const MAX_DEBT_NS: u64 = PERIOD_NS / 4;
+/// a period is made up in that period (it spins longer in wall time); beyond that, 25 ms is
+/// carried (a few scheduler time slices), so a measurement window of whole seconds sees
+/// at most 25 ms of catch-up.
+const MAX_DEBT_NS: u64 = 25_000_000;
 
 /// How long `verify` measures the achieved load (three whole periods, so the phase of the
 /// duty cycle cancels out).
@@ -124,7 +126,7 @@ pub struct CpuStressReceipt {
 ///
 /// # What changes on the host
 ///
-/// One process per worker, `chaos-cpu`, each spinning and sleeping in 100 ms periods so that
+/// One process per worker, `chaos-cpu`, each spinning and sleeping in 10 ms periods so that
 /// the CPU time it receives matches `load` (see the crate docs for the regulation). They run
 /// in the fault's own cgroup under the agent's, with `oom_score_adj` 1000, pinned to a core
 /// when `cores` is given.
@@ -320,7 +322,7 @@ impl Fault for CpuStress {
     fn info() -> KindInfo {
         KindInfo {
             summary: "Starts worker processes (`chaos-cpu`) that each hold `load` percent of one \
-                      CPU, regulated from the CPU time they actually receive (100 ms duty \
+                      CPU, regulated from the CPU time they actually receive (10 ms duty \
                       cycle), optionally pinned to `cores` and ramping up over `ramp`. They run \
                       in a cgroup of their own under the agent's, with oom_score_adj 1000, and \
                       die with the agent. Revert kills them (and anything left in the cgroup) \
