@@ -303,20 +303,7 @@ impl Fault for DiskFill {
     type Receipt = DiskFillReceipt;
 
     fn new(spec: DiskFillSpec) -> Result<DiskFill> {
-        let shown = spec.path.display();
-        if spec.path.as_os_str().is_empty() {
-            return Err(Error::invalid("path is empty: name an existing directory"));
-        }
-        if !spec.path.is_absolute() {
-            return Err(Error::invalid(format!(
-                "path \"{shown}\" is relative: write it as an absolute path"
-            )));
-        }
-        if spec.path.as_os_str().as_encoded_bytes().contains(&0) {
-            return Err(Error::invalid(format!(
-                "path \"{shown}\" contains a NUL byte"
-            )));
-        }
+        crate::statfs::check_spec_path(&spec.path)?;
         let amount =
             match (spec.size, spec.percent) {
                 (Some(_), Some(_)) => {
@@ -404,48 +391,15 @@ impl Fault for DiskFill {
     fn plan(&self, cx: &Context) -> Result<DiskFillReceipt> {
         let path = &self.spec.path;
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| {
-            if e.kind() == IoKind::NotFound {
-                Error::new(ErrorKind::NotFound, format!("{shown} does not exist"))
-            } else {
-                Error::io(format!("inspecting {shown}"), e)
-            }
-        })?;
-        if !meta.is_dir() {
-            return Err(Error::invalid(format!("{shown} is not a directory")));
-        }
-        // Resolve symlinks once, so revert finds the file even if a link is changed later.
-        let dir =
-            std::fs::canonicalize(path).map_err(|e| Error::io(format!("resolving {shown}"), e))?;
+        let (dir, stats, device) = crate::statfs::writable_dir(path)?;
         let file = fill_file(&dir, &cx.fault_id)?;
-        let stats = FsStats::of_path(&dir).map_err(|e| Error::io(format!("statvfs {shown}"), e))?;
-        if stats.read_only {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("the filesystem of {shown} is mounted read-only"),
-            ));
-        }
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::invalid(format!("{shown} contains a NUL byte")))?;
-        // SAFETY: `c` is a valid NUL-terminated path.
-        let r = unsafe {
-            libc::faccessat(
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                libc::W_OK | libc::X_OK,
-                libc::AT_EACCESS,
-            )
-        };
-        if r != 0 {
-            return Err(Error::last_os(format!("cannot create files in {shown}")));
-        }
         let bytes = bytes_to_fill(&stats, self.amount, self.reserve(), &shown)
             .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
         Ok(DiskFillReceipt {
             dir,
             file,
             bytes,
-            device: meta.dev(),
+            device,
         })
     }
 

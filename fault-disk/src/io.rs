@@ -12,8 +12,6 @@ use fault_core::host::stressor::{self, Exit, Stressors, Work};
 use fault_core::{Bytes, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::statfs::FsStats;
-
 /// The kind string of [`DiskIo`].
 pub const IO_KIND: &str = "disk.io";
 
@@ -320,20 +318,7 @@ impl Fault for DiskIo {
     type Receipt = DiskIoReceipt;
 
     fn new(spec: DiskIoSpec) -> Result<DiskIo> {
-        let shown = spec.path.display();
-        if spec.path.as_os_str().is_empty() {
-            return Err(Error::invalid("path is empty: name an existing directory"));
-        }
-        if !spec.path.is_absolute() {
-            return Err(Error::invalid(format!(
-                "path \"{shown}\" is relative: write it as an absolute path"
-            )));
-        }
-        if spec.path.as_os_str().as_encoded_bytes().contains(&0) {
-            return Err(Error::invalid(format!(
-                "path \"{shown}\" contains a NUL byte"
-            )));
-        }
+        crate::statfs::check_spec_path(&spec.path)?;
         match spec.workers {
             Some(0) => return Err(Error::invalid("workers is 0: give at least 1")),
             Some(n) if n > MAX_WORKERS => {
@@ -455,21 +440,7 @@ impl Fault for DiskIo {
     fn plan(&self, cx: &Context) -> Result<DiskIoReceipt> {
         let path = &self.spec.path;
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|e| {
-            if e.kind() == IoKind::NotFound {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!("{shown} does not exist: no filesystem to put I/O on"),
-                )
-            } else {
-                Error::io(format!("inspecting {shown}"), e)
-            }
-        })?;
-        if !meta.is_dir() {
-            return Err(Error::invalid(format!("{shown} is not a directory")));
-        }
-        let dir =
-            std::fs::canonicalize(path).map_err(|e| Error::io(format!("resolving {shown}"), e))?;
+        let (dir, stats, _) = crate::statfs::writable_dir(path)?;
         let magic = fs_magic(&dir).map_err(|e| Error::io(format!("statfs {shown}"), e))?;
         if magic == TMPFS_MAGIC || magic == RAMFS_MAGIC {
             return Err(Error::new(
@@ -478,13 +449,6 @@ impl Fault for DiskIo {
                     "{shown} is on a memory filesystem (tmpfs/ramfs), which has no device and \
                      does not support O_DIRECT"
                 ),
-            ));
-        }
-        let stats = FsStats::of_path(&dir).map_err(|e| Error::io(format!("statvfs {shown}"), e))?;
-        if stats.read_only {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!("the filesystem of {shown} is mounted read-only"),
             ));
         }
         let n = self.workers() as usize;

@@ -166,6 +166,73 @@ pub(crate) fn bytes_to_fill(
     Ok(bytes)
 }
 
+/// The checks every spec `path` gets before it becomes a fault: non-empty, absolute, no NUL.
+pub(crate) fn check_spec_path(path: &std::path::Path) -> fault_core::Result<()> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return Err(fault_core::Error::invalid(
+            "path is empty: name an existing directory",
+        ));
+    }
+    if !path.is_absolute() {
+        return Err(fault_core::Error::invalid(format!(
+            "path \"{shown}\" is relative: write it as an absolute path"
+        )));
+    }
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(fault_core::Error::invalid(format!(
+            "path \"{shown}\" contains a NUL byte"
+        )));
+    }
+    Ok(())
+}
+
+/// Plan-time checks of a spec's directory, shared by the disk faults: it exists, is a
+/// directory, its filesystem is writable and mounted read-write, and we may create files in
+/// it. Returns the directory with symlinks resolved (so revert finds its files even if a
+/// link changes later), its filesystem's numbers and its device (`st_dev`).
+pub(crate) fn writable_dir(
+    path: &std::path::Path,
+) -> fault_core::Result<(std::path::PathBuf, FsStats, u64)> {
+    use fault_core::{Error, ErrorKind};
+    use std::os::unix::fs::MetadataExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::new(ErrorKind::NotFound, format!("{shown} does not exist"))
+        } else {
+            Error::io(format!("inspecting {shown}"), e)
+        }
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::invalid(format!("{shown} is not a directory")));
+    }
+    let dir =
+        std::fs::canonicalize(path).map_err(|e| Error::io(format!("resolving {shown}"), e))?;
+    let stats = FsStats::of_path(&dir).map_err(|e| Error::io(format!("statvfs {shown}"), e))?;
+    if stats.read_only {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("the filesystem of {shown} is mounted read-only"),
+        ));
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::invalid(format!("{shown} contains a NUL byte")))?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    let r = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if r != 0 {
+        return Err(Error::last_os(format!("cannot create files in {shown}")));
+    }
+    Ok((dir, stats, meta.dev()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
