@@ -242,3 +242,61 @@ macro_rules! agent_kill9_harness {
         }
     };
 }
+
+/// An ext4 filesystem the test owns: an image file on a private tmpfs, loop-mounted on a
+/// fresh temporary directory (so the real disk is never written), unmounted on drop. For
+/// what tmpfs lacks: O_DIRECT, ext4's partial allocation on ENOSPC, reserved blocks. Needs
+/// root, `mkfs.ext4` and loop devices; `None` (after printing why) when any is missing.
+#[derive(Debug)]
+pub struct Ext4Loop {
+    mnt: TempDir,
+    _backing: Tmpfs,
+}
+
+impl Ext4Loop {
+    /// Make and mount an ext4 of `size` bytes (5% reserved blocks, as mkfs's default).
+    pub fn mount(size: u64) -> Option<Ext4Loop> {
+        use std::process::Command;
+        let backing = Tmpfs::mount(size + size / 2).expect("mount tmpfs");
+        let img = backing.path().join("ext4.img");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(size))
+            .expect("create image");
+        let mkfs = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "5"])
+            .arg(&img)
+            .status();
+        if !matches!(mkfs, Ok(s) if s.success()) {
+            eprintln!("SKIPPED: mkfs.ext4 unavailable or failed: {mkfs:?}");
+            return None;
+        }
+        let mnt = TempDir::new("chaos-ext4");
+        let mount = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(mnt.path())
+            .status();
+        if !matches!(mount, Ok(s) if s.success()) {
+            eprintln!("SKIPPED: loop mount failed: {mount:?}");
+            return None;
+        }
+        Some(Ext4Loop {
+            mnt,
+            _backing: backing,
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &std::path::Path {
+        self.mnt.path()
+    }
+}
+
+impl Drop for Ext4Loop {
+    fn drop(&mut self) {
+        // Plain umount releases the auto-clear loop device before the backing tmpfs goes.
+        let _ = std::process::Command::new("umount")
+            .arg(self.mnt.path())
+            .status();
+    }
+}

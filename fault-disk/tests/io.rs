@@ -11,14 +11,14 @@
 
 #![cfg(feature = "privileged-tests")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fault_core::host::stressor::{self, Exit};
 use fault_core::journal::{Journal, RecordState};
 use fault_core::runner::{self, RecoverOutcome, RetryPolicy};
-use fault_core::testing::{TempDir, Tmpfs};
+use fault_core::testing::Ext4Loop;
+use fault_core::testing::Tmpfs;
 use fault_core::{Context, Effect, ErrorKind, Fault};
 use fault_disk::{DiskIo, DiskIoReceipt, DiskIoSpec};
 use serde_json::json;
@@ -75,57 +75,13 @@ fn assert_clean(r: &DiskIoReceipt) {
     assert_eq!(obs.effect, Effect::Clean, "{}", obs.detail);
 }
 
-/// A 32 MiB ext4 image, kept on its own tmpfs, loop-mounted; unmounted on drop.
-struct Ext4 {
-    mnt: TempDir,
-    _backing: Tmpfs,
-}
-
-impl Ext4 {
-    fn mount() -> Option<Ext4> {
-        let backing = Tmpfs::mount(48 * MIB).expect("mount tmpfs");
-        let img: PathBuf = backing.path().join("ext4.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(32 * MIB)
-            .unwrap();
-        let mkfs = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "5"])
-            .arg(&img)
-            .status();
-        if !matches!(mkfs, Ok(s) if s.success()) {
-            eprintln!("SKIPPED: mkfs.ext4 unavailable or failed: {mkfs:?}");
-            return None;
-        }
-        let mnt = TempDir::new("chaos-ext4");
-        let mount = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(mnt.path())
-            .status();
-        if !matches!(mount, Ok(s) if s.success()) {
-            eprintln!("SKIPPED: loop mount failed: {mount:?}");
-            return None;
-        }
-        Some(Ext4 {
-            mnt,
-            _backing: backing,
-        })
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        // Plain umount releases the auto-clear loop device before the backing tmpfs goes.
-        let _ = Command::new("umount").arg(self.mnt.path()).status();
-    }
-}
-
 #[test]
 fn write_workers_move_bytes_at_the_rate_and_revert_removes_their_files() {
     fault_core::require_root!();
-    let Some(fs) = Ext4::mount() else { return };
-    let dir = fs.mnt.path();
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
+    let dir = fs.path();
     let cx = cx();
     let f = fault(json!({"path": dir, "workers": 2, "block_size": "64KiB",
                          "file_size": "4MiB", "rate": "8MiB"}));
@@ -171,10 +127,12 @@ fn write_workers_move_bytes_at_the_rate_and_revert_removes_their_files() {
 #[test]
 fn reads_go_around_the_page_cache() {
     fault_core::require_root!();
-    let Some(fs) = Ext4::mount() else { return };
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
     let cx = cx();
     let f = fault(
-        json!({"path": fs.mnt.path(), "mode": "read", "block_size": "256KiB",
+        json!({"path": fs.path(), "mode": "read", "block_size": "256KiB",
                          "file_size": "2MiB", "rate": "16MiB"}),
     );
     let mut r = f.plan(&cx).unwrap();
@@ -194,10 +152,12 @@ fn reads_go_around_the_page_cache() {
 #[test]
 fn mixed_mode_reads_and_writes() {
     fault_core::require_root!();
-    let Some(fs) = Ext4::mount() else { return };
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
     let cx = cx();
     let f = fault(
-        json!({"path": fs.mnt.path(), "mode": "mixed", "block_size": "64KiB",
+        json!({"path": fs.path(), "mode": "mixed", "block_size": "64KiB",
                          "file_size": "1MiB", "rate": "8MiB"}),
     );
     let mut r = f.plan(&cx).unwrap();
@@ -212,10 +172,12 @@ fn mixed_mode_reads_and_writes() {
 #[test]
 fn a_worker_stops_after_its_bytes() {
     fault_core::require_root!();
-    let Some(fs) = Ext4::mount() else { return };
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
     let cx = cx();
     let f = fault(
-        json!({"path": fs.mnt.path(), "block_size": "64KiB", "file_size": "1MiB",
+        json!({"path": fs.path(), "block_size": "64KiB", "file_size": "1MiB",
                          "bytes": "3MiB"}),
     );
     let mut r = f.plan(&cx).unwrap();
@@ -250,8 +212,10 @@ fn plan_refuses_tmpfs_missing_paths_and_files_that_do_not_fit() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     assert!(e.to_string().contains("does not exist"), "{e}");
-    let Some(fs) = Ext4::mount() else { return };
-    let e = fault(json!({"path": fs.mnt.path(), "workers": 4, "file_size": "16MiB"}))
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
+    let e = fault(json!({"path": fs.path(), "workers": 4, "file_size": "16MiB"}))
         .plan(&cx())
         .unwrap_err();
     assert!(
@@ -274,7 +238,9 @@ fn registry() -> fault_core::Registry {
 #[test]
 fn kill_9_of_the_agent_kills_every_worker_and_recover_removes_the_files() {
     fault_core::require_root!();
-    let Some(fs) = Ext4::mount() else { return };
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
     let exp = format!(
         r#"
 name = "kill9"
@@ -289,7 +255,7 @@ name = "io"
   file_size = "2MiB"
   rate = "4MiB"
 "#,
-        fs.mnt.path().display()
+        fs.path().display()
     );
     let (dir, pids, killed_at) = run_agent_then_kill_it(&exp);
     while pids.iter().any(|p| p.is_alive()) {
@@ -300,7 +266,7 @@ name = "io"
         std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!("workers gone {:?} after the agent", killed_at.elapsed());
-    assert_eq!(entries(fs.mnt.path()).len(), 2, "files wait for recover");
+    assert_eq!(entries(fs.path()).len(), 2, "files wait for recover");
     let journal = Journal::open(dir.path()).unwrap();
     let reg = registry();
     let items = runner::recover(&reg, &journal, &RetryPolicy::default()).unwrap();
@@ -310,5 +276,5 @@ name = "io"
     assert_eq!(record.state, RecordState::Reverted);
     let r: DiskIoReceipt = serde_json::from_value(record.receipt).unwrap();
     assert_clean(&r);
-    assert!(entries(fs.mnt.path()).is_empty());
+    assert!(entries(fs.path()).is_empty());
 }

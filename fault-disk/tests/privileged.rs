@@ -6,9 +6,10 @@
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use fault_core::testing::Ext4Loop;
 use fault_core::testing::{TempDir, Tmpfs};
 use fault_core::{Context, Effect, ErrorKind, Fault};
 use fault_disk::{DiskFill, DiskFillReceipt, DiskFillSpec};
@@ -397,57 +398,13 @@ fn read_only_filesystem_is_refused_at_plan() {
     assert!(e.to_string().contains("read-only"), "{e}");
 }
 
-/// A 32 MiB ext4 image, kept on its own tmpfs, loop-mounted; unmounted on drop.
-struct Ext4 {
-    mnt: TempDir,
-    _backing: Tmpfs,
-}
-
-impl Ext4 {
-    fn mount() -> Option<Ext4> {
-        let backing = Tmpfs::mount(48 * MIB).expect("mount tmpfs");
-        let img: PathBuf = backing.path().join("ext4.img");
-        std::fs::File::create(&img)
-            .unwrap()
-            .set_len(32 * MIB)
-            .unwrap();
-        let mkfs = Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-m", "5"])
-            .arg(&img)
-            .status();
-        if !matches!(mkfs, Ok(s) if s.success()) {
-            eprintln!("SKIPPED: mkfs.ext4 unavailable or failed: {mkfs:?}");
-            return None;
-        }
-        let mnt = TempDir::new("chaos-ext4");
-        let mount = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(mnt.path())
-            .status();
-        if !matches!(mount, Ok(s) if s.success()) {
-            eprintln!("SKIPPED: loop mount failed: {mount:?}");
-            return None;
-        }
-        Some(Ext4 {
-            mnt,
-            _backing: backing,
-        })
-    }
-}
-
-impl Drop for Ext4 {
-    fn drop(&mut self) {
-        // Plain umount releases the auto-clear loop device before the backing tmpfs goes.
-        let _ = Command::new("umount").arg(self.mnt.path()).status();
-    }
-}
-
 #[test]
 fn ext4_partial_allocation_on_enospc_is_removed() {
     fault_core::require_root!();
-    let Some(fs) = Ext4::mount() else { return };
-    let dir = fs.mnt.path();
+    let Some(fs) = Ext4Loop::mount(32 * MIB) else {
+        return;
+    };
+    let dir = fs.path();
     let cx = cx();
     let f = fault(json!({"path": dir, "size": "16MiB"}));
     let mut r = f.plan(&cx).unwrap();

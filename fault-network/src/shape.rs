@@ -7,6 +7,8 @@
 //! root: htb <R>:  (default class <R>:10 when all traffic is targeted, else none)
 //!   ├── u32 filters, prio 1-2: excluded destinations/ports -> <R>:0 (htb's direct queue, unshaped)
 //!   ├── u32 filters, prio 3-4: targeted traffic            -> <R>:10
+//!   ├── u32 filter,  prio 5:   ARP, when the whole interface is faulted with exclusions
+//!   │                          -> <R>:0 (so excluded destinations stay reachable)
 //!   └── class htb <R>:10 (32 Gbit/s, never the bottleneck)
 //!         └── leaf qdisc <R+1>: tbf or netem
 //! ```
@@ -182,11 +184,28 @@ pub(crate) fn filters_for(t: &Targeting, root: u32) -> Vec<Filter> {
             classid,
         });
     };
-    for s in t.excludes() {
-        add(&s, 1, root);
+    let excludes = t.excludes();
+    for s in &excludes {
+        add(s, 1, root);
     }
     for s in t.includes() {
         add(&s, 3, class);
+    }
+    if t.is_whole() && !excludes.is_empty() {
+        // Whole-interface faults send unclassified packets to the faulted class, ARP too.
+        // Excluded destinations must stay reachable, and reaching any of them (or the
+        // gateway in front of it) needs ARP: a lost or delayed ARP stalls neighbour
+        // resolution for a second per retry. So ARP goes to the unshaped direct queue.
+        out.push(Filter {
+            prio: 5,
+            eth_proto: u32f::ETH_P_ARP,
+            keys: vec![u32f::Key {
+                val: 0,
+                mask: 0,
+                off: 0,
+            }],
+            classid: root,
+        });
     }
     out
 }
@@ -611,5 +630,47 @@ pub(crate) fn require_netem() -> Result<()> {
     match netem_available() {
         Some(false) => Err(Error::new(ErrorKind::Unsupported, NETEM_MISSING)),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::{Cidr, Protocol, Targeting};
+
+    fn targeting(destinations: &[&str], exclude: &[&str]) -> Targeting {
+        Targeting {
+            interfaces: vec!["eth0".into()],
+            destinations: destinations
+                .iter()
+                .map(|c| Cidr::parse(c).unwrap())
+                .collect(),
+            ports: vec![],
+            exclude_destinations: exclude.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
+            exclude_ports: vec![],
+            protocol: Protocol::All,
+        }
+    }
+
+    fn arp_filters(t: &Targeting) -> Vec<Filter> {
+        filters_for(t, 0xc000_0000)
+            .into_iter()
+            .filter(|f| f.eth_proto == u32f::ETH_P_ARP)
+            .collect()
+    }
+
+    #[test]
+    fn arp_is_spared_only_when_the_whole_interface_is_faulted_with_exclusions() {
+        // Whole interface with an exclusion: ARP goes to the direct queue (unshaped).
+        let arp = arp_filters(&targeting(&[], &["10.0.0.5/32"]));
+        assert_eq!(arp.len(), 1);
+        assert_eq!(
+            arp[0].classid, 0xc000_0000,
+            "htb's direct queue, not the faulted class"
+        );
+        // Whole interface, nothing excluded: classic netem/tbf semantics, ARP included.
+        assert!(arp_filters(&targeting(&[], &[])).is_empty());
+        // Targeted faults: ARP is unclassified and already unshaped; no filter needed.
+        assert!(arp_filters(&targeting(&["10.0.0.0/24"], &["10.0.0.5/32"])).is_empty());
     }
 }

@@ -21,6 +21,8 @@ pub(crate) const ETH_P_ALL: u16 = 0x0003;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 /// `ETH_P_IPV6`.
 pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
+/// `ETH_P_ARP`.
+pub(crate) const ETH_P_ARP: u16 = 0x0806;
 
 /// One 32-bit match: `(packet[off..off+4] & mask) == val`, values in host order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
