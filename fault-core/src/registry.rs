@@ -115,14 +115,11 @@ fn build<F: Fault>(spec: &Value) -> Result<Box<dyn DynFault>> {
         }
     })?;
     let fault = F::new(parsed)?;
-    let spec = encode(F::KIND, &spec_of::<F>(&fault, spec))?;
-    Ok(Box::new(Erased { fault, spec }))
-}
-
-// The journal keeps the spec as the user wrote it (validated); this indirection exists so a
-// future kind can normalize it.
-fn spec_of<F: Fault>(_f: &F, spec: &Value) -> Value {
-    spec.clone()
+    // The journal keeps the spec as written (and validated).
+    Ok(Box::new(Erased {
+        fault,
+        spec: spec.clone(),
+    }))
 }
 
 fn verify<F: Fault>(r: &Value) -> Result<Observation> {

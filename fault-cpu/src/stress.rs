@@ -414,16 +414,11 @@ impl Fault for CpuStress {
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut CpuStressReceipt) -> Result<()> {
+        let workers = receipt.cpus.len();
         let s = &mut receipt.stressors;
-        if !s.processes.is_empty() {
-            if s.alive().len() == receipt.cpus.len() {
-                return Ok(()); // an earlier inject of this receipt finished
-            }
-            // Partly started before: begin again from nothing.
-            s.stop()?;
-            s.processes.clear();
+        if s.begin_inject(workers)? {
+            return Ok(()); // an earlier inject of this receipt finished
         }
-        s.create_cgroups()?;
         let work = Arc::new(DutyCycle {
             load: receipt.load / 100.0,
             ramp_ns: receipt.ramp_ms.saturating_mul(1_000_000),

@@ -480,15 +480,11 @@ impl Fault for DiskIo {
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut DiskIoReceipt) -> Result<()> {
+        let workers = receipt.files.len();
         let s = &mut receipt.stressors;
-        if !s.processes.is_empty() {
-            if s.alive().len() == receipt.files.len() {
-                return Ok(()); // an earlier inject of this receipt finished
-            }
-            s.stop()?;
-            s.processes.clear();
+        if s.begin_inject(workers)? {
+            return Ok(()); // an earlier inject of this receipt finished
         }
-        s.create_cgroups()?;
         for file in &receipt.files {
             let path = CString::new(file.as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::invalid(format!("{} contains NUL", file.display())))?;

@@ -291,15 +291,11 @@ impl Fault for MemoryStress {
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut MemoryStressReceipt) -> Result<()> {
+        let workers = 1;
         let s = &mut receipt.stressors;
-        if !s.processes.is_empty() {
-            if s.alive().len() == s.processes.len() {
-                return Ok(()); // an earlier inject of this receipt finished
-            }
-            s.stop()?;
-            s.processes.clear();
+        if s.begin_inject(workers)? {
+            return Ok(()); // an earlier inject of this receipt finished
         }
-        s.create_cgroups()?;
         let work = Arc::new(Hog {
             bytes: receipt.bytes as usize,
             rate: receipt.rate.unwrap_or(0),

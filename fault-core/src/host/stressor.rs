@@ -691,6 +691,22 @@ impl Stressors {
         self.alive().is_empty() && self.existing_cgroups().is_empty()
     }
 
+    /// The start of every stressor fault's `inject`, idempotent: returns `true` when an
+    /// earlier inject of this receipt already has all `workers` running (nothing to do).
+    /// A partial start (some died, or a crash cut it short) is stopped and forgotten so
+    /// inject begins again from nothing; then the cgroups are created.
+    pub fn begin_inject(&mut self, workers: usize) -> Result<bool> {
+        if !self.processes.is_empty() {
+            if self.alive().len() == workers {
+                return Ok(true);
+            }
+            self.stop()?;
+            self.processes.clear();
+        }
+        self.create_cgroups()?;
+        Ok(false)
+    }
+
     /// Kill everything and remove the cgroups ([`stop`]).
     pub fn stop(&self) -> Result<()> {
         stop(&self.processes, &self.cgroups, STOP_TIMEOUT)
