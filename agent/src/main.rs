@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use chaos_engine::experiment::Experiment;
+use chaos_engine::journal::{Entry, Journal, RecordState, StateLock};
+use chaos_engine::runner::{self, AbortHandle, RecoverOutcome, RetryPolicy, RunOutcome, Runner};
 use clap::{Parser, Subcommand};
-use fault_core::experiment::Experiment;
-use fault_core::journal::{Entry, Journal, RecordState, StateLock};
-use fault_core::runner::{self, AbortHandle, RecoverOutcome, RetryPolicy, RunOutcome, Runner};
 use fault_core::{ErrorKind, Registry};
 
 /// Exit statuses, documented in `--help`.

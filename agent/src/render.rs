@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fault_core::experiment::Prepared;
-use fault_core::journal::{Entry, RecordState};
-use fault_core::runner::{
+use chaos_engine::experiment::Prepared;
+use chaos_engine::journal::{Entry, RecordState};
+use chaos_engine::runner::{
     DryRunItem, Event, FaultState, RecoverItem, RecoverOutcome, RevertOutcome, RunOutcome,
     RunReport,
 };

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use chaos_control::pki::{self, format_ms, InitOptions, Paths};
 use chaos_control::server::{self, Server, Settings};
+use chaos_engine::experiment::Experiment;
 use chaos_protocol::admin::{
     AbortRequest, AddAgentRequest, AgentInfo, AgentList, CreateRunsRequest, CreateRunsResponse,
     LogPage, RegistrationKey, RunDetail, RunList,
@@ -17,7 +18,6 @@ use chaos_protocol::client::Method;
 use chaos_protocol::client::{Client, ClientConfig, ClientError};
 use chaos_protocol::{now_ms, ErrorCode};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fault_core::experiment::Experiment;
 
 const AFTER_HELP: &str = "\
 Getting started (one machine, one minute):

@@ -22,6 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chaos_engine::experiment::Experiment;
 use chaos_protocol::admin::{
     AbortRequest, AddAgentRequest, AgentInfo, AgentList, CreateRunsRequest, CreateRunsResponse,
     Health, LogPage, RegistrationKey, RunDetail, RunList, RunRef,
@@ -36,7 +37,6 @@ use chaos_protocol::{
     is_agent_id, is_run_id, now_ms, ApiError, ErrorBody, ErrorCode, Invalid, Problem,
     MAX_BODY_BYTES, MAX_WAIT_SECS,
 };
-use fault_core::experiment::Experiment;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 

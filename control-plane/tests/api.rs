@@ -27,27 +27,27 @@ fn lines(from: u64, to: u64) -> LogBatch {
 }
 
 fn result_json(run_id: &str, outcome: &str) -> RunResult {
-    // The JSON a chaos-agent sends: fault_core::runner::RunReport as it is.
-    let report = fault_core::runner::RunReport {
+    // The JSON a chaos-agent sends: chaos_engine::runner::RunReport as it is.
+    let report = chaos_engine::runner::RunReport {
         run_id: run_id.into(),
         name: "fill-tmp".into(),
         outcome: match outcome {
-            "aborted" => fault_core::runner::RunOutcome::Aborted,
-            _ => fault_core::runner::RunOutcome::Completed,
+            "aborted" => chaos_engine::runner::RunOutcome::Aborted,
+            _ => chaos_engine::runner::RunOutcome::Completed,
         },
         abort_reason: (outcome == "aborted").then(|| "operator".to_string()),
-        steps: vec![fault_core::runner::StepReport {
+        steps: vec![chaos_engine::runner::StepReport {
             name: "fill".into(),
-            outcome: fault_core::runner::StepOutcome::Completed,
+            outcome: chaos_engine::runner::StepOutcome::Completed,
             error: None,
-            faults: vec![fault_core::runner::FaultReport {
+            faults: vec![chaos_engine::runner::FaultReport {
                 fault_id: format!("{run_id}-1-1"),
                 kind: "disk.fill".into(),
                 description: "fill /tmp with 1 MiB".into(),
                 injected: true,
                 observed: Some("1 MiB allocated".into()),
                 held_ms: 5000,
-                revert: fault_core::runner::RevertOutcome::Reverted,
+                revert: chaos_engine::runner::RevertOutcome::Reverted,
                 error: None,
                 manual_undo: vec![],
             }],

@@ -19,6 +19,10 @@ pub struct Context {
     pub boot_id: String,
     /// Pids that must never be targeted: the agent and its ancestors.
     pub protected_pids: Vec<i32>,
+    /// Paths whose filesystems must keep a safe reserve (`/` and the agent's state
+    /// directory): a fault that would nearly fill one of them is refused unless its spec
+    /// opts in explicitly.
+    pub protected_paths: Vec<std::path::PathBuf>,
 }
 
 impl Context {
@@ -29,8 +33,22 @@ impl Context {
             run_id: run_id.into(),
             boot_id: crate::host::boot_id(),
             protected_pids: crate::host::process::self_and_ancestors(),
+            protected_paths: vec![std::path::PathBuf::from("/")],
         }
     }
+}
+
+/// Something on the host that a kind recognises as its own by a name derived from a fault
+/// id (an nft table, a tc root in our handle range, a fill file, a stressor cgroup), found
+/// by [`Fault::leftovers`] whether or not the journal still knows about it.
+#[derive(Debug, Clone)]
+pub struct Leftover<R> {
+    /// The fault id its name carries.
+    pub fault_id: String,
+    /// A receipt that [`Fault::revert`] can remove it with.
+    pub receipt: R,
+    /// Where it was found, for people ("nft table chaos_ab12_1_1 in net:[4026531840]").
+    pub found: String,
 }
 
 /// Whether a fault's change is present on the host, as observed by [`Fault::verify`].
@@ -197,5 +215,29 @@ pub trait Fault: Send + Sync + Sized + 'static {
     /// new fault whose targets overlap a record waiting for manual undo is refused.
     fn targets(_receipt: &Self::Receipt) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The blast radius for people, one line per thing touched, in human units: processes
+    /// by pid and name, interfaces with their namespace, bytes and % of a filesystem.
+    /// Shown by the dry run and the run header. Defaults to [`targets`](Fault::targets).
+    fn touches(receipt: &Self::Receipt) -> Vec<String> {
+        Self::targets(receipt)
+    }
+
+    /// Check, before a revert acts on it, that a receipt read back from the journal is
+    /// consistent with the fault id it is filed under: every name it would remove is the
+    /// one this kind derives from that id (fill file name, table name, qdisc handle,
+    /// cgroup). A receipt edited to point elsewhere is refused with
+    /// [`ErrorKind::Drifted`](crate::ErrorKind::Drifted) and nothing is touched.
+    fn check_receipt(_fault_id: &str, _receipt: &Self::Receipt) -> Result<()> {
+        Ok(())
+    }
+
+    /// Find this kind's artifacts on the host by the names it derives from fault ids,
+    /// with a receipt that reverts each, so recovery can remove what a lost journal no
+    /// longer describes. Only what is provably ours is listed. The default finds nothing
+    /// (kinds that leave nothing named, or whose effects cannot be told apart).
+    fn leftovers() -> Result<Vec<Leftover<Self::Receipt>>> {
+        Ok(Vec::new())
     }
 }

@@ -1,14 +1,12 @@
 //! # fault-core
 //!
-//! The contract and machinery shared by every chaos-agent fault crate:
+//! The contract every chaos-agent fault crate implements, and the host helpers they share
+//! (the journal, experiment model and runner live in `chaos-engine`):
 //!
 //! - [`Fault`]: the plan -> inject -> verify -> revert contract. Revert works from a
 //!   serialized receipt alone, in a fresh process, after a crash or a reboot.
 //! - [`Registry`]: kind strings (`"process.stop"`) to constructors, so nothing `match`es on
 //!   kinds.
-//! - [`journal`]: the durable rollback ledger (write-temp + fsync + rename + fsync dir).
-//! - [`experiment`] and [`runner`]: the experiment model (steps run serially, faults of a
-//!   step in parallel) and the runner that always reverts.
 //! - [`units`]: `Duration` (`"250ms"`), `Bytes` (`"512MiB"`), `Percent` (`"40%"`).
 //! - [`host`]: process identity safe from PID reuse (pidfd), durable writes, boot id.
 //!
@@ -19,18 +17,14 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 mod error;
-pub mod experiment;
-pub mod failpoint;
 mod fault;
 pub mod host;
-pub mod journal;
 mod registry;
-pub mod runner;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod units;
 
 pub use error::{Error, ErrorKind, Result};
-pub use fault::{Context, Effect, Fault, KindInfo, Observation, Param};
+pub use fault::{Context, Effect, Fault, KindInfo, Leftover, Observation, Param};
 pub use registry::{DynFault, KindEntry, Registry};
 pub use units::{Bytes, Duration, Percent};

@@ -7,7 +7,7 @@ use std::time::Duration as StdDuration;
 
 use serde_json::Value;
 
-use crate::fault::{Context, Fault, KindInfo, Observation};
+use crate::fault::{Context, Fault, KindInfo, Leftover, Observation};
 use crate::{Error, ErrorKind, Result};
 
 /// A fault with its spec type erased; receipts travel as JSON values.
@@ -94,6 +94,9 @@ pub struct KindEntry {
     revert: fn(&Value) -> Result<()>,
     manual_undo: fn(&Value) -> Result<Vec<String>>,
     targets: fn(&Value) -> Result<Vec<String>>,
+    touches: fn(&Value) -> Result<Vec<String>>,
+    check_receipt: fn(&str, &Value) -> Result<()>,
+    leftovers: fn() -> Result<Vec<Leftover<Value>>>,
 }
 
 impl std::fmt::Debug for KindEntry {
@@ -134,6 +137,24 @@ fn manual_undo<F: Fault>(r: &Value) -> Result<Vec<String>> {
 fn targets<F: Fault>(r: &Value) -> Result<Vec<String>> {
     Ok(F::targets(&decode(F::KIND, r)?))
 }
+fn touches<F: Fault>(r: &Value) -> Result<Vec<String>> {
+    Ok(F::touches(&decode(F::KIND, r)?))
+}
+fn check_receipt<F: Fault>(fault_id: &str, r: &Value) -> Result<()> {
+    F::check_receipt(fault_id, &decode(F::KIND, r)?)
+}
+fn leftovers<F: Fault>() -> Result<Vec<Leftover<Value>>> {
+    F::leftovers()?
+        .into_iter()
+        .map(|l| {
+            Ok(Leftover {
+                fault_id: l.fault_id,
+                receipt: encode(F::KIND, &l.receipt)?,
+                found: l.found,
+            })
+        })
+        .collect()
+}
 
 /// Kind string -> constructor and receipt functions.
 #[derive(Debug, Default, Clone)]
@@ -159,6 +180,9 @@ impl Registry {
                 revert: revert::<F>,
                 manual_undo: manual_undo::<F>,
                 targets: targets::<F>,
+                touches: touches::<F>,
+                check_receipt: check_receipt::<F>,
+                leftovers: leftovers::<F>,
             },
         );
         self
@@ -203,5 +227,20 @@ impl Registry {
     /// The targets a receipt acts on.
     pub fn targets(&self, kind: &str, receipt: &Value) -> Result<Vec<String>> {
         (self.get(kind)?.targets)(receipt)
+    }
+
+    /// What a receipt touches, for people (see [`Fault::touches`]).
+    pub fn touches(&self, kind: &str, receipt: &Value) -> Result<Vec<String>> {
+        (self.get(kind)?.touches)(receipt)
+    }
+
+    /// Check a journaled receipt against its fault id (see [`Fault::check_receipt`]).
+    pub fn check_receipt(&self, kind: &str, fault_id: &str, receipt: &Value) -> Result<()> {
+        (self.get(kind)?.check_receipt)(fault_id, receipt)
+    }
+
+    /// This kind's artifacts found on the host (see [`Fault::leftovers`]).
+    pub fn leftovers(&self, kind: &str) -> Result<Vec<Leftover<Value>>> {
+        (self.get(kind)?.leftovers)()
     }
 }

@@ -550,7 +550,7 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let examples = fault_core::testing::build_examples(crate::register);
+        let examples = chaos_engine::testing::build_examples(crate::register);
         assert_eq!(
             examples[KIND].describe(),
             "load one worker per core at 60% of a CPU each, ramping up over 10s"

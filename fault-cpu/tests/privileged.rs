@@ -15,8 +15,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fault_core::journal::{Journal, RecordState};
-use fault_core::runner::{self, RecoverOutcome, RetryPolicy};
+use chaos_engine::journal::{Journal, RecordState};
+use chaos_engine::runner::{self, RecoverOutcome, RetryPolicy};
 use fault_core::{Context, Effect, Fault};
 use fault_cpu::{CpuStress, CpuStressReceipt, CpuStressSpec};
 use serde_json::json;
@@ -240,7 +240,7 @@ fn a_killed_worker_is_reported_by_maintain_and_verify() {
 
 // ---- kill -9 of an agent process -------------------------------------------------------
 
-fault_core::agent_kill9_harness!(fault_cpu::register);
+chaos_engine::agent_kill9_harness!(fault_cpu::register);
 
 fn registry() -> fault_core::Registry {
     let mut reg = fault_core::Registry::new();

@@ -583,7 +583,7 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let examples = fault_core::testing::build_examples(crate::register);
+        let examples = chaos_engine::testing::build_examples(crate::register);
         assert_eq!(
             examples[KIND].describe(),
             "fill the filesystem of /var/tmp to 90% used"

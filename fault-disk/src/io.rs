@@ -725,7 +725,7 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let examples = fault_core::testing::build_examples(crate::register);
+        let examples = chaos_engine::testing::build_examples(crate::register);
         assert_eq!(
             examples[IO_KIND].describe(),
             "2 workers doing direct mixed I/O in 256.0 KiB blocks on the filesystem of \

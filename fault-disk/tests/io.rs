@@ -14,9 +14,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use chaos_engine::journal::{Journal, RecordState};
+use chaos_engine::runner::{self, RecoverOutcome, RetryPolicy};
 use fault_core::host::stressor::{self, Exit};
-use fault_core::journal::{Journal, RecordState};
-use fault_core::runner::{self, RecoverOutcome, RetryPolicy};
 use fault_core::testing::Ext4Loop;
 use fault_core::testing::Tmpfs;
 use fault_core::{Context, Effect, ErrorKind, Fault};
@@ -227,7 +227,7 @@ fn plan_refuses_tmpfs_missing_paths_and_files_that_do_not_fit() {
 
 // ---- kill -9 of an agent process -------------------------------------------------------
 
-fault_core::agent_kill9_harness!(fault_disk::register);
+chaos_engine::agent_kill9_harness!(fault_disk::register);
 
 fn registry() -> fault_core::Registry {
     let mut reg = fault_core::Registry::new();

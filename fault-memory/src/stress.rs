@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn example_validates_through_the_registry() {
-        let examples = fault_core::testing::build_examples(crate::register);
+        let examples = chaos_engine::testing::build_examples(crate::register);
         assert_eq!(
             examples[KIND].describe(),
             "hold 2.0 GiB of resident memory, growing by 100.0 MiB/s"

@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
+use chaos_engine::journal::{Journal, RecordState};
+use chaos_engine::runner::{self, RecoverOutcome, RetryPolicy};
 use fault_core::host::stressor;
-use fault_core::journal::{Journal, RecordState};
-use fault_core::runner::{self, RecoverOutcome, RetryPolicy};
 use fault_core::{Context, Effect, ErrorKind, Fault};
 use fault_memory::{MemoryStress, MemoryStressReceipt, MemoryStressSpec};
 use serde_json::json;
@@ -185,7 +185,7 @@ fn plan_refuses_what_the_host_cannot_give() {
 
 // ---- kill -9 of an agent process -------------------------------------------------------
 
-fault_core::agent_kill9_harness!(fault_memory::register);
+chaos_engine::agent_kill9_harness!(fault_memory::register);
 
 fn registry() -> fault_core::Registry {
     let mut reg = fault_core::Registry::new();

@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn every_example_validates() {
-        let examples = fault_core::testing::build_examples(register);
+        let examples = chaos_engine::testing::build_examples(register);
         assert_eq!(examples.len(), 7);
     }
 

@@ -76,7 +76,7 @@ mod tests {
     /// Every kind's `info().example` validates as an experiment file would be read.
     #[test]
     fn examples_validate() {
-        let examples = fault_core::testing::build_examples(super::register);
+        let examples = chaos_engine::testing::build_examples(super::register);
         let kinds: Vec<&str> = examples.keys().copied().collect();
         assert_eq!(
             kinds,

@@ -6,7 +6,7 @@
 //! | `POST /api/v1/runs/{run}/logs` | [`LogBatch`] | [`LogsResponse`] |
 //! | `POST /api/v1/runs/{run}/result` | [`RunResult`] | [`StatusResponse`] |
 //!
-//! [`RunResult`] has the same JSON shape as `fault_core::runner::RunReport`, so an agent
+//! [`RunResult`] has the same JSON shape as `chaos_engine::runner::RunReport`, so an agent
 //! can send its report as it is.
 
 use serde::{Deserialize, Serialize};
@@ -288,7 +288,7 @@ pub enum RevertOutcome {
 }
 
 /// `POST /api/v1/runs/{run}/result`: the final verdict (the JSON of
-/// `fault_core::runner::RunReport`).
+/// `chaos_engine::runner::RunReport`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunResult {

@@ -5,7 +5,9 @@
 
 pub mod cgroup;
 pub mod fs;
+pub mod ns;
 pub mod process;
+pub mod shell;
 pub mod stressor;
 
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), which changes on every boot.

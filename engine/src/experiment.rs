@@ -24,8 +24,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::units::Duration;
-use crate::{DynFault, Registry};
+use fault_core::Duration;
+use fault_core::{DynFault, Registry};
 
 /// Longest duration (and start delay) a single fault may have.
 pub const MAX_FAULT_DURATION: Duration = Duration::from_secs(24 * 3600);

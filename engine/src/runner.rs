@@ -23,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::experiment::{FaultDef, Prepared};
+use crate::failpoint;
 use crate::journal::{Entry, Journal, Record, RecordState};
-use crate::{failpoint, Context, DynFault, Effect, Error, ErrorKind, Registry, Result};
+use fault_core::{Context, DynFault, Effect, Error, ErrorKind, Registry, Result};
 
 /// A cancellation flag shared by the runner and whoever may abort it. A child handle is
 /// aborted when its parent is, but aborting a child leaves the parent running.
@@ -336,7 +337,7 @@ impl std::fmt::Debug for Runner<'_> {
 
 /// A new run id: 8 random hex digits.
 pub fn new_run_id() -> String {
-    crate::host::random_hex(4)
+    fault_core::host::random_hex(4)
 }
 
 /// The fault id of fault `fault` (0-based) of step `step` in run `run_id`.
@@ -654,7 +655,7 @@ impl Runner<'_> {
             Ok(()) => {
                 report.injected = true;
                 record.state = RecordState::Applied;
-                record.updated_at = crate::host::unix_now();
+                record.updated_at = fault_core::host::unix_now();
                 if let Err(e) = self.journal.put(&record) {
                     fail(
                         &mut report,
@@ -777,7 +778,7 @@ pub fn revert_record(
                 journal.dir().display(),
                 record.fault_id
             )];
-            record.updated_at = crate::host::unix_now();
+            record.updated_at = fault_core::host::unix_now();
             let _ = journal.put(record);
             return RevertOutcome::NeedsManual;
         }
@@ -787,7 +788,7 @@ pub fn revert_record(
         std::thread::sleep(*delay);
         record.state = RecordState::Reverting;
         record.attempts += 1;
-        record.updated_at = crate::host::unix_now();
+        record.updated_at = fault_core::host::unix_now();
         let _ = journal.put(record);
         failpoint::hit("mid-revert");
         let result = registry
@@ -803,7 +804,7 @@ pub fn revert_record(
             Ok(()) => {
                 record.state = RecordState::Reverted;
                 record.last_error = None;
-                record.updated_at = crate::host::unix_now();
+                record.updated_at = fault_core::host::unix_now();
                 let _ = journal.put(record);
                 failpoint::hit("after-revert");
                 return if reversible {
@@ -823,7 +824,7 @@ pub fn revert_record(
                 "receipt unreadable ({e}); inspect the journal record"
             )]
         });
-    record.updated_at = crate::host::unix_now();
+    record.updated_at = fault_core::host::unix_now();
     let _ = journal.put(record);
     RevertOutcome::NeedsManual
 }

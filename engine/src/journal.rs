@@ -22,8 +22,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::host::fs::{sync_dir, write_atomic};
-use crate::{Error, ErrorKind, Result};
+use fault_core::host::fs::{sync_dir, write_atomic};
+use fault_core::{Error, ErrorKind, Result};
 
 /// Version of the record schema written by this build.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -85,7 +85,7 @@ pub struct Record {
     pub created_at: u64,
     /// Unix seconds of the last update.
     pub updated_at: u64,
-    /// Host objects the receipt acts on (see [`crate::Fault::targets`]).
+    /// Host objects the receipt acts on (see [`fault_core::Fault::targets`]).
     pub targets: Vec<String>,
     /// Commands a person can run to undo it (filled when it becomes `needs-manual`).
     pub manual_undo: Vec<String>,
@@ -101,7 +101,7 @@ impl Record {
         receipt: Value,
         targets: Vec<String>,
     ) -> Record {
-        let now = crate::host::unix_now();
+        let now = fault_core::host::unix_now();
         Record {
             version: SCHEMA_VERSION,
             fault_id: fault_id.to_string(),
@@ -112,7 +112,7 @@ impl Record {
             state: RecordState::Planned,
             attempts: 0,
             last_error: None,
-            boot_id: crate::host::boot_id(),
+            boot_id: fault_core::host::boot_id(),
             created_at: now,
             updated_at: now,
             targets,
@@ -463,7 +463,8 @@ mod tests {
     use super::*;
 
     fn tmp() -> PathBuf {
-        let p = std::env::temp_dir().join(format!("journal-test-{}", crate::host::random_hex(6)));
+        let p =
+            std::env::temp_dir().join(format!("journal-test-{}", fault_core::host::random_hex(6)));
         std::fs::create_dir_all(&p).unwrap();
         p
     }

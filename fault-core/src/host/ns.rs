@@ -1,0 +1,332 @@
+//! Namespace identity that survives a crash, and running code inside a recorded namespace.
+//!
+//! A fault that acts inside a network or mount namespace records *which* one in its receipt
+//! ([`NsId`]), so that a revert run later — by a fresh process, possibly started in another
+//! namespace — acts in the same place, or says it cannot get there. Names and interface
+//! indexes are only meaningful inside their namespace: `veth0` index 5 in one network
+//! namespace and `veth0` index 5 in another are different interfaces.
+//!
+//! Identity is the nsfs device and inode (what `readlink /proc/PID/ns/net` shows as
+//! `net:[INODE]`), and for network namespaces also the netns cookie (Linux 5.14+,
+//! `SO_NETNS_COOKIE`), which the kernel never reuses within a boot. Inodes can be reused
+//! once a namespace is freed; the cookie catches that where the kernel has one.
+//!
+//! Entering needs `CAP_SYS_ADMIN` (and `CAP_SYS_CHROOT` for mount namespaces). It happens on
+//! a new thread, so the calling thread's namespaces never change.
+
+use std::fmt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, ErrorKind, Result};
+
+/// Which namespace type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NsKind {
+    /// Network namespace (`CLONE_NEWNET`).
+    Net,
+    /// Mount namespace (`CLONE_NEWNS`).
+    Mnt,
+}
+
+impl NsKind {
+    /// The name under `/proc/PID/ns/`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Mnt => "mnt",
+        }
+    }
+    fn clone_flag(self) -> libc::c_int {
+        match self {
+            NsKind::Net => libc::CLONE_NEWNET,
+            NsKind::Mnt => libc::CLONE_NEWNS,
+        }
+    }
+}
+
+/// A namespace, identified so that a later process can find it again (or know it cannot).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NsId {
+    /// Namespace type.
+    pub kind: NsKind,
+    /// `st_dev` of the nsfs inode.
+    pub dev: u64,
+    /// `st_ino` of the nsfs inode (the number in `net:[…]`).
+    pub ino: u64,
+    /// The netns cookie, when the kernel has one (network namespaces, Linux 5.14+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
+}
+
+impl fmt::Display for NsId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:[{}]", self.kind.as_str(), self.ino)
+    }
+}
+
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The netns cookie of the calling thread's network namespace, if the kernel has one.
+fn current_netns_cookie() -> Option<u64> {
+    // SAFETY: plain socket(2); the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the buffer and length describe `cookie`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    (r == 0).then_some(cookie)
+}
+
+fn stat_id(path: &Path) -> std::io::Result<(u64, u64)> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+impl NsId {
+    /// The namespace of `kind` the calling thread is in.
+    pub fn current(kind: NsKind) -> Result<NsId> {
+        let path = PathBuf::from(format!("/proc/thread-self/ns/{}", kind.as_str()));
+        let (dev, ino) =
+            stat_id(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        let cookie = match kind {
+            NsKind::Net => current_netns_cookie(),
+            NsKind::Mnt => None,
+        };
+        Ok(NsId {
+            kind,
+            dev,
+            ino,
+            cookie,
+        })
+    }
+
+    /// Whether the calling thread is in this namespace.
+    pub fn is_current(&self) -> bool {
+        NsId::current(self.kind).is_ok_and(|c| c.same(self))
+    }
+
+    fn same(&self, other: &NsId) -> bool {
+        self.kind == other.kind
+            && self.dev == other.dev
+            && self.ino == other.ino
+            && match (self.cookie, other.cookie) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+
+    fn matches_path(&self, path: &Path) -> bool {
+        stat_id(path).is_ok_and(|(d, i)| d == self.dev && i == self.ino)
+    }
+
+    /// A path that refers to this namespace now, for entering it or for a person's
+    /// `nsenter`: a bind mount (`ip netns` names under `/run/netns`, any nsfs mount in the
+    /// mount table), else `/proc/PID/ns/KIND` of a process inside it. `None` when nothing
+    /// this process can see refers to it (it is gone, or kept only by an open descriptor).
+    pub fn find(&self) -> Option<PathBuf> {
+        if self.kind == NsKind::Net {
+            if let Ok(dir) = std::fs::read_dir("/run/netns") {
+                for e in dir.flatten() {
+                    if self.matches_path(&e.path()) {
+                        return Some(e.path());
+                    }
+                }
+            }
+        }
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+            for line in mounts.lines() {
+                // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPER"
+                let Some((left, right)) = line.split_once(" - ") else {
+                    continue;
+                };
+                if !right.starts_with("nsfs ") {
+                    continue;
+                }
+                if let Some(mp) = left.split(' ').nth(4) {
+                    let mp = PathBuf::from(unescape_mountinfo(mp));
+                    if self.matches_path(&mp) {
+                        return Some(mp);
+                    }
+                }
+            }
+        }
+        let me = std::process::id();
+        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        // Prefer long-lived processes (low pids) over our own short-lived children.
+        pids.sort_unstable();
+        pids.into_iter()
+            .filter(|&p| p != me)
+            .map(|p| PathBuf::from(format!("/proc/{p}/ns/{}", self.kind.as_str())))
+            .find(|p| self.matches_path(p))
+            .or_else(|| {
+                let own = PathBuf::from(format!("/proc/{me}/ns/{}", self.kind.as_str()));
+                self.matches_path(&own).then_some(own)
+            })
+    }
+
+    /// Run `f` inside this namespace, on a new thread (the caller's namespaces never
+    /// change). When the calling thread is already in it, `f` runs right here.
+    ///
+    /// Fails with [`ErrorKind::NotFound`] when nothing refers to the namespace any more (see
+    /// [`find`](NsId::find)), [`ErrorKind::Drifted`] when the path found turns out to be
+    /// another namespace (inode reused, told by the cookie), and with the `setns(2)` errno
+    /// otherwise.
+    pub fn enter<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce() -> Result<T> + Send,
+    {
+        if self.is_current() {
+            return f();
+        }
+        let path = self.find().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("namespace {self} is not reachable: no process, bind mount or /run/netns name refers to it"),
+            )
+        })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        if !self.matches_path(&path) {
+            return Err(Error::new(
+                ErrorKind::Drifted,
+                format!("{} no longer refers to namespace {self}", path.display()),
+            ));
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if self.kind == NsKind::Mnt {
+                    // A thread shares its filesystem context with the others; a mount
+                    // namespace can be entered only with a private one.
+                    // SAFETY: unshare(2) of this thread's fs context.
+                    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                        return Err(Error::io(
+                            "unshare(CLONE_FS) before entering a mount namespace",
+                            std::io::Error::last_os_error(),
+                        ));
+                    }
+                }
+                // SAFETY: setns(2) on an fd we hold open; affects only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), self.kind.clone_flag()) } != 0 {
+                    return Err(Error::io(
+                        format!("entering namespace {self} through {}", path.display()),
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                let now = NsId::current(self.kind)?;
+                if !now.same(self) {
+                    return Err(Error::new(
+                        ErrorKind::Drifted,
+                        format!("{} is a new namespace that reuses the number of {self} (cookie differs)", path.display()),
+                    ));
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Io,
+                    format!("the thread working inside namespace {self} panicked"),
+                ))
+            })
+        })
+    }
+
+    /// The argv prefix that runs a command inside this namespace for a person, e.g.
+    /// `["nsenter", "--net=/run/netns/a"]`; empty when the caller is already in it. When
+    /// nothing refers to it, a placeholder path tells the person what to look for.
+    pub fn nsenter_prefix(&self) -> Vec<String> {
+        if self.is_current() {
+            return Vec::new();
+        }
+        let path = self
+            .find()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| format!("/proc/PID-IN-{}/ns/{}", self, self.kind.as_str()));
+        vec![
+            "nsenter".to_string(),
+            format!("--{}={path}", self.kind.as_str()),
+        ]
+    }
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as `\NNN` octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_namespace_is_found_and_entered_in_place() {
+        let net = NsId::current(NsKind::Net).unwrap();
+        assert!(net.is_current());
+        assert!(net.find().is_some());
+        assert_eq!(net.enter(|| Ok(7)).unwrap(), 7);
+        assert!(net.nsenter_prefix().is_empty());
+        let json = serde_json::to_string(&net).unwrap();
+        assert_eq!(serde_json::from_str::<NsId>(&json).unwrap(), net);
+    }
+
+    #[test]
+    fn a_namespace_nobody_holds_is_not_found() {
+        let gone = NsId {
+            kind: NsKind::Net,
+            dev: 4,
+            ino: 1,
+            cookie: None,
+        };
+        assert!(!gone.is_current());
+        assert!(gone.find().is_none());
+        let err = gone.enter(|| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert_eq!(gone.nsenter_prefix()[0], "nsenter");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo(r"/run/netns/a\040b"), "/run/netns/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+    }
+}
