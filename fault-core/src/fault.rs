@@ -235,9 +235,16 @@ pub trait Fault: Send + Sync + Sized + 'static {
 
     /// Find this kind's artifacts on the host by the names it derives from fault ids,
     /// with a receipt that reverts each, so recovery can remove what a lost journal no
-    /// longer describes. Only what is provably ours is listed. The default finds nothing
-    /// (kinds that leave nothing named, or whose effects cannot be told apart).
-    fn leftovers() -> Result<Vec<Leftover<Self::Receipt>>> {
+    /// longer describes.
+    ///
+    /// `known` holds the fault ids this agent's state directory planned and has not seen
+    /// reverted (kept apart from the journal records); only artifacts of those ids are
+    /// returned, so another agent's faults (another state directory, e.g. a parallel test)
+    /// are never claimed. Look everywhere this kind can act (every reachable network
+    /// namespace, every mounted filesystem, every cgroup hierarchy) within a bounded cost.
+    /// The default finds nothing (kinds that leave nothing named, or whose effects cannot
+    /// be told apart from anyone else's, such as a stopped process).
+    fn leftovers(_known: &[String]) -> Result<Vec<Leftover<Self::Receipt>>> {
         Ok(Vec::new())
     }
 }

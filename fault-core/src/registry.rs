@@ -96,7 +96,7 @@ pub struct KindEntry {
     targets: fn(&Value) -> Result<Vec<String>>,
     touches: fn(&Value) -> Result<Vec<String>>,
     check_receipt: fn(&str, &Value) -> Result<()>,
-    leftovers: fn() -> Result<Vec<Leftover<Value>>>,
+    leftovers: fn(&[String]) -> Result<Vec<Leftover<Value>>>,
 }
 
 impl std::fmt::Debug for KindEntry {
@@ -143,8 +143,8 @@ fn touches<F: Fault>(r: &Value) -> Result<Vec<String>> {
 fn check_receipt<F: Fault>(fault_id: &str, r: &Value) -> Result<()> {
     F::check_receipt(fault_id, &decode(F::KIND, r)?)
 }
-fn leftovers<F: Fault>() -> Result<Vec<Leftover<Value>>> {
-    F::leftovers()?
+fn leftovers<F: Fault>(known: &[String]) -> Result<Vec<Leftover<Value>>> {
+    F::leftovers(known)?
         .into_iter()
         .map(|l| {
             Ok(Leftover {
@@ -240,7 +240,7 @@ impl Registry {
     }
 
     /// This kind's artifacts found on the host (see [`Fault::leftovers`]).
-    pub fn leftovers(&self, kind: &str) -> Result<Vec<Leftover<Value>>> {
-        (self.get(kind)?.leftovers)()
+    pub fn leftovers(&self, kind: &str, known: &[String]) -> Result<Vec<Leftover<Value>>> {
+        (self.get(kind)?.leftovers)(known)
     }
 }
