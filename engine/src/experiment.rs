@@ -234,12 +234,69 @@ fn toml_to_value(text: &str) -> Result<Value, Invalid> {
             message: e.message().trim().to_string(),
         }])
     })?;
+    let mut problems = Vec::new();
+    for (k, v) in &table {
+        non_finite_floats(v, k.clone(), &mut problems);
+    }
+    if !problems.is_empty() {
+        return Err(Invalid(problems));
+    }
     serde_json::to_value(&table).map_err(|e| {
         Invalid(vec![Problem {
             path: String::new(),
             message: format!("unsupported value: {e}"),
         }])
     })
+}
+
+/// TOML has `nan` and `inf`; JSON does not, and converting turns them into `null`, which an
+/// optional field would read as "not given" (so `load = nan` would mean the default). Refuse
+/// them here, with their path, before anything else sees them.
+fn non_finite_floats(v: &toml::Value, path: String, out: &mut Vec<Problem>) {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => out.push(Problem {
+            path,
+            message: format!("{f} is not a number this agent accepts (use a finite value)"),
+        }),
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                non_finite_floats(v, format!("{path}[{i}]"), out);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                non_finite_floats(v, format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `null` anywhere in an experiment is refused with its path: an optional field given as
+/// `null` would silently mean its default (JSON from the control plane can say `null`).
+fn nulls(p: &mut Problems, v: &Value, path: &str) {
+    match v {
+        Value::Null => p.add(
+            path,
+            "null is not accepted: give a value, or leave the key out for its default",
+        ),
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                nulls(p, v, &format!("{path}[{i}]"));
+            }
+        }
+        Value::Object(m) => {
+            for (k, v) in m {
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                nulls(p, v, &sub);
+            }
+        }
+        _ => {}
+    }
 }
 
 type Built = Vec<Vec<Box<dyn DynFault>>>;
@@ -499,7 +556,11 @@ fn parse_fault(
         .filter(|(k, _)| !["kind", "duration", "start_delay"].contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    if let Some(registry) = registry.filter(|_| !kind.is_empty()) {
+    let before_params = p.0.len();
+    for (k, v) in &params {
+        nulls(p, v, &format!("{path}.{k}"));
+    }
+    if let Some(registry) = registry.filter(|_| !kind.is_empty() && p.0.len() == before_params) {
         build_fault(p, path, &kind, &params, registry, built);
     }
     if p.0.len() != before {
@@ -608,6 +669,50 @@ faults = []
         }
         let text = err.to_string();
         assert!(text.contains("with a unit, e.g. \"30s\""), "{text}");
+    }
+
+    #[test]
+    fn nan_infinity_and_null_are_refused_with_their_path() {
+        let text = r#"
+name = "strict"
+[[steps]]
+  [[steps.faults]]
+  kind = "x.y"
+  duration = "1s"
+  load = nan
+  list = [1.0, -inf]
+  [steps.faults.nested]
+  deep = +inf
+"#;
+        let err = Experiment::from_toml(text).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "steps[0].faults[0].list[1]",
+                "steps[0].faults[0].load",
+                "steps[0].faults[0].nested.deep"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("NaN is not a number"), "{err}");
+
+        let json: Value = serde_json::from_str(
+            r#"{"name": "strict", "steps": [{"name": "s", "faults": [
+                {"kind": "x.y", "duration": "1s", "signal": null, "opts": {"reserve": null}}]}]}"#,
+        )
+        .unwrap();
+        let err = Experiment::load_value(&json, &Registry::new()).unwrap_err();
+        let paths: Vec<&str> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "steps[0].faults[0].opts.reserve",
+                "steps[0].faults[0].signal"
+            ],
+            "{err}"
+        );
+        assert!(err.to_string().contains("null is not accepted"), "{err}");
     }
 
     #[test]
