@@ -12,8 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use chaos_engine::experiment::Experiment;
-use chaos_engine::journal::{Entry, Journal, RecordState, StateLock};
-use chaos_engine::runner::{self, AbortHandle, RecoverOutcome, RetryPolicy, RunOutcome, Runner};
+use chaos_engine::runner::{self, AbortHandle, RunOutcome};
+use chaos_engine::Session;
 use clap::{Parser, Subcommand};
 use fault_core::{ErrorKind, Registry};
 
@@ -107,9 +107,15 @@ enum Command {
     ///
     /// Use it for records in `needs-manual` state (or unreadable ones) once `chaos-agent
     /// status` shows what to undo and you have done it. New faults may then target it again.
+    /// A record whose fault may still be on the host (planned, applied, reverting) is
+    /// refused: `chaos-agent recover` reverts it. `--force` drops it anyway, prints what
+    /// stays on the host, and recovery stops looking for it.
     Forget {
         /// The fault id, as shown by `chaos-agent status`.
         fault_id: String,
+        /// Drop a record that is not reverted, leaving its change on the host.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -117,12 +123,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`chaos-agent faults | head`): nothing more to say.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::from(exit::OK)
+        }
         Err(e) => {
             eprintln!("chaos-agent: error: {e:#}");
             let kind = e.downcast_ref::<fault_core::Error>().map(|e| e.kind());
             ExitCode::from(match kind {
                 Some(ErrorKind::Busy) => exit::BUSY,
-                Some(ErrorKind::InvalidSpec) => exit::INVALID,
+                Some(ErrorKind::InvalidSpec | ErrorKind::NotFound) => exit::INVALID,
                 _ => exit::FAILED,
             })
         }
@@ -138,23 +153,31 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             json,
         } => cmd_run(&registry, &cli.state_dir, &file, dry_run, json),
         Command::Recover { json } => cmd_recover(&registry, &cli.state_dir, json),
-        Command::Status { json } => cmd_status(&cli.state_dir, json),
+        Command::Status { json } => cmd_status(&registry, &cli.state_dir, json),
         Command::Faults { kind, json } => render::faults(&registry, kind.as_deref(), json),
-        Command::Forget { fault_id } => {
-            let _lock = StateLock::acquire(&cli.state_dir)?;
-            let journal = Journal::open(&cli.state_dir)?;
-            if journal.forget(&fault_id)? {
-                println!("forgot {fault_id}");
-                Ok(exit::OK)
-            } else {
-                eprintln!(
-                    "chaos-agent: no journal record {fault_id} in {}",
-                    cli.state_dir.display()
-                );
-                Ok(exit::INVALID)
+        Command::Forget { fault_id, force } => {
+            let session = open(&registry, &cli.state_dir)?;
+            let gone = session.forget(&fault_id, force)?;
+            let was = gone.state.map_or("unreadable", |s| s.as_str());
+            println!("forgot {fault_id} (it was {was})");
+            if !gone.left_on_host.is_empty() {
+                println!("Its change may still be on the host; to undo it by hand:");
+                for cmd in &gone.left_on_host {
+                    println!("    {cmd}");
+                }
             }
+            Ok(exit::OK)
         }
     }
+}
+
+/// Open the state directory, printing the session's warnings once.
+fn open<'r>(registry: &'r Registry, state_dir: &Path) -> anyhow::Result<Session<'r>> {
+    let session = Session::open(state_dir, registry)?;
+    for w in session.warnings() {
+        eprintln!("chaos-agent: warning: {w}");
+    }
+    Ok(session)
 }
 
 fn cmd_run(
@@ -188,34 +211,18 @@ fn cmd_run(
     };
     let run_id = runner::new_run_id();
     if dry_run {
-        let items = runner::dry_run(registry, &prepared, &run_id);
+        let items = Session::dry_run(registry, state_dir, &prepared, &run_id);
         let ok = items.iter().all(|i| i.plan.is_ok());
         render::dry_run(&prepared, &items, json)?;
         return Ok(if ok { exit::OK } else { exit::FAILED });
     }
 
-    let _lock = StateLock::acquire(state_dir)?;
-    let journal = Journal::open(state_dir)?;
-    journal.compact(200)?;
-    let manual_targets = runner::preflight(&journal)?;
-
-    // Stressors run at oom_score_adj 1000; the agent lowers its own so that the OOM killer
-    // never picks it while a memory fault is in effect.
-    if let Err(e) = fault_core::host::stressor::protect_self() {
-        eprintln!("chaos-agent: warning: {e}; the OOM killer still prefers stressors (oom_score_adj 1000)");
-    }
+    let session = open(registry, state_dir)?;
     let abort = AbortHandle::new();
     install_signal_handlers(&abort, json)?;
     let view = render::LiveView::new(json, std::io::stdout().is_terminal());
     let events = |e: &runner::Event| view.event(e);
-    let runner = Runner {
-        registry,
-        journal: &journal,
-        events: &events,
-        abort: abort.clone(),
-        retry: RetryPolicy::default(),
-    };
-    let report = runner.run(&prepared, &run_id, &manual_targets);
+    let report = session.run(&prepared, &run_id, &abort, &events)?;
     view.finish(&report, state_dir);
     Ok(if !report.host_clean() {
         exit::NOT_CLEAN
@@ -261,34 +268,24 @@ fn install_signal_handlers(abort: &AbortHandle, json: bool) -> anyhow::Result<()
 }
 
 fn cmd_recover(registry: &Registry, state_dir: &Path, json: bool) -> anyhow::Result<u8> {
-    let _lock = StateLock::acquire(state_dir)?;
-    let journal = Journal::open(state_dir)?;
-    let items = runner::recover(registry, &journal, &RetryPolicy::default())?;
-    let clean = items.iter().all(|i| i.outcome == RecoverOutcome::Reverted);
-    if clean {
-        journal.compact(200)?;
-    }
-    render::recover(&items, json)?;
-    Ok(if clean { exit::OK } else { exit::NOT_CLEAN })
+    let session = open(registry, state_dir)?;
+    let recovery = session.recover()?;
+    render::recover(&recovery, json)?;
+    Ok(if recovery.clean() {
+        exit::OK
+    } else {
+        exit::NOT_CLEAN
+    })
 }
 
-fn cmd_status(state_dir: &Path, json: bool) -> anyhow::Result<u8> {
-    if !state_dir.join("journal").is_dir() {
-        if json {
-            println!("[]");
-        } else {
-            println!(
-                "The journal in {} is empty: no fault has run here.",
-                state_dir.display()
-            );
-        }
-        return Ok(exit::OK);
-    }
-    let journal = Journal::open(state_dir)?;
-    let entries = journal.load()?;
-    let clean = entries
-        .iter()
-        .all(|e| matches!(e, Entry::Ok(r) if r.state == RecordState::Reverted));
-    render::status(&entries, state_dir, json)?;
-    Ok(if clean { exit::OK } else { exit::NOT_CLEAN })
+fn cmd_status(registry: &Registry, state_dir: &Path, json: bool) -> anyhow::Result<u8> {
+    let status = Session::status(registry, state_dir)?;
+    render::status(&status, state_dir, json)?;
+    Ok(if status.clean() {
+        exit::OK
+    } else if status.live_pid.is_some() {
+        exit::BUSY // a run in progress owns what is not reverted
+    } else {
+        exit::NOT_CLEAN
+    })
 }

@@ -9,14 +9,30 @@ use std::time::{Duration, Instant};
 use chaos_engine::experiment::Prepared;
 use chaos_engine::journal::{Entry, RecordState};
 use chaos_engine::runner::{
-    DryRunItem, Event, FaultState, RecoverItem, RecoverOutcome, RevertOutcome, RunOutcome,
-    RunReport,
+    DryRunItem, Event, FaultState, RecoverOutcome, RevertOutcome, RunOutcome, RunReport,
 };
+use chaos_engine::{Recovery, Status};
 use fault_core::Registry;
+
+/// `println!` that returns the write error instead of panicking, so `chaos-agent faults |
+/// head` ends quietly when the pipe closes (main treats a broken pipe as success).
+macro_rules! say {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    };
+}
+
+/// The width of a column holding `values`, at least `min`.
+fn width<'a>(values: impl IntoIterator<Item = &'a str>, min: usize) -> usize {
+    values.into_iter().map(str::len).fold(min, usize::max)
+}
 
 fn secs(ms: u64) -> String {
     fault_core::Duration(Duration::from_millis(ms / 1000 * 1000)).to_string()
 }
+
+/// Wide enough for every shipped kind name (`network.duplication`).
+const KIND_WIDTH: usize = 19;
 
 /// The live view of a run: one line per state change, and a line of time left per holding
 /// fault (redrawn in place on a terminal, every 5 s otherwise).
@@ -108,8 +124,22 @@ impl LiveView {
                     FaultState::NeedsManual => "NEEDS MANUAL UNDO",
                     FaultState::Skipped => "skipped",
                 };
-                let line = format!("  {fault_id:<14} {kind:<14} {state_s:<10}  {detail}");
+                let line = format!(
+                    "  {fault_id:<14} {kind:<w$} {state_s:<10}  {detail}",
+                    w = KIND_WIDTH
+                );
                 let _ = writeln!(out, "{}", line.trim_end());
+                if let Event::Fault { touches, .. } = e {
+                    for t in touches {
+                        let _ = writeln!(
+                            out,
+                            "  {:<14} {:<w$}   touches: {t}",
+                            "",
+                            "",
+                            w = KIND_WIDTH
+                        );
+                    }
+                }
             }
             Event::Holding {
                 fault_id,
@@ -142,6 +172,13 @@ impl LiveView {
                     }
                     st.last_progress = Some(Instant::now());
                 }
+            }
+            Event::JournalError { fault_id, error } => {
+                clear(&mut st, &mut out);
+                let _ = writeln!(
+                    out,
+                    "  {fault_id:<14} JOURNAL WRITE FAILED: {error}; no further fault is injected"
+                );
             }
             Event::StepFinished { .. } | Event::RunFinished { .. } => clear(&mut st, &mut out),
         }
@@ -254,16 +291,16 @@ pub(crate) fn dry_run(prepared: &Prepared, items: &[DryRunItem], json: bool) -> 
                 serde_json::json!({
                     "step": i.step, "fault_id": i.fault_id, "kind": i.kind, "description": i.description,
                     "privileges": i.privileges, "start_delay": i.start_delay, "duration": i.duration,
-                    "plan": i.plan.as_ref().ok(), "error": i.plan.as_ref().err(),
+                    "touches": i.touches, "plan": i.plan.as_ref().ok(), "error": i.plan.as_ref().err(),
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     let exp = &prepared.experiment;
-    println!("Dry run of \"{}\": nothing will be changed.", exp.name);
-    println!(
+    say!("Dry run of \"{}\": nothing will be changed.", exp.name);
+    say!(
         "At most {} in all.",
         fault_core::Duration(exp.total_duration())
     );
@@ -271,7 +308,7 @@ pub(crate) fn dry_run(prepared: &Prepared, items: &[DryRunItem], json: bool) -> 
     for i in items {
         if i.step != last_step {
             last_step = i.step;
-            println!(
+            say!(
                 "\n[step {}/{}] {} — its faults run at the same time",
                 i.step + 1,
                 exp.steps.len(),
@@ -283,55 +320,77 @@ pub(crate) fn dry_run(prepared: &Prepared, items: &[DryRunItem], json: bool) -> 
         } else {
             format!(" after {}", i.start_delay)
         };
-        println!(
+        say!(
             "  {} {}: {} for {}{delay}",
-            i.fault_id, i.kind, i.description, i.duration
+            i.fault_id,
+            i.kind,
+            i.description,
+            i.duration
         );
-        println!("      needs: {}", i.privileges);
+        say!("      needs: {}", i.privileges);
         match &i.plan {
-            Ok(receipt) => println!("      plan: {}", serde_json::to_string(receipt)?),
-            Err(e) => println!("      WOULD FAIL NOW: {e}"),
+            Ok(_) if i.touches.is_empty() => {
+                say!("      touches: (nothing it can name in advance)")
+            }
+            Ok(_) => {
+                for t in &i.touches {
+                    say!("      touches: {t}");
+                }
+            }
+            Err(e) => say!("      WOULD FAIL NOW: {e}"),
         }
     }
+    say!("\n`--json` shows each plan in full.");
     Ok(())
 }
 
-pub(crate) fn recover(items: &[RecoverItem], json: bool) -> anyhow::Result<()> {
+pub(crate) fn recover(recovery: &Recovery, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(items)?);
+        say!("{}", serde_json::to_string_pretty(recovery)?);
         return Ok(());
     }
-    if items.is_empty() {
-        println!("Nothing to recover: every journaled fault is reverted. The host is clean.");
-        return Ok(());
-    }
+    let items = &recovery.items;
+    let kw = width(items.iter().map(|i| i.kind.as_str()), 14);
     for i in items {
         let outcome = match i.outcome {
             RecoverOutcome::Reverted => "reverted",
             RecoverOutcome::NeedsManual => "NEEDS MANUAL UNDO",
             RecoverOutcome::Unidentifiable => "UNREADABLE RECORD",
         };
-        println!(
-            "  {:<14} {:<14} was {:<12} -> {outcome}: {}",
-            i.fault_id, i.kind, i.found, i.detail
+        say!(
+            "  {:<14} {:<kw$} was {:<12} -> {outcome}: {}",
+            i.fault_id,
+            i.kind,
+            i.found,
+            i.detail
         );
         for cmd in &i.manual_undo {
-            println!("      {cmd}");
+            say!("      {cmd}");
         }
+    }
+    for e in &recovery.scan_errors {
+        say!("  could not check the host: {e}");
     }
     let bad = items
         .iter()
         .filter(|i| i.outcome != RecoverOutcome::Reverted)
         .count();
-    if bad == 0 {
-        println!("Recovered {} fault(s). The host is clean.", items.len());
+    if recovery.clean() {
+        if items.is_empty() {
+            say!("Nothing to recover: every journaled fault is reverted and none of this agent's faults is left on the host. The host is clean.");
+        } else {
+            say!("Recovered {} fault(s). The host is clean.", items.len());
+        }
+    } else if bad > 0 {
+        say!("{bad} fault(s) could not be reverted: THE HOST IS NOT CLEAN. Undo them by hand as shown, then `chaos-agent forget <fault-id>`.");
     } else {
-        println!("{bad} fault(s) could not be reverted: THE HOST IS NOT CLEAN. Undo them by hand as shown, then `chaos-agent forget <fault-id>`.");
+        say!("The host could not be fully checked: it is NOT KNOWN TO BE CLEAN.");
     }
     Ok(())
 }
 
-pub(crate) fn status(entries: &[Entry], state_dir: &Path, json: bool) -> anyhow::Result<()> {
+pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let entries = &st.entries;
     if json {
         let v: Vec<serde_json::Value> = entries
             .iter()
@@ -341,20 +400,48 @@ pub(crate) fn status(entries: &[Entry], state_dir: &Path, json: bool) -> anyhow:
                     "fault_id": fault_id, "state": "corrupt", "path": path, "error": error, "backup": backup,
                 }),
             })
+            .chain(st.orphans.iter().map(|o| serde_json::json!({
+                "fault_id": o.fault_id, "kind": o.kind, "state": "not-in-journal", "found": o.found,
+            })))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "state_dir": state_dir, "run_in_progress_pid": st.live_pid, "clean": st.clean(),
+                "records": v, "scan_errors": st.scan_errors,
+            }))?
+        );
         return Ok(());
     }
-    if entries.is_empty() {
-        println!(
+    if let Some(pid) = st.live_pid {
+        say!(
+            "A run is in progress: chaos-agent pid {pid} holds {}. Faults not yet reverted below are its own; it reverts them when it ends (or on SIGTERM).\n",
+            state_dir.display()
+        );
+    }
+    if entries.is_empty() && st.orphans.is_empty() && st.scan_errors.is_empty() {
+        say!(
             "The journal in {} is empty: no fault has run here.",
             state_dir.display()
         );
         return Ok(());
     }
-    println!(
-        "{:<14} {:<14} {:<13} {:<8} TARGETS",
-        "FAULT", "KIND", "STATE", "ATTEMPTS"
+    let kw = width(
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Ok(r) => Some(r.kind.as_str()),
+                _ => None,
+            })
+            .chain(st.orphans.iter().map(|o| o.kind.as_str())),
+        14,
+    );
+    say!(
+        "{:<14} {:<kw$} {:<14} {:<8} TARGETS",
+        "FAULT",
+        "KIND",
+        "STATE",
+        "ATTEMPTS"
     );
     let mut pending = 0;
     for e in entries {
@@ -363,8 +450,8 @@ pub(crate) fn status(entries: &[Entry], state_dir: &Path, json: bool) -> anyhow:
                 if r.state != RecordState::Reverted {
                     pending += 1;
                 }
-                println!(
-                    "{:<14} {:<14} {:<13} {:<8} {}",
+                say!(
+                    "{:<14} {:<kw$} {:<14} {:<8} {}",
                     r.fault_id,
                     r.kind,
                     r.state.as_str(),
@@ -376,10 +463,10 @@ pub(crate) fn status(entries: &[Entry], state_dir: &Path, json: bool) -> anyhow:
                     .as_deref()
                     .filter(|_| r.state != RecordState::Reverted)
                 {
-                    println!("    last error: {err}");
+                    say!("    last error: {err}");
                 }
                 for cmd in &r.manual_undo {
-                    println!("    undo by hand: {cmd}");
+                    say!("    undo by hand: {cmd}");
                 }
             }
             Entry::Corrupt {
@@ -394,17 +481,37 @@ pub(crate) fn status(entries: &[Entry], state_dir: &Path, json: bool) -> anyhow:
                 } else {
                     "no intact copy"
                 };
-                println!(
-                    "{fault_id:<14} {:<14} {:<13} {:<8} ({error}; {b})",
-                    "?", "corrupt", "-"
+                say!(
+                    "{fault_id:<14} {:<kw$} {:<14} {:<8} ({error}; {b})",
+                    "?",
+                    "corrupt",
+                    "-"
                 );
             }
         }
     }
-    if pending == 0 {
-        println!("\nEvery fault is reverted. The host is clean.");
+    for o in &st.orphans {
+        pending += 1;
+        say!(
+            "{:<14} {:<kw$} {:<14} {:<8} found {}",
+            o.fault_id,
+            o.kind,
+            "not-in-journal",
+            "-",
+            o.found
+        );
+    }
+    for e in &st.scan_errors {
+        say!("could not check the host: {e}");
+    }
+    if st.clean() {
+        say!("\nEvery fault is reverted. The host is clean.");
+    } else if st.live_pid.is_some() {
+        say!("\n{pending} fault(s) are not reverted yet (the run in progress owns them).");
+    } else if pending == 0 {
+        say!("\nThe host could not be fully checked: it is NOT KNOWN TO BE CLEAN.");
     } else {
-        println!("\n{pending} fault(s) are not reverted. `chaos-agent recover` reverts them.");
+        say!("\n{pending} fault(s) are not reverted. `chaos-agent recover` reverts them.");
     }
     Ok(())
 }
@@ -423,29 +530,29 @@ pub(crate) fn faults(registry: &Registry, only: Option<&str>, json: bool) -> any
                 v
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    println!("Every fault also takes: duration (required, e.g. \"30s\") and start_delay (default \"0s\").");
+    say!("Every fault also takes: duration (required, e.g. \"30s\") and start_delay (default \"0s\").");
     for e in entries {
         let info = (e.info)();
-        println!("\n{}", e.kind);
-        println!("  {}", info.summary);
-        println!("  needs: {}", info.privileges);
+        say!("\n{}", e.kind);
+        say!("  {}", info.summary);
+        say!("  needs: {}", info.privileges);
         if !info.reversible {
-            println!("  irreversible: revert has nothing to undo");
+            say!("  irreversible: revert has nothing to undo");
         }
-        println!("  parameters:");
+        say!("  parameters:");
         for p in info.params {
             let default = p
                 .default
                 .map(|d| format!(" (default {d})"))
                 .unwrap_or_default();
-            println!("    {:<12} {:<10} {}{default}", p.name, p.ty, p.doc);
+            say!("    {:<12} {:<10} {}{default}", p.name, p.ty, p.doc);
         }
-        println!("  example:\n    [[steps.faults]]");
+        say!("  example:\n    [[steps.faults]]");
         for line in info.example.lines() {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
     Ok(0)

@@ -144,9 +144,17 @@ pub enum Entry {
 pub struct Journal {
     dir: PathBuf,
     log_lock: Mutex<()>,
+    /// Fault ids already in the index file (so each is appended once).
+    indexed: Mutex<std::collections::HashSet<String>>,
 }
 
 const LOG: &str = "log.jsonl";
+
+/// The fault-id index, beside (not inside) the journal directory: every fault id this
+/// state directory planned, appended and fsync'd before its first record is written. When
+/// records are lost (a person deletes `journal/`), recovery still knows which ids were
+/// ours and asks each kind to find their artifacts on the host.
+const INDEX: &str = "fault-ids";
 
 /// Fault ids become file names: keep them to a safe alphabet.
 pub fn check_id(id: &str) -> Result<()> {
@@ -175,15 +183,88 @@ impl Journal {
             .create(&dir)
             .map_err(|e| Error::io(format!("creating journal directory {}", dir.display()), e))
             .map_err(journal_kind)?;
-        Ok(Journal {
+        let journal = Journal {
             dir,
             log_lock: Mutex::new(()),
-        })
+            indexed: Mutex::new(Default::default()),
+        };
+        let known = journal.indexed_ids()?;
+        *journal.indexed.lock().unwrap_or_else(|e| e.into_inner()) = known.into_iter().collect();
+        Ok(journal)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.state_dir().join(INDEX)
+    }
+
+    /// Every fault id in the index (see [`Journal::put`]), in the order they were planned.
+    pub fn indexed_ids(&self) -> Result<Vec<String>> {
+        let path = self.index_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text
+                .lines()
+                .filter(|l| check_id(l).is_ok())
+                .map(str::to_string)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(journal_kind(Error::io(
+                format!("reading {}", path.display()),
+                e,
+            ))),
+        }
+    }
+
+    fn index(&self, fault_id: &str) -> Result<()> {
+        let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
+        if indexed.contains(fault_id) {
+            return Ok(());
+        }
+        let path = self.index_path();
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(format!("{fault_id}\n").as_bytes())?;
+                f.sync_data()
+            })
+            .map_err(|e| journal_kind(Error::io(format!("appending to {}", path.display()), e)))?;
+        indexed.insert(fault_id.to_string());
+        Ok(())
+    }
+
+    /// Rewrite the index with only `keep` (ids still worth looking for on the host).
+    pub fn retain_indexed(&self, keep: &[String]) -> Result<()> {
+        let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
+        let text: String = keep.iter().map(|id| format!("{id}\n")).collect();
+        write_atomic(&self.index_path(), text.as_bytes(), 0o600).map_err(journal_kind)?;
+        *indexed = keep.iter().cloned().collect();
+        Ok(())
+    }
+
+    /// The intact record of `fault_id`, if there is one.
+    pub fn get(&self, fault_id: &str) -> Result<Option<Record>> {
+        check_id(fault_id)?;
+        let path = self.path_of(fault_id);
+        match std::fs::read(&path) {
+            Ok(b) => Ok(serde_json::from_slice(&b).ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(journal_kind(Error::io(
+                format!("reading {}", path.display()),
+                e,
+            ))),
+        }
     }
 
     /// The journal directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The state directory the journal lives in.
+    pub fn state_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(Path::new("/"))
     }
 
     fn path_of(&self, fault_id: &str) -> PathBuf {
@@ -192,8 +273,12 @@ impl Journal {
 
     /// Durably write `record` (replacing any previous version). When this returns, the
     /// record survives a crash or power loss.
+    ///
+    /// The fault id is first added to the fault-id index beside the journal directory, so
+    /// that recovery can look for the fault's artifacts even if this record is lost.
     pub fn put(&self, record: &Record) -> Result<()> {
         check_id(&record.fault_id)?;
+        self.index(&record.fault_id)?;
         let json = serde_json::to_string(record)
             .map_err(|e| Error::new(ErrorKind::Journal, format!("encoding record: {e}")))?;
         self.append_log(&json)?;
@@ -348,6 +433,16 @@ impl Journal {
         for r in reverted.iter().skip(keep_reverted) {
             self.forget(&r.fault_id)?;
         }
+        // A reverted record was verified clean: its id need not be looked for again. Ids
+        // without any record stay (their record was lost; recovery looks for them).
+        let done: std::collections::HashSet<&str> =
+            reverted.iter().map(|r| r.fault_id.as_str()).collect();
+        let keep: Vec<String> = self
+            .indexed_ids()?
+            .into_iter()
+            .filter(|id| !done.contains(id.as_str()))
+            .collect();
+        self.retain_indexed(&keep)?;
         let _guard = self.log_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = String::new();
         for e in &entries {
@@ -456,6 +551,90 @@ impl StateLock {
         let _ = writeln!(file, "{}", std::process::id());
         Ok(StateLock { _file: file })
     }
+
+    /// The pid of the process holding the lock of `state_dir`, if one does. Reads
+    /// `/proc/locks`, so asking never takes (or delays) the lock.
+    pub fn holder(state_dir: &Path) -> Option<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(state_dir.join("lock")).ok()?;
+        let dev = meta.dev();
+        let (major, minor) = (libc::major(dev), libc::minor(dev));
+        let locks = std::fs::read_to_string("/proc/locks").ok()?;
+        // "1: FLOCK  ADVISORY  WRITE 4242 00:1f:123456 0 EOF"
+        locks.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&"FLOCK") || f.get(2) == Some(&"->") {
+                return None;
+            }
+            let mut id = f.get(5)?.split(':');
+            let ma = u32::from_str_radix(id.next()?, 16).ok()?;
+            let mi = u32::from_str_radix(id.next()?, 16).ok()?;
+            let ino: u64 = id.next()?.parse().ok()?;
+            (ma == major && mi == minor && ino == meta.ino())
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
+        })
+    }
+}
+
+/// Refuse a state directory that someone else could write: its records tell revert what to
+/// delete and whom to signal, as root. It must be a directory owned by this process's
+/// effective user and not writable by group or others; the same holds for its `journal/`.
+/// A missing directory is fine (it is created 0700).
+pub fn check_state_dir(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    for dir in [state_dir.to_path_buf(), state_dir.join("journal")] {
+        let meta = match std::fs::metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("checking {}", dir.display()), e)),
+        };
+        let d = dir.display().to_string();
+        let problem = if !meta.is_dir() {
+            Some((
+                "is not a directory".to_string(),
+                format!(
+                    "move it away: {}",
+                    fault_core::host::shell::join(["mv", &d, &format!("{d}.old")])
+                ),
+            ))
+        } else if meta.uid() != euid {
+            Some((
+                format!(
+                    "is owned by uid {}, not by this agent's uid {euid}",
+                    meta.uid()
+                ),
+                fault_core::host::shell::join(["chown", &euid.to_string(), &d]),
+            ))
+        } else if meta.mode() & 0o022 != 0 {
+            Some((
+                format!(
+                    "is writable by {} (mode {:04o})",
+                    if meta.mode() & 0o002 != 0 {
+                        "everyone"
+                    } else {
+                        "its group"
+                    },
+                    meta.mode() & 0o7777
+                ),
+                fault_core::host::shell::join(["chmod", "go-w", &d]),
+            ))
+        } else {
+            None
+        };
+        if let Some((problem, fix)) = problem {
+            return Err(Error::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "refusing state directory {}: {d} {problem}; its journal tells revert what to delete and whom to signal, so only the agent's user may write it (check nobody tampered with it, then: {fix})",
+                    state_dir.display(),
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -20,5 +20,8 @@ pub mod experiment;
 pub mod failpoint;
 pub mod journal;
 pub mod runner;
+mod session;
 #[cfg(feature = "test-util")]
 pub mod testing;
+
+pub use session::{Forgotten, Orphan, Recovery, Session, Status};

@@ -181,6 +181,17 @@ pub enum Event {
         state: FaultState,
         /// What happened, for people.
         detail: String,
+        /// What the fault will touch, in human units (sent with `planned`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        touches: Vec<String>,
+    },
+    /// A journal write failed. The fault it was for is failed (its step reverts, later
+    /// steps are skipped); reverting goes on regardless.
+    JournalError {
+        /// Fault id.
+        fault_id: String,
+        /// What failed.
+        error: String,
     },
     /// A fault is being held; sent about once a second.
     Holding {
@@ -388,7 +399,20 @@ impl Runner<'_> {
             kind: r.kind.clone(),
             state,
             detail: detail.into(),
+            touches: Vec::new(),
         });
+    }
+
+    /// Write a record; a failure is announced as an event and returned as a message.
+    fn put(&self, record: &Record) -> std::result::Result<(), String> {
+        self.journal.put(record).map_err(|e| {
+            let error = format!("journal write for {} failed: {e}", record.fault_id);
+            (self.events)(&Event::JournalError {
+                fault_id: record.fault_id.clone(),
+                error: error.clone(),
+            });
+            error
+        })
     }
 
     /// Run a validated experiment. Returns when every step has ended and every applied
@@ -495,8 +519,8 @@ impl Runner<'_> {
         let mut errors = Vec::new();
         for (fi, (fault, def)) in faults.iter().zip(defs).enumerate() {
             let id = fault_id(run_id, si, fi);
-            let cx = Context::new(&id, run_id);
-            let result = fault.plan(&cx).and_then(|receipt| {
+            let cx = context(&id, run_id, self.journal.state_dir());
+            let result = guarded("plan", || fault.plan(&cx)).and_then(|receipt| {
                 let targets = self.registry.targets(fault.kind(), &receipt)?;
                 Ok((receipt, targets))
             });
@@ -556,22 +580,30 @@ impl Runner<'_> {
 
         // 3. Journal every plan before touching the host.
         for (i, p) in planned.iter().enumerate() {
-            if let Err(e) = self.journal.put(&p.record) {
-                // Nothing is injected yet: close the records already written.
+            if let Err(e) = self.put(&p.record) {
+                // Nothing is injected yet: close the records already written. Should that
+                // fail too, they stay `planned`, which recovery reverts harmlessly.
                 for q in &mut planned[..i] {
                     q.record.state = RecordState::Reverted;
-                    let _ = self.journal.put(&q.record);
+                    let _ = self.put(&q.record);
                 }
                 let reports = planned
                     .iter()
                     .map(|p| skipped(p.fault, p.record.fault_id.clone(), None))
                     .collect();
-                return failed(
-                    format!("nothing was changed: cannot write the journal: {e}"),
-                    reports,
-                );
+                return failed(format!("nothing was changed: {e}"), reports);
             }
-            self.emit_fault(si, &p.record, FaultState::Planned, p.fault.describe());
+            (self.events)(&Event::Fault {
+                step: si,
+                fault_id: p.record.fault_id.clone(),
+                kind: p.record.kind.clone(),
+                state: FaultState::Planned,
+                detail: p.fault.describe(),
+                touches: self
+                    .registry
+                    .touches(&p.record.kind, &p.record.receipt)
+                    .unwrap_or_default(),
+            });
         }
         failpoint::hit("after-journal-planned");
 
@@ -582,12 +614,22 @@ impl Runner<'_> {
                 .into_iter()
                 .map(|p| {
                     let step_abort = step_abort.clone();
-                    s.spawn(move || self.run_fault(si, p, &step_abort))
+                    let id = p.record.fault_id.clone();
+                    let description = p.fault.describe();
+                    let h = s.spawn(move || self.run_fault(si, p, &step_abort));
+                    (h, id, description)
                 })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| h.join().expect("fault thread panicked"))
+                .map(|(h, id, description)| {
+                    h.join().unwrap_or_else(|panic| {
+                        // The fault's own calls are guarded; this is a panic elsewhere on
+                        // its thread. Its last journaled record says what to revert.
+                        step_abort.abort(format!("{id} failed: its thread panicked"));
+                        self.revert_after_panic(si, &id, description, &panic_message(&*panic))
+                    })
+                })
                 .collect()
         });
         let outcome = if reports.iter().any(|r| r.error.is_some()) {
@@ -603,6 +645,66 @@ impl Runner<'_> {
             error: None,
             faults: reports,
         }
+    }
+
+    /// A fault thread died outside the fault's guarded calls: revert from the last record
+    /// the journal holds for it.
+    fn revert_after_panic(
+        &self,
+        si: usize,
+        fault_id: &str,
+        description: String,
+        panic: &str,
+    ) -> FaultReport {
+        let mut report = FaultReport {
+            fault_id: fault_id.to_string(),
+            kind: String::new(),
+            description,
+            injected: false,
+            observed: None,
+            held_ms: 0,
+            revert: RevertOutcome::NotNeeded,
+            error: Some(format!("the fault's thread panicked: {panic}")),
+            manual_undo: Vec::new(),
+        };
+        match self.journal.get(fault_id) {
+            Ok(Some(mut record)) => {
+                report.kind = record.kind.clone();
+                report.injected = record.state != RecordState::Planned;
+                self.emit_fault(
+                    si,
+                    &record,
+                    FaultState::Failed,
+                    report.error.clone().unwrap_or_default(),
+                );
+                let mut journal_errors = Vec::new();
+                report.revert = revert_record(
+                    self.registry,
+                    self.journal,
+                    &mut record,
+                    &self.retry,
+                    &mut journal_errors,
+                );
+                report.manual_undo = record.manual_undo.clone();
+                let state = if report.revert == RevertOutcome::NeedsManual {
+                    FaultState::NeedsManual
+                } else {
+                    FaultState::Reverted
+                };
+                self.emit_fault(si, &record, state, "");
+            }
+            other => {
+                report.revert = RevertOutcome::NeedsManual;
+                report.manual_undo = vec![format!(
+                    "the journal record of {fault_id} cannot be read ({}); run `chaos-agent recover`, which also looks for its artifacts on the host",
+                    match other {
+                        Err(e) => e.to_string(),
+                        _ => "missing".to_string(),
+                    }
+                )];
+            }
+        }
+        report
     }
 
     fn run_fault(&self, si: usize, p: Planned<'_>, step_abort: &AbortHandle) -> FaultReport {
@@ -634,7 +736,9 @@ impl Runner<'_> {
         if step_abort.sleep(def.start_delay.std()) {
             // Never injected: close the record without touching the host.
             record.state = RecordState::Reverted;
-            let _ = self.journal.put(&record);
+            if let Err(e) = self.put(&record) {
+                report.error = Some(e);
+            }
             self.emit_fault(
                 si,
                 &record,
@@ -644,24 +748,23 @@ impl Runner<'_> {
             return report;
         }
 
-        let injected = fault.inject(&cx, &mut record.receipt);
+        let injected = guarded("inject", || fault.inject(&cx, &mut record.receipt));
         failpoint::hit("after-inject");
         match injected {
             Err(e) => {
                 // Keep what inject recorded (partial artifacts) so revert can remove it.
-                let _ = self.journal.put(&record);
+                let journaled = self.put(&record);
                 fail(&mut report, &record, format!("inject failed: {e}"));
+                if let Err(e) = journaled {
+                    fail(&mut report, &record, e);
+                }
             }
             Ok(()) => {
                 report.injected = true;
                 record.state = RecordState::Applied;
                 record.updated_at = fault_core::host::unix_now();
-                if let Err(e) = self.journal.put(&record) {
-                    fail(
-                        &mut report,
-                        &record,
-                        format!("cannot journal the applied fault: {e}"),
-                    );
+                if let Err(e) = self.put(&record) {
+                    fail(&mut report, &record, e);
                 }
                 failpoint::hit("after-journal-applied");
                 self.emit_fault(si, &record, FaultState::Injected, "");
@@ -669,7 +772,9 @@ impl Runner<'_> {
         }
 
         if report.error.is_none() {
-            match self.registry.verify(&record.kind, &record.receipt) {
+            match guarded("verify", || {
+                self.registry.verify(&record.kind, &record.receipt)
+            }) {
                 Ok(obs) if obs.effect == Effect::InEffect => {
                     self.emit_fault(si, &record, FaultState::Holding, obs.detail.clone());
                     report.observed = Some(obs.detail);
@@ -694,10 +799,13 @@ impl Runner<'_> {
                     break;
                 }
                 if next_maintain.is_some_and(|t| now >= t) {
-                    match fault.maintain(&cx, &mut record.receipt) {
+                    match guarded("maintain", || fault.maintain(&cx, &mut record.receipt)) {
                         Ok(next) => {
                             next_maintain = next.map(|d| Instant::now() + d);
-                            let _ = self.journal.put(&record);
+                            if let Err(e) = self.put(&record) {
+                                fail(&mut report, &record, e);
+                                break;
+                            }
                         }
                         Err(e) => {
                             fail(&mut report, &record, format!("maintain failed: {e}"));
@@ -727,8 +835,22 @@ impl Runner<'_> {
         }
 
         self.emit_fault(si, &record, FaultState::Reverting, "");
-        let outcome = revert_record(self.registry, self.journal, &mut record, &self.retry);
+        let mut journal_errors = Vec::new();
+        let outcome = revert_record(
+            self.registry,
+            self.journal,
+            &mut record,
+            &self.retry,
+            &mut journal_errors,
+        );
         report.revert = outcome;
+        for e in journal_errors {
+            (self.events)(&Event::JournalError {
+                fault_id: record.fault_id.clone(),
+                error: e.clone(),
+            });
+            report.error.get_or_insert(e);
+        }
         match outcome {
             RevertOutcome::NeedsManual => {
                 report.manual_undo = record.manual_undo.clone();
@@ -762,38 +884,67 @@ impl Runner<'_> {
 
 /// Revert a journaled fault from its record alone, with bounded retries, keeping the
 /// journal current at every attempt. Used by the runner and by recovery.
+///
+/// The receipt is first checked against the fault id it is filed under
+/// ([`Registry::check_receipt`]); a receipt that does not match (edited by someone) is not
+/// acted on at all, and the record becomes `needs-manual`. A revert or verify that panics
+/// counts as a failed attempt. Journal writes that fail are pushed to `journal_errors`;
+/// reverting goes on regardless (the host matters more than the ledger).
 pub fn revert_record(
     registry: &Registry,
     journal: &Journal,
     record: &mut Record,
     retry: &RetryPolicy,
+    journal_errors: &mut Vec<String>,
 ) -> RevertOutcome {
-    let entry = match registry.get(&record.kind) {
-        Ok(e) => *e,
-        Err(e) => {
-            record.state = RecordState::NeedsManual;
-            record.last_error = Some(format!("{e}; this agent cannot revert it"));
-            record.manual_undo = vec![format!(
-                "inspect {}/{}.json: its receipt describes what the fault changed",
-                journal.dir().display(),
-                record.fault_id
-            )];
-            record.updated_at = fault_core::host::unix_now();
-            let _ = journal.put(record);
-            return RevertOutcome::NeedsManual;
+    let mut put = |record: &Record| {
+        if let Err(e) = journal.put(record) {
+            journal_errors.push(format!("journal write for {} failed: {e}", record.fault_id));
         }
     };
-    let reversible = (entry.info)().reversible;
+    let inspect = |why: &str| {
+        vec![format!(
+            "{why}; nothing was touched. Inspect {}/{}.json: its receipt describes what the fault changed",
+            journal.dir().display(),
+            record.fault_id
+        )]
+    };
+    let refused = match registry.get(&record.kind) {
+        Err(e) => Some((
+            format!("{e}; this agent cannot revert it"),
+            inspect("this agent does not know the kind"),
+        )),
+        Ok(_) => match guarded("check_receipt", || {
+            registry.check_receipt(&record.kind, &record.fault_id, &record.receipt)
+        }) {
+            Err(e) => Some((
+                format!("the journal record was refused: {e}"),
+                inspect("the receipt does not match its fault id (was the journal edited?)"),
+            )),
+            Ok(()) => None,
+        },
+    };
+    if let Some((error, undo)) = refused {
+        record.state = RecordState::NeedsManual;
+        record.last_error = Some(error);
+        record.manual_undo = undo;
+        record.updated_at = fault_core::host::unix_now();
+        put(record);
+        return RevertOutcome::NeedsManual;
+    }
+    let reversible = registry
+        .get(&record.kind)
+        .map(|e| (e.info)().reversible)
+        .unwrap_or(true);
     for delay in &retry.backoff {
         std::thread::sleep(*delay);
         record.state = RecordState::Reverting;
         record.attempts += 1;
         record.updated_at = fault_core::host::unix_now();
-        let _ = journal.put(record);
+        put(record);
         failpoint::hit("mid-revert");
-        let result = registry
-            .revert(&record.kind, &record.receipt)
-            .and_then(|()| {
+        let result =
+            guarded("revert", || registry.revert(&record.kind, &record.receipt)).and_then(|()| {
                 if reversible {
                     wait_clean(registry, record, retry.settle)
                 } else {
@@ -805,7 +956,7 @@ pub fn revert_record(
                 record.state = RecordState::Reverted;
                 record.last_error = None;
                 record.updated_at = fault_core::host::unix_now();
-                let _ = journal.put(record);
+                put(record);
                 failpoint::hit("after-revert");
                 return if reversible {
                     RevertOutcome::Reverted
@@ -817,22 +968,38 @@ pub fn revert_record(
         }
     }
     record.state = RecordState::NeedsManual;
-    record.manual_undo = registry
-        .manual_undo(&record.kind, &record.receipt)
-        .unwrap_or_else(|e| {
-            vec![format!(
-                "receipt unreadable ({e}); inspect the journal record"
-            )]
-        });
+    record.manual_undo = guarded("manual_undo", || {
+        registry.manual_undo(&record.kind, &record.receipt)
+    })
+    .unwrap_or_else(|e| inspect(&format!("the receipt cannot say how to undo it ({e})")));
     record.updated_at = fault_core::host::unix_now();
-    let _ = journal.put(record);
+    put(record);
     RevertOutcome::NeedsManual
+}
+
+/// Run one of a fault's own calls, turning a panic into an error: a panicking fault is a
+/// failed fault (reverted from its receipt), never a dead agent.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(Error::new(
+            ErrorKind::Io,
+            format!("{what} panicked: {}", panic_message(&*panic)),
+        ))
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn wait_clean(registry: &Registry, record: &Record, settle: Duration) -> Result<()> {
     let end = Instant::now() + settle;
     loop {
-        let obs = registry.verify(&record.kind, &record.receipt)?;
+        let obs = guarded("verify", || registry.verify(&record.kind, &record.receipt))?;
         if obs.effect == Effect::Clean {
             return Ok(());
         }
@@ -885,7 +1052,7 @@ pub fn recover(
 ) -> Result<Vec<RecoverItem>> {
     let mut items = Vec::new();
     for entry in journal.load()? {
-        let (mut record, source) = match entry {
+        let (mut record, mut source) = match entry {
             Entry::Ok(r) if r.state == RecordState::Reverted => continue,
             Entry::Corrupt { path, error, backup: Some(b), .. } => {
                 (b, format!("record {} was damaged ({error}); used its last intact copy from the journal log. ", path.display()))
@@ -907,7 +1074,11 @@ pub fn recover(
             Entry::Ok(r) => (r, String::new()),
         };
         let found = record.state.as_str().to_string();
-        let outcome = revert_record(registry, journal, &mut record, retry);
+        let mut journal_errors = Vec::new();
+        let outcome = revert_record(registry, journal, &mut record, retry, &mut journal_errors);
+        if !journal_errors.is_empty() {
+            source.push_str(&format!("{}. ", journal_errors.join("; ")));
+        }
         let (outcome, detail) = match outcome {
             RevertOutcome::NeedsManual => (
                 RecoverOutcome::NeedsManual,
@@ -953,10 +1124,26 @@ pub struct DryRunItem {
     pub duration: String,
     /// The plan's receipt (what it resolved), or the error planning gave.
     pub plan: std::result::Result<Value, String>,
+    /// What it would touch, in human units (empty when planning failed).
+    pub touches: Vec<String>,
 }
 
-/// Plan every fault without changing anything (resolving targets as of now).
-pub fn dry_run(registry: &Registry, prepared: &Prepared, run_id: &str) -> Vec<DryRunItem> {
+/// The context a fault of this run gets: its ids, and the agent's state directory among
+/// the paths whose filesystems must keep a reserve.
+fn context(fault_id: &str, run_id: &str, state_dir: &std::path::Path) -> Context {
+    let mut cx = Context::new(fault_id, run_id);
+    cx.protected_paths.push(state_dir.to_path_buf());
+    cx
+}
+
+/// Plan every fault without changing anything (resolving targets as of now), as a run
+/// from `state_dir` would.
+pub fn dry_run(
+    registry: &Registry,
+    prepared: &Prepared,
+    run_id: &str,
+    state_dir: &std::path::Path,
+) -> Vec<DryRunItem> {
     let mut out = Vec::new();
     for (si, (faults, step)) in prepared
         .faults
@@ -967,6 +1154,13 @@ pub fn dry_run(registry: &Registry, prepared: &Prepared, run_id: &str) -> Vec<Dr
         for (fi, (fault, def)) in faults.iter().zip(&step.faults).enumerate() {
             let id = fault_id(run_id, si, fi);
             let info = registry.get(fault.kind()).map(|e| (e.info)());
+            let plan = guarded("plan", || fault.plan(&context(&id, run_id, state_dir)))
+                .map_err(|e| e.to_string());
+            let touches = plan
+                .as_ref()
+                .ok()
+                .and_then(|r| registry.touches(fault.kind(), r).ok())
+                .unwrap_or_default();
             out.push(DryRunItem {
                 step: si,
                 fault_id: id.clone(),
@@ -975,9 +1169,8 @@ pub fn dry_run(registry: &Registry, prepared: &Prepared, run_id: &str) -> Vec<Dr
                 privileges: info.map(|i| i.privileges.to_string()).unwrap_or_default(),
                 start_delay: def.start_delay.to_string(),
                 duration: def.duration.to_string(),
-                plan: fault
-                    .plan(&Context::new(&id, run_id))
-                    .map_err(|e| e.to_string()),
+                plan,
+                touches,
             });
         }
     }

@@ -66,16 +66,16 @@ macro_rules! agent_kill9_harness {
             $register(&mut reg);
             let prepared =
                 $crate::experiment::Experiment::load_toml(&exp, &reg).expect("experiment");
-            let journal = $crate::journal::Journal::open(std::path::Path::new(&dir)).unwrap();
+            let session = $crate::Session::open(std::path::Path::new(&dir), &reg).unwrap();
             let events = |_: &$crate::runner::Event| {};
-            let runner = $crate::runner::Runner {
-                registry: &reg,
-                journal: &journal,
-                events: &events,
-                abort: $crate::runner::AbortHandle::new(),
-                retry: $crate::runner::RetryPolicy::default(),
-            };
-            runner.run(&prepared, "kill9", &[]);
+            session
+                .run(
+                    &prepared,
+                    "kill9",
+                    &$crate::runner::AbortHandle::new(),
+                    &events,
+                )
+                .unwrap();
         }
 
         /// Start an agent process running `experiment`, wait until its fault is applied, `kill
