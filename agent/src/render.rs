@@ -404,13 +404,17 @@ pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Resul
                 "fault_id": o.fault_id, "kind": o.kind, "state": "not-in-journal", "found": o.found,
             })))
             .collect();
-        say!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "state_dir": state_dir, "run_in_progress_pid": st.live_pid, "clean": st.clean(),
-                "records": v, "scan_errors": st.scan_errors,
-            }))?
-        );
+        // An array of records (as before); artifacts the journal lost are entries with
+        // state "not-in-journal", searches that failed entries with state "unchecked".
+        let v: Vec<serde_json::Value> = v
+            .into_iter()
+            .chain(
+                st.scan_errors
+                    .iter()
+                    .map(|e| serde_json::json!({"state": "unchecked", "error": e})),
+            )
+            .collect();
+        say!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     if let Some(pid) = st.live_pid {
