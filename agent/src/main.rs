@@ -31,7 +31,8 @@ const AFTER_HELP: &str = "\
 Exit status:
   0    success; the host is clean
   1    a fault failed to plan, inject or verify (everything applied was reverted)
-  2    invalid input: bad arguments or an invalid experiment file (nothing was touched)
+  2    invalid input: bad arguments, an invalid experiment file, or a state directory
+       others could write (nothing was touched)
   3    the host is NOT clean: a revert failed and needs a person (see `chaos-agent status`)
   4    busy: another chaos-agent holds the state directory, or an earlier run must be
        recovered first (`chaos-agent recover`)
@@ -137,7 +138,9 @@ fn main() -> ExitCode {
             let kind = e.downcast_ref::<fault_core::Error>().map(|e| e.kind());
             ExitCode::from(match kind {
                 Some(ErrorKind::Busy) => exit::BUSY,
-                Some(ErrorKind::InvalidSpec | ErrorKind::NotFound) => exit::INVALID,
+                Some(
+                    ErrorKind::InvalidSpec | ErrorKind::NotFound | ErrorKind::PermissionDenied,
+                ) => exit::INVALID,
                 _ => exit::FAILED,
             })
         }

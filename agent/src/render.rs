@@ -403,6 +403,9 @@ pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Resul
             .chain(st.orphans.iter().map(|o| serde_json::json!({
                 "fault_id": o.fault_id, "kind": o.kind, "state": "not-in-journal", "found": o.found,
             })))
+            .chain(st.lost.iter().map(|l| serde_json::json!({
+                "fault_id": l.fault_id, "kind": l.kind, "state": "lost",
+            })))
             .collect();
         // An array of records (as before); artifacts the journal lost are entries with
         // state "not-in-journal", searches that failed entries with state "unchecked".
@@ -423,7 +426,7 @@ pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Resul
             state_dir.display()
         );
     }
-    if entries.is_empty() && st.orphans.is_empty() && st.scan_errors.is_empty() {
+    if entries.is_empty() && st.clean() {
         say!(
             "The journal in {} is empty: no fault has run here.",
             state_dir.display()
@@ -503,6 +506,16 @@ pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Resul
             "not-in-journal",
             "-",
             o.found
+        );
+    }
+    for l in &st.lost {
+        pending += 1;
+        say!(
+            "{:<14} {:<kw$} {:<14} {:<8} record lost; nothing on the host can be proven ours",
+            l.fault_id,
+            l.kind,
+            "lost",
+            "-"
         );
     }
     for e in &st.scan_errors {

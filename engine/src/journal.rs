@@ -121,6 +121,15 @@ impl Record {
     }
 }
 
+/// One line of the fault-id index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// The fault id.
+    pub fault_id: String,
+    /// Its kind (empty if unknown).
+    pub kind: String,
+}
+
 /// What the journal holds for one fault id.
 #[derive(Debug, Clone)]
 pub enum Entry {
@@ -188,8 +197,9 @@ impl Journal {
             log_lock: Mutex::new(()),
             indexed: Mutex::new(Default::default()),
         };
-        let known = journal.indexed_ids()?;
-        *journal.indexed.lock().unwrap_or_else(|e| e.into_inner()) = known.into_iter().collect();
+        let known = journal.indexed()?;
+        *journal.indexed.lock().unwrap_or_else(|e| e.into_inner()) =
+            known.into_iter().map(|i| i.fault_id).collect();
         Ok(journal)
     }
 
@@ -197,14 +207,21 @@ impl Journal {
         self.state_dir().join(INDEX)
     }
 
-    /// Every fault id in the index (see [`Journal::put`]), in the order they were planned.
-    pub fn indexed_ids(&self) -> Result<Vec<String>> {
+    /// Every fault id in the index (see [`Journal::put`]) with its kind, in the order they
+    /// were planned.
+    pub fn indexed(&self) -> Result<Vec<Indexed>> {
         let path = self.index_path();
         match std::fs::read_to_string(&path) {
             Ok(text) => Ok(text
                 .lines()
-                .filter(|l| check_id(l).is_ok())
-                .map(str::to_string)
+                .filter_map(|l| {
+                    let (id, kind) = l.split_once(' ').unwrap_or((l, ""));
+                    check_id(id).ok()?;
+                    Some(Indexed {
+                        fault_id: id.to_string(),
+                        kind: kind.to_string(),
+                    })
+                })
                 .collect()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(journal_kind(Error::io(
@@ -214,32 +231,40 @@ impl Journal {
         }
     }
 
-    fn index(&self, fault_id: &str) -> Result<()> {
+    fn index(&self, record: &Record) -> Result<()> {
         let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
-        if indexed.contains(fault_id) {
+        if indexed.contains(&record.fault_id) {
             return Ok(());
         }
         let path = self.index_path();
+        let kind: String = record
+            .kind
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .collect();
         OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&path)
             .and_then(|mut f| {
-                f.write_all(format!("{fault_id}\n").as_bytes())?;
+                f.write_all(format!("{} {kind}\n", record.fault_id).as_bytes())?;
                 f.sync_data()
             })
             .map_err(|e| journal_kind(Error::io(format!("appending to {}", path.display()), e)))?;
-        indexed.insert(fault_id.to_string());
+        indexed.insert(record.fault_id.clone());
         Ok(())
     }
 
     /// Rewrite the index with only `keep` (ids still worth looking for on the host).
-    pub fn retain_indexed(&self, keep: &[String]) -> Result<()> {
+    pub fn retain_indexed(&self, keep: &[Indexed]) -> Result<()> {
         let mut indexed = self.indexed.lock().unwrap_or_else(|e| e.into_inner());
-        let text: String = keep.iter().map(|id| format!("{id}\n")).collect();
+        let text: String = keep
+            .iter()
+            .map(|i| format!("{} {}\n", i.fault_id, i.kind))
+            .collect();
         write_atomic(&self.index_path(), text.as_bytes(), 0o600).map_err(journal_kind)?;
-        *indexed = keep.iter().cloned().collect();
+        *indexed = keep.iter().map(|i| i.fault_id.clone()).collect();
         Ok(())
     }
 
@@ -278,7 +303,7 @@ impl Journal {
     /// that recovery can look for the fault's artifacts even if this record is lost.
     pub fn put(&self, record: &Record) -> Result<()> {
         check_id(&record.fault_id)?;
-        self.index(&record.fault_id)?;
+        self.index(record)?;
         let json = serde_json::to_string(record)
             .map_err(|e| Error::new(ErrorKind::Journal, format!("encoding record: {e}")))?;
         self.append_log(&json)?;
@@ -437,10 +462,10 @@ impl Journal {
         // without any record stay (their record was lost; recovery looks for them).
         let done: std::collections::HashSet<&str> =
             reverted.iter().map(|r| r.fault_id.as_str()).collect();
-        let keep: Vec<String> = self
-            .indexed_ids()?
+        let keep: Vec<Indexed> = self
+            .indexed()?
             .into_iter()
-            .filter(|id| !done.contains(id.as_str()))
+            .filter(|i| !done.contains(i.fault_id.as_str()))
             .collect();
         self.retain_indexed(&keep)?;
         let _guard = self.log_lock.lock().unwrap_or_else(|e| e.into_inner());

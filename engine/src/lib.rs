@@ -24,4 +24,4 @@ mod session;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
-pub use session::{Forgotten, Orphan, Recovery, Session, Status};
+pub use session::{Forgotten, Lost, Orphan, Recovery, Session, Status};

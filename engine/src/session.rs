@@ -26,7 +26,7 @@ use fault_core::{Error, ErrorKind, Registry, Result};
 use serde::Serialize;
 
 use crate::experiment::Prepared;
-use crate::journal::{check_state_dir, Entry, Journal, Record, RecordState, StateLock};
+use crate::journal::{check_state_dir, Entry, Indexed, Journal, Record, RecordState, StateLock};
 use crate::runner::{
     self, AbortHandle, DryRunItem, Events, RecoverItem, RecoverOutcome, RetryPolicy, RunReport,
     Runner,
@@ -98,14 +98,47 @@ pub struct Status {
     /// Artifacts of this state directory's faults found on the host that no record
     /// describes (the journal lost them); `chaos-agent recover` reverts them.
     pub orphans: Vec<Orphan>,
+    /// Faults whose record is lost and whose kind cannot find its artifacts on the host:
+    /// a person must check (see [`Lost`]).
+    pub lost: Vec<Lost>,
     /// Kinds whose artifacts could not be looked for.
     pub scan_errors: Vec<String>,
+}
+
+/// A fault of this state directory whose journal record is lost, of a kind whose effect
+/// cannot be found on the host (a stopped process is not marked as ours).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lost {
+    /// Fault id.
+    pub fault_id: String,
+    /// Kind (empty when unknown).
+    pub kind: String,
+}
+
+impl Lost {
+    fn advice(&self, registry: &Registry) -> (String, Vec<String>) {
+        let what = registry
+            .get(&self.kind)
+            .map(|e| (e.info)().summary.to_string())
+            .unwrap_or_else(|_| "its kind is unknown to this agent".into());
+        (
+            format!(
+                "its journal record is lost and a {} fault leaves nothing on the host that can be proven ours, so nothing was touched",
+                if self.kind.is_empty() { "?" } else { &self.kind }
+            ),
+            vec![
+                format!("check by hand what it may have left: {what}"),
+                format!("then `chaos-agent forget --force {}`", self.fault_id),
+            ],
+        )
+    }
 }
 
 impl Status {
     /// Whether the journal and the host say everything is reverted.
     pub fn clean(&self) -> bool {
         self.orphans.is_empty()
+            && self.lost.is_empty()
             && self.scan_errors.is_empty()
             && self
                 .entries
@@ -183,7 +216,25 @@ impl<'r> Session<'r> {
     /// Needs no network. The host is clean when [`Recovery::clean`] says so.
     pub fn recover(&self) -> Result<Recovery> {
         let mut items = runner::recover(self.registry, &self.journal, &self.retry)?;
-        let (orphans, scan_errors) = find_orphans(self.registry, &self.journal)?;
+        let Search {
+            orphans,
+            lost,
+            errors: scan_errors,
+        } = find_orphans(self.registry, &self.journal)?;
+        for l in &lost {
+            if items.iter().any(|i| i.fault_id == l.fault_id) {
+                continue; // already reported (a damaged record)
+            }
+            let (detail, manual_undo) = l.advice(self.registry);
+            items.push(RecoverItem {
+                fault_id: l.fault_id.clone(),
+                kind: l.kind.clone(),
+                found: "not in the journal".into(),
+                outcome: RecoverOutcome::Unidentifiable,
+                detail,
+                manual_undo,
+            });
+        }
         for orphan in orphans {
             let run_id = orphan
                 .fault_id
@@ -256,11 +307,11 @@ impl<'r> Session<'r> {
                     Entry::Corrupt { fault_id, .. } => fault_id,
                 })
                 .collect();
-            let keep: Vec<String> = self
+            let keep: Vec<Indexed> = self
                 .journal
-                .indexed_ids()?
+                .indexed()?
                 .into_iter()
-                .filter(|id| records.contains(id))
+                .filter(|i| records.contains(&i.fault_id))
                 .collect();
             self.journal.retain_indexed(&keep)?;
         }
@@ -311,7 +362,13 @@ impl<'r> Session<'r> {
             Entry::Ok(r) => r.fault_id == fault_id,
             Entry::Corrupt { fault_id: id, .. } => id == fault_id,
         });
+        let indexed = self.journal.indexed()?;
         let (state, left_on_host) = match entry {
+            // A lost record, still looked for: drop it from the index.
+            None if indexed.iter().any(|i| i.fault_id == fault_id) && force => (
+                None,
+                vec!["(its record was lost: whatever it changed stays as it is)".into()],
+            ),
             None => {
                 return Err(Error::new(
                     ErrorKind::NotFound,
@@ -348,11 +405,9 @@ impl<'r> Session<'r> {
             }
         };
         self.journal.forget(fault_id)?;
-        let keep: Vec<String> = self
-            .journal
-            .indexed_ids()?
+        let keep: Vec<Indexed> = indexed
             .into_iter()
-            .filter(|id| id != fault_id)
+            .filter(|i| i.fault_id != fault_id)
             .collect();
         self.journal.retain_indexed(&keep)?;
         Ok(Forgotten {
@@ -370,25 +425,40 @@ impl<'r> Session<'r> {
                 entries: Vec::new(),
                 live_pid,
                 orphans: Vec::new(),
+                lost: Vec::new(),
                 scan_errors: Vec::new(),
             });
         }
         check_state_dir(state_dir)?;
         let journal = Journal::open(state_dir)?;
         let entries = journal.load()?;
-        let (orphans, scan_errors) = find_orphans(registry, &journal)?;
+        let search = find_orphans(registry, &journal)?;
+        // A live run's ids are indexed a moment before their first record is written.
+        let lost = if live_pid.is_some() {
+            Vec::new()
+        } else {
+            search.lost
+        };
         Ok(Status {
             entries,
             live_pid,
-            orphans,
-            scan_errors,
+            orphans: search.orphans,
+            lost,
+            scan_errors: search.errors,
         })
     }
 }
 
+/// What the host holds of faults the journal lost.
+struct Search {
+    orphans: Vec<Orphan>,
+    lost: Vec<Lost>,
+    errors: Vec<String>,
+}
+
 /// This state directory's fault ids whose records are gone (or damaged beyond their backup
-/// copy), looked for on the host by every kind.
-fn find_orphans(registry: &Registry, journal: &Journal) -> Result<(Vec<Orphan>, Vec<String>)> {
+/// copy), looked for on the host by their kind (by every kind when it is unknown).
+fn find_orphans(registry: &Registry, journal: &Journal) -> Result<Search> {
     let described: HashMap<String, bool> = journal
         .load()?
         .into_iter()
@@ -399,18 +469,30 @@ fn find_orphans(registry: &Registry, journal: &Journal) -> Result<(Vec<Orphan>, 
             } => (fault_id, backup.is_some()),
         })
         .collect();
-    let candidates: Vec<String> = journal
-        .indexed_ids()?
+    let candidates: Vec<Indexed> = journal
+        .indexed()?
         .into_iter()
-        .filter(|id| !described.get(id).copied().unwrap_or(false))
+        .filter(|i| !described.get(&i.fault_id).copied().unwrap_or(false))
         .collect();
-    let mut orphans = Vec::new();
-    let mut errors = Vec::new();
+    let mut search = Search {
+        orphans: Vec::new(),
+        lost: Vec::new(),
+        errors: Vec::new(),
+    };
     if candidates.is_empty() {
-        return Ok((orphans, errors));
+        return Ok(search);
     }
+    let known_kind = |k: &str| registry.get(k).is_ok();
     for entry in registry.kinds() {
-        let found = std::panic::catch_unwind(|| registry.leftovers(entry.kind, &candidates))
+        let ids: Vec<String> = candidates
+            .iter()
+            .filter(|i| i.kind == entry.kind || !known_kind(&i.kind))
+            .map(|i| i.fault_id.clone())
+            .collect();
+        if ids.is_empty() || !entry.finds_leftovers {
+            continue;
+        }
+        let found = std::panic::catch_unwind(|| registry.leftovers(entry.kind, &ids))
             .unwrap_or_else(|_| {
                 Err(Error::new(
                     ErrorKind::Io,
@@ -418,20 +500,33 @@ fn find_orphans(registry: &Registry, journal: &Journal) -> Result<(Vec<Orphan>, 
                 ))
             });
         match found {
-            Ok(list) => orphans.extend(list.into_iter().filter_map(|l| {
-                candidates.contains(&l.fault_id).then(|| Orphan {
+            Ok(list) => search.orphans.extend(list.into_iter().filter_map(|l| {
+                ids.contains(&l.fault_id).then(|| Orphan {
                     fault_id: l.fault_id,
                     kind: entry.kind.to_string(),
                     found: l.found,
                     receipt: l.receipt,
                 })
             })),
-            Err(e) => errors.push(format!(
+            Err(e) => search.errors.push(format!(
                 "{}: cannot look for the artifacts of {}: {e}",
                 entry.kind,
-                candidates.join(", ")
+                ids.join(", ")
             )),
         }
     }
-    Ok((orphans, errors))
+    // What no kind can look for, and could have left something: a person must check.
+    for c in &candidates {
+        let searchable_or_harmless = registry
+            .get(&c.kind)
+            .is_ok_and(|e| e.finds_leftovers || !(e.info)().reversible);
+        let found = search.orphans.iter().any(|o| o.fault_id == c.fault_id);
+        if !searchable_or_harmless && !found {
+            search.lost.push(Lost {
+                fault_id: c.fault_id.clone(),
+                kind: c.kind.clone(),
+            });
+        }
+    }
+    Ok(search)
 }

@@ -164,6 +164,10 @@ pub struct KindInfo {
 pub trait Fault: Send + Sync + Sized + 'static {
     /// The kind string, e.g. `"process.stop"`.
     const KIND: &'static str;
+    /// Whether [`leftovers`](Fault::leftovers) can find this kind's artifacts on the host.
+    /// When a reversible kind cannot, recovery that lost a record of it says the host is
+    /// not known to be clean instead of assuming it is.
+    const FINDS_LEFTOVERS: bool = false;
     /// The parameters as written in an experiment (serde, `deny_unknown_fields`).
     type Spec: Serialize + DeserializeOwned;
     /// What `plan` resolved, and what `revert` needs.

@@ -89,6 +89,8 @@ pub struct KindEntry {
     pub kind: &'static str,
     /// Describe the kind.
     pub info: fn() -> KindInfo,
+    /// See [`Fault::FINDS_LEFTOVERS`].
+    pub finds_leftovers: bool,
     build: fn(&Value) -> Result<Box<dyn DynFault>>,
     verify: fn(&Value) -> Result<Observation>,
     revert: fn(&Value) -> Result<()>,
@@ -175,6 +177,7 @@ impl Registry {
             KindEntry {
                 kind: F::KIND,
                 info: F::info,
+                finds_leftovers: F::FINDS_LEFTOVERS,
                 build: build::<F>,
                 verify: verify::<F>,
                 revert: revert::<F>,
