@@ -181,6 +181,41 @@ fn bad_input_is_refused_with_a_clear_error_and_nothing_changes() {
 }
 
 #[test]
+fn nan_infinity_and_null_are_refused_not_read_as_defaults() {
+    let Some(sb) = Sandbox::new("nan_infinity_and_null_are_refused_not_read_as_defaults") else {
+        return;
+    };
+    let pid = sb.victim.pid();
+    let fs = sb.fs.path().display().to_string();
+    // Today's main read these as absent: SIGKILL, 100% load, no reserve.
+    case(
+        &sb,
+        "signal-nan",
+        &fault(&format!(
+            "kind = \"process.kill\"\nduration = \"1s\"\npid = {pid}\nsignal = nan"
+        )),
+        2,
+        "steps[0].faults[0].signal: NaN is not a number",
+    );
+    case(
+        &sb,
+        "load-nan",
+        &fault("kind = \"cpu.stress\"\nduration = \"1s\"\nload = nan"),
+        2,
+        "steps[0].faults[0].load: NaN is not a number",
+    );
+    case(
+        &sb,
+        "reserve-inf",
+        &fault(&format!(
+            "kind = \"disk.fill\"\nduration = \"1s\"\npath = \"{fs}\"\npercent = 50\nreserve = -inf"
+        )),
+        2,
+        "steps[0].faults[0].reserve: -inf is not a number",
+    );
+}
+
+#[test]
 fn dry_run_touches_nothing() {
     let Some(sb) = Sandbox::new("dry_run_touches_nothing") else {
         return;
@@ -194,6 +229,8 @@ fn dry_run_touches_nothing() {
         "{t}"
     );
     assert!(t.contains(&format!("pid {}", sb.victim.pid())), "{t}");
+    // What it touches, in human units, not raw receipts.
+    assert!(t.contains("touches:") && !t.contains("plan: {"), "{t}");
     assert_eq!(sb.victim.state(), Some('S'));
     assert!(sb.fill_files().is_empty());
     assert!(sb.records().is_empty(), "dry run writes no journal");
