@@ -13,7 +13,19 @@ agent=(target/release/chaos-agent --state-dir "$demo/state")
 worker=""
 cleanup() {
     [ -n "$worker" ] && kill "$worker" 2>/dev/null || true
+    # Whatever the run left (nothing, unless it was killed) is reverted before the tmpfs
+    # goes; then everything this script made is removed, so no later run of demo.toml
+    # can find an empty /tmp/chaos-demo/data on the root filesystem.
+    local clean=yes
+    [ -x "${agent[0]}" ] && { "${agent[@]}" recover >/dev/null 2>&1 || clean=no; }
     mountpoint -q "$demo/data" && umount "$demo/data" || true
+    rmdir "$demo/data" 2>/dev/null || true
+    if [ "$clean" = yes ]; then
+        rm -rf "$demo/state"
+        rmdir "$demo" 2>/dev/null || true
+    else
+        echo "==> the host is NOT clean: see ${agent[*]} status" >&2
+    fi
 }
 trap cleanup EXIT
 

@@ -1,81 +1,127 @@
-//! The shape every example shares: spec -> fault -> plan -> inject -> verify -> hold for the
-//! duration or until Ctrl-C/SIGTERM -> revert -> verify clean.
+//! The shape every example shares, through the engine's front door ([`Session`]): one
+//! fault, run as a one-step experiment with a journal, for `duration` or until
+//! Ctrl-C/SIGTERM, then reverted and checked clean.
 //!
 //! The fault is built through [`chaos_kinds::registry`], the same registry the agent uses,
-//! from a spec (the typed examples serialize their typed `…Spec`). No journal is kept: if
-//! the example is killed with SIGKILL nothing reverts the fault, so it prints the manual undo
-//! up front. For crash-safe runs use `chaos-agent run`, which journals every step.
+//! from a spec (the typed examples serialize their typed `…Spec`). Because the session
+//! journals every step in the agent's state directory (`$CHAOS_AGENT_STATE_DIR`, default
+//! `/var/lib/chaos-agent`), an example killed with SIGKILL is reverted by
+//! `chaos-agent recover` like any run; and it takes the same lock, so it never runs beside
+//! an agent on the same state directory.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use fault_core::{Context, Effect};
+use chaos_engine::experiment::Experiment;
+use chaos_engine::runner::{new_run_id, AbortHandle, Event, RunOutcome};
+use chaos_engine::Session;
+
+/// The state directory an example uses: the agent's, unless `CHAOS_AGENT_STATE_DIR` says
+/// otherwise.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("CHAOS_AGENT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/chaos-agent"))
+}
 
 /// Run one fault of `kind` with `spec` for `duration` (or until Ctrl-C / SIGTERM), then
 /// revert it and check that the host is clean.
 pub fn run(kind: &str, spec: serde_json::Value, duration: Duration) -> anyhow::Result<()> {
     let registry = chaos_kinds::registry();
-    let fault = registry.build(kind, &spec)?;
-    let reversible = (registry.get(kind)?.info)().reversible;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing signal handler")?;
-    }
-    let cx = Context::new(
-        format!("example-{}", fault_core::host::random_hex(4)),
-        "example",
+    let mut fault = match spec {
+        serde_json::Value::Object(m) => m,
+        _ => bail!("a fault spec is a table of parameters"),
+    };
+    fault.insert("kind".into(), kind.into());
+    fault.insert(
+        "duration".into(),
+        fault_core::Duration(duration).to_string().into(),
     );
-    println!("{kind}: {}", fault.describe());
-    let mut receipt = fault
-        .plan(&cx)
-        .with_context(|| format!("planning {kind}"))?;
-    println!("receipt: {receipt}");
-    println!("if this program is killed with SIGKILL, undo by hand with:");
-    for line in registry.manual_undo(kind, &receipt)? {
-        println!("    {line}");
+    let experiment = serde_json::json!({
+        "name": format!("example {kind}"),
+        "steps": [{ "name": kind, "faults": [fault] }],
+    });
+    let prepared = Experiment::load_value(&experiment, &registry)
+        .map_err(|invalid| anyhow::anyhow!("invalid {kind} spec:\n{invalid}"))?;
+
+    let state_dir = state_dir();
+    let session = Session::open(&state_dir, &registry)
+        .with_context(|| format!("opening state directory {}", state_dir.display()))?;
+    for w in session.warnings() {
+        eprintln!("warning: {w}");
     }
-
-    let held = fault
-        .inject(&cx, &mut receipt)
-        .map_err(anyhow::Error::from)
-        .and_then(|()| {
-            let obs = registry.verify(kind, &receipt)?;
-            println!("in effect: {}", obs.detail);
-            if obs.effect != Effect::InEffect {
-                bail!("inject did not take effect: {}", obs.detail);
-            }
+    let recovery = session.recover()?;
+    if !recovery.clean() {
+        bail!("an earlier run left faults that need a person: see `chaos-agent status`");
+    }
+    let abort = AbortHandle::new();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
+    let on_signal = abort.clone();
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            on_signal.abort("interrupted");
+        }
+    });
+    let events = |e: &Event| match e {
+        Event::Fault {
+            fault_id,
+            state,
+            detail,
+            touches,
+            ..
+        } => {
             println!(
-                "holding for {} (Ctrl-C reverts now)…",
-                fault_core::Duration(duration)
+                "{fault_id} {}: {detail}",
+                serde_json::to_string(state)
+                    .unwrap_or_default()
+                    .trim_matches('"')
             );
-            let end = Instant::now() + duration;
-            let mut next = fault.maintain_interval().map(|d| Instant::now() + d);
-            while Instant::now() < end && !stop.load(Ordering::SeqCst) {
-                if next.is_some_and(|t| Instant::now() >= t) {
-                    next = fault
-                        .maintain(&cx, &mut receipt)?
-                        .map(|d| Instant::now() + d);
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            for t in touches {
+                println!("    touches: {t}");
             }
-            Ok(())
-        });
-
-    // Always revert, also after a failed inject (it may have left partial changes).
-    registry
-        .revert(kind, &receipt)
-        .with_context(|| format!("reverting {kind}"))?;
-    if reversible {
-        let obs = registry.verify(kind, &receipt)?;
-        println!("after revert: {}", obs.detail);
-        if obs.effect != Effect::Clean {
-            bail!("revert left the host dirty: {}", obs.detail);
+        }
+        Event::JournalError { error, .. } => eprintln!("{error}"),
+        _ => {}
+    };
+    println!(
+        "{kind}: holding for {} (Ctrl-C reverts now; journal in {})",
+        fault_core::Duration(duration),
+        state_dir.display()
+    );
+    let report = session.run(&prepared, &new_run_id(), &abort, &events)?;
+    for f in report.steps.iter().flat_map(|s| &s.faults) {
+        for cmd in &f.manual_undo {
+            println!("    undo by hand: {cmd}");
         }
     }
-    println!("reverted");
-    held
+    if !report.host_clean() {
+        bail!("a revert failed: THE HOST IS NOT CLEAN (commands above)");
+    }
+    match report.outcome {
+        RunOutcome::Completed | RunOutcome::Aborted => {
+            println!("reverted; the host is clean");
+            Ok(())
+        }
+        RunOutcome::Failed => {
+            let err = report
+                .steps
+                .iter()
+                .flat_map(|s| {
+                    s.error
+                        .iter()
+                        .chain(s.faults.iter().filter_map(|f| f.error.as_ref()))
+                })
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            bail!("{kind} failed (everything applied was reverted): {err}")
+        }
+    }
 }
 
 /// Parse a duration argument such as "30s".

@@ -64,3 +64,41 @@ fn every_kind_example_passes_validation() {
         );
     }
 }
+
+/// The README's table of fault kinds names every kind `chaos-agent faults` knows.
+#[test]
+fn readme_fault_table_lists_every_kind() {
+    let out = std::process::Command::new(common::agent_bin())
+        .args(["faults", "--json"])
+        .output()
+        .unwrap();
+    let kinds: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("## Fault kinds"))
+        .take_while(|l| !l.starts_with("## ") || l.starts_with("## Fault kinds"))
+        .filter(|l| l.starts_with("| `"))
+        .collect();
+    let mut missing = Vec::new();
+    for k in kinds.as_array().unwrap() {
+        let kind = k["kind"].as_str().unwrap();
+        // A row may list siblings as `network.latency`, `.loss`, …
+        let (family, leaf) = kind.split_once('.').unwrap();
+        let listed = table.iter().any(|row| {
+            let first = row.split('|').nth(1).unwrap_or("");
+            first.contains(&format!("`{kind}`"))
+                || (first.contains(&format!("`{family}.")) && first.contains(&format!("`.{leaf}`")))
+        });
+        if !listed {
+            missing.push(kind);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "README.md's fault table lacks {missing:?}"
+    );
+}

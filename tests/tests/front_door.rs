@@ -12,7 +12,8 @@ use common::{fault_state, text, wait_for_event, wait_with_deadline, Sandbox};
 
 #[test]
 fn status_during_a_live_run_names_the_run_and_recover_waits_its_turn() {
-    let Some(sb) = Sandbox::new("status_during_a_live_run_names_the_run_and_recover_waits_its_turn")
+    let Some(sb) =
+        Sandbox::new("status_during_a_live_run_names_the_run_and_recover_waits_its_turn")
     else {
         return;
     };
@@ -23,11 +24,18 @@ fn status_during_a_live_run_names_the_run_and_recover_waits_its_turn() {
     let out = sb.agent(&["status"]);
     let t = text(&out);
     assert!(
-        t.contains(&format!("A run is in progress: chaos-agent pid {}", child.id())),
+        t.contains(&format!(
+            "A run is in progress: chaos-agent pid {}",
+            child.id()
+        )),
         "{t}"
     );
     assert!(!t.contains("`chaos-agent recover` reverts them"), "{t}");
-    assert_eq!(out.status.code(), Some(4), "busy while a run owns the faults: {t}");
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "busy while a run owns the faults: {t}"
+    );
     let out = sb.agent(&["recover"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -59,7 +67,10 @@ fn forget_of_an_applied_fault_needs_force_and_says_what_stays() {
         return;
     };
     let exp = sb.two_step_experiment("30s");
-    let mut child = sb.spawn(&["run", exp.to_str().unwrap()], Some("after-journal-applied"));
+    let mut child = sb.spawn(
+        &["run", exp.to_str().unwrap()],
+        Some("after-journal-applied"),
+    );
     wait_with_deadline(&mut child, Duration::from_secs(20));
     let applied: Vec<String> = sb
         .records()
@@ -79,7 +90,10 @@ fn forget_of_an_applied_fault_needs_force_and_says_what_stays() {
     let out = sb.agent(&["forget", "--force", id]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("rm -f") && t.contains(".chaos-agent-fill-"), "{t}");
+    assert!(
+        t.contains("rm -f") && t.contains(".chaos-agent-fill-"),
+        "{t}"
+    );
     // A person follows the advice; the rest is recovered as usual.
     for f in sb.fill_files() {
         std::fs::remove_file(sb.fs.path().join(f)).unwrap();
@@ -97,7 +111,10 @@ fn a_journal_that_lost_its_records_still_recovers_the_fill_and_never_says_clean_
         return;
     };
     let exp = sb.two_step_experiment("30s");
-    let mut child = sb.spawn(&["run", exp.to_str().unwrap()], Some("after-journal-applied"));
+    let mut child = sb.spawn(
+        &["run", exp.to_str().unwrap()],
+        Some("after-journal-applied"),
+    );
     wait_with_deadline(&mut child, Duration::from_secs(20));
     assert!(!sb.fill_files().is_empty() || sb.victim.state() == Some('T'));
     std::fs::remove_dir_all(sb.state.path().join("journal")).unwrap();
@@ -114,7 +131,10 @@ fn a_journal_that_lost_its_records_still_recovers_the_fill_and_never_says_clean_
     assert!(sb.fill_files().is_empty(), "fill file left: {t}");
     assert_eq!(out.status.code(), Some(3), "{t}");
     assert!(!t.contains("The host is clean"), "{t}");
-    assert!(t.contains("process.stop") && t.contains("forget --force"), "{t}");
+    assert!(
+        t.contains("process.stop") && t.contains("forget --force"),
+        "{t}"
+    );
     // The person resumes the process and forgets the lost record.
     unsafe { libc::kill(sb.victim.pid(), libc::SIGCONT) };
     let id = t
