@@ -43,7 +43,11 @@ Examples:
   chaos-agent run --dry-run demo.toml        what the experiment would change; touches nothing
   sudo chaos-agent run demo.toml             run it; Ctrl-C reverts everything and stops
   sudo chaos-agent recover                   revert whatever a crash or reboot left behind
-  chaos-agent status                         what the journal holds";
+  chaos-agent status                         what the journal holds
+
+Environment:
+  CHAOS_AGENT_STATE_DIR   the state directory (default /var/lib/chaos-agent)
+  CHAOS_AGENT_LOG         diagnostics on stderr: warn, info, debug (or a tracing filter)";
 
 /// Run chaos experiments on this host, and always put it back.
 ///
@@ -122,6 +126,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         // The reader went away (`chaos-agent faults | head`): nothing more to say.
@@ -172,6 +177,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Diagnostics (the engine's `tracing` events: revert attempts, journal errors, orphans) go
+/// to stderr when `CHAOS_AGENT_LOG` asks for them (`warn`, `info`, `debug`, or a filter such
+/// as `chaos_engine=debug`); what a person normally reads is the live view.
+fn init_logging() {
+    let Ok(filter) = std::env::var("CHAOS_AGENT_LOG") else {
+        return;
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Open the state directory, printing the session's warnings once.

@@ -407,6 +407,7 @@ impl Runner<'_> {
     fn put(&self, record: &Record) -> std::result::Result<(), String> {
         self.journal.put(record).map_err(|e| {
             let error = format!("journal write for {} failed: {e}", record.fault_id);
+            tracing::error!(fault_id = %record.fault_id, %error, "journal write failed");
             (self.events)(&Event::JournalError {
                 fault_id: record.fault_id.clone(),
                 error: error.clone(),
@@ -420,6 +421,7 @@ impl Runner<'_> {
     pub fn run(&self, prepared: &Prepared, run_id: &str, manual_targets: &[String]) -> RunReport {
         let started = Instant::now();
         let exp = &prepared.experiment;
+        tracing::info!(run_id, name = %exp.name, steps = exp.steps.len(), "run started");
         (self.events)(&Event::RunStarted {
             run_id: run_id.to_string(),
             name: exp.name.clone(),
@@ -476,6 +478,7 @@ impl Runner<'_> {
             steps,
             elapsed_ms: started.elapsed().as_millis() as u64,
         };
+        tracing::info!(run_id, outcome = ?report.outcome, host_clean = report.host_clean(), elapsed_ms = report.elapsed_ms, "run finished");
         (self.events)(&Event::RunFinished {
             report: report.clone(),
         });
@@ -925,6 +928,7 @@ pub fn revert_record(
         },
     };
     if let Some((error, undo)) = refused {
+        tracing::error!(fault_id = %record.fault_id, kind = %record.kind, %error, "revert refused");
         record.state = RecordState::NeedsManual;
         record.last_error = Some(error);
         record.manual_undo = undo;
@@ -964,9 +968,13 @@ pub fn revert_record(
                     RevertOutcome::Irreversible
                 };
             }
-            Err(e) => record.last_error = Some(e.to_string()),
+            Err(e) => {
+                tracing::warn!(fault_id = %record.fault_id, kind = %record.kind, attempt = record.attempts, error = %e, "revert attempt failed");
+                record.last_error = Some(e.to_string());
+            }
         }
     }
+    tracing::error!(fault_id = %record.fault_id, kind = %record.kind, error = record.last_error.as_deref().unwrap_or(""), "revert failed: a person must undo it");
     record.state = RecordState::NeedsManual;
     record.manual_undo = guarded("manual_undo", || {
         registry.manual_undo(&record.kind, &record.receipt)

@@ -255,6 +255,7 @@ impl<'r> Session<'r> {
                 targets,
             );
             record.state = RecordState::Applied;
+            tracing::warn!(fault_id = %orphan.fault_id, kind = %orphan.kind, found = %orphan.found, "reverting an artifact the journal lost");
             // Unidentifiable (damaged) records of this id are superseded by what was found.
             items.retain(|i| i.fault_id != orphan.fault_id);
             let mut journal_errors = Vec::new();
