@@ -6,10 +6,12 @@ use fault_core::{Context, Fault, KindInfo, Observation, Param, Result};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::target::{self, Selector, TargetProcess, TARGET_PARAMS};
+use crate::target::{
+    self, Limit, Selector, TargetProcess, MAX_TARGETS_CEILING, MAX_TARGETS_PARAM, TARGET_PARAMS,
+};
 
-/// Parameters of `process.kill`: exactly one of `pid`, `name` or `cmdline`, plus the signal
-/// and an optional repeat interval.
+/// Parameters of `process.kill`: exactly one of `pid`, `name` or `cmdline`, plus the signal,
+/// an optional repeat interval, and how many processes a name or cmdline may match.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessKillSpec {
@@ -19,9 +21,15 @@ pub struct ProcessKillSpec {
     /// Signal every process with this name (comm, argv\[0\] basename or executable basename).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Signal every process whose space-joined command line contains this.
+    /// Signal every process whose space-joined command line contains this (at least 3
+    /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmdline: Option<String>,
+    /// How many processes `name` or `cmdline` may match (1..=1000), at plan time and on
+    /// every repeat; more is refused and nothing is signalled. Omitted:
+    /// [`DEFAULT_MAX_TARGETS`](crate::DEFAULT_MAX_TARGETS) (5). Not allowed with `pid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_targets: Option<u32>,
     /// The signal; `SIGKILL` when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<SignalSpec>,
@@ -54,9 +62,18 @@ pub enum SignalSpec {
 /// irreversible and `revert` returns `Ok`. Restart the service if it does not restart
 /// itself. Every signal goes through a pidfd after re-checking the process's start time, so
 /// a pid reused by another process is never hit.
+///
+/// **Blast radius:** a `name` or `cmdline` that matches more than `max_targets` processes
+/// (5 unless the spec says otherwise) is refused at plan time, with the count and the first
+/// few matches, before any signal is sent. With `interval`, every repeat checks the same
+/// limit: a round that would signal more fails the fault instead of signalling any.
+///
+/// **Leftovers:** none ([`Fault::leftovers`] keeps its default): a signal leaves nothing on
+/// the host to find or take back.
 #[derive(Debug, Clone)]
 pub struct ProcessKill {
     selector: Selector,
+    limit: Limit,
     signal: i32,
     interval: Option<std::time::Duration>,
 }
@@ -75,6 +92,13 @@ pub struct ProcessKillReceipt {
     pub signalled: Vec<TargetProcess>,
     /// How many times a signal was delivered in all.
     pub deliveries: u64,
+    /// The most processes the spec accepted per round (absent in receipts written before
+    /// the limit existed: [`MAX_TARGETS_CEILING`] then applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_targets: Option<u32>,
+    /// The repeat interval, when the spec has one (for people: what will be signalled next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<fault_core::Duration>,
 }
 
 /// How many signalled processes a receipt keeps (the most recent ones).
@@ -86,10 +110,11 @@ const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long `verify` waits for processes sent SIGKILL to exit.
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-const KILL_PARAMS: [Param; 5] = [
+const KILL_PARAMS: [Param; 6] = [
     TARGET_PARAMS[0],
     TARGET_PARAMS[1],
     TARGET_PARAMS[2],
+    MAX_TARGETS_PARAM,
     Param {
         name: "signal",
         ty: "string or integer",
@@ -112,15 +137,13 @@ impl Fault for ProcessKill {
     fn new(spec: ProcessKillSpec) -> Result<ProcessKill> {
         let selector =
             Selector::from_fields(spec.pid, spec.name.as_deref(), spec.cmdline.as_deref())?;
+        let limit = Limit::from_spec(&selector, spec.max_targets)?;
         let signal = match &spec.signal {
             None => libc::SIGKILL,
             Some(SignalSpec::Name(name)) => target::parse_signal(name)?,
             Some(SignalSpec::Number(n)) => target::signal_number(*n)?,
         };
-        if matches!(
-            signal,
-            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
-        ) {
+        if is_stopping(signal) {
             return Err(fault_core::Error::invalid(format!(
                 "{} would leave the process stopped with nothing to resume it; use \
                  process.stop, which resumes it on revert",
@@ -136,6 +159,7 @@ impl Fault for ProcessKill {
         }
         Ok(ProcessKill {
             selector,
+            limit,
             signal,
             interval,
         })
@@ -145,8 +169,10 @@ impl Fault for ProcessKill {
         KindInfo {
             summary: "Sends a signal (SIGKILL by default) to the target processes, once or every \
                       interval for the duration (name and cmdline targets are looked up afresh \
-                      each time, so restarted instances are hit again). A signal cannot be taken \
-                      back: revert does nothing; restart the service if needed.",
+                      each time, so restarted instances are hit again). A name or cmdline \
+                      matching more than max_targets processes (5 by default) is refused, at \
+                      plan time and on every repeat, before anything is signalled. A signal \
+                      cannot be taken back: revert does nothing; restart the service if needed.",
             privileges: "root, or the same user as the target (CAP_KILL for others' processes)",
             reversible: false,
             params: &KILL_PARAMS,
@@ -171,16 +197,18 @@ impl Fault for ProcessKill {
         Ok(ProcessKillReceipt {
             signal: self.signal,
             selector: self.selector.clone(),
-            planned: self.selector.resolve(cx)?,
+            planned: self.selector.resolve(cx, self.limit)?,
             signalled: Vec::new(),
             deliveries: 0,
+            max_targets: Some(self.limit.max),
+            interval: self.interval.map(fault_core::Duration),
         })
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut ProcessKillReceipt) -> Result<()> {
         // Inject twice = once: a planned process already signalled is not signalled again.
         let pending: Vec<TargetProcess> = (receipt.planned.iter())
-            .filter(|t| !receipt.signalled.contains(t))
+            .filter(|t| !receipt.signalled.iter().any(|s| s.id == t.id))
             .cloned()
             .collect();
         receipt.signal_all(&pending)
@@ -195,7 +223,10 @@ impl Fault for ProcessKill {
         cx: &Context,
         receipt: &mut ProcessKillReceipt,
     ) -> Result<Option<std::time::Duration>> {
-        let current = receipt.selector.current(cx, &receipt.planned);
+        let current = receipt
+            .selector
+            .current(cx, &receipt.planned, self.limit)
+            .map_err(|e| e.context("repeating the signal"))?;
         receipt.signal_all(&current)?;
         Ok(self.interval)
     }
@@ -247,6 +278,85 @@ impl Fault for ProcessKill {
             .map(TargetProcess::target_name)
             .collect()
     }
+
+    fn touches(receipt: &ProcessKillReceipt) -> Vec<String> {
+        let name = target::signal_name(receipt.signal);
+        let mut lines: Vec<String> = (receipt.planned.iter())
+            .map(|t| format!("{}: {name} (cannot be undone)", t.human()))
+            .collect();
+        if let Some(every) = receipt.interval {
+            lines.push(match &receipt.selector {
+                Selector::Pid(_) => {
+                    format!("then {name} again every {every} while that very process lives")
+                }
+                sel => format!(
+                    "then every {every}: {name} to the {} found at that moment (at most {} \
+                     per round)",
+                    sel.describe(),
+                    receipt.max_targets.unwrap_or(MAX_TARGETS_CEILING)
+                ),
+            });
+        }
+        lines
+    }
+
+    /// Revert sends nothing, but the receipt is still checked so that what people are shown
+    /// (targets, manual undo) is what `plan` could have written: a valid signal and selector,
+    /// real process identities from one boot within the limits, a pid target listing only
+    /// that pid.
+    fn check_receipt(fault_id: &str, receipt: &ProcessKillReceipt) -> Result<()> {
+        let bad = |problem: String| Err(target::drifted(Self::KIND, fault_id, problem));
+        if target::signal_number(receipt.signal.into()).is_err() || is_stopping(receipt.signal) {
+            return bad(format!(
+                "signal {} is not one process.kill sends",
+                receipt.signal
+            ));
+        }
+        if let Err(e) = receipt.selector.check() {
+            return bad(format!("its selector is invalid ({e})"));
+        }
+        let max = receipt.max_targets.unwrap_or(MAX_TARGETS_CEILING);
+        if max == 0 || max > MAX_TARGETS_CEILING {
+            return bad(format!(
+                "max_targets = {max} is outside 1..={MAX_TARGETS_CEILING}"
+            ));
+        }
+        if let Selector::Pid(pid) = receipt.selector {
+            if max != 1 && receipt.max_targets.is_some() {
+                return bad(format!("a pid target with max_targets = {max}"));
+            }
+            if let Some(t) =
+                (receipt.planned.iter().chain(&receipt.signalled)).find(|t| t.id.pid != pid)
+            {
+                return bad(format!("its target is pid {pid}, but it lists {t}"));
+            }
+        }
+        if receipt.interval.is_some_and(|d| d.std() < MIN_INTERVAL) {
+            return bad("its interval is shorter than process.kill accepts".to_string());
+        }
+        target::check_targets(
+            Self::KIND,
+            fault_id,
+            "planned processes",
+            &receipt.planned,
+            max as usize,
+        )?;
+        target::check_targets(
+            Self::KIND,
+            fault_id,
+            "signalled processes",
+            &receipt.signalled,
+            MAX_RECORDED,
+        )
+    }
+}
+
+/// Signals that stop a process (nothing would resume it): refused, `process.stop` is for that.
+fn is_stopping(signal: i32) -> bool {
+    matches!(
+        signal,
+        libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+    )
 }
 
 impl ProcessKillReceipt {
@@ -255,8 +365,12 @@ impl ProcessKillReceipt {
         let (reached, result) = target::signal_each(targets, self.signal);
         for t in reached {
             self.deliveries += 1;
-            if !self.signalled.contains(t) {
-                self.signalled.push(t.clone());
+            if !self.signalled.iter().any(|s| s.id == t.id) {
+                // Identity and comm only: this list is rewritten on every repeat.
+                self.signalled.push(TargetProcess {
+                    cmdline: String::new(),
+                    ..t.clone()
+                });
             }
         }
         let excess = self.signalled.len().saturating_sub(MAX_RECORDED);
@@ -299,6 +413,7 @@ impl<'de> Deserialize<'de> for SignalSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::target::fake;
     use fault_core::ErrorKind;
     use serde_json::json;
 
@@ -318,7 +433,7 @@ mod tests {
             (json!({"name": "w", "signal": 10}), Ok(10)),
             (json!({"name": "w", "signal": "64"}), Ok(64)),
             (
-                json!({"cmdline": "w", "interval": "250ms"}),
+                json!({"cmdline": "worker", "interval": "250ms"}),
                 Ok(libc::SIGKILL),
             ),
             (json!({"name": "w", "signal": 0}), Err("signal 0")),
@@ -350,6 +465,22 @@ mod tests {
             (json!({"pid": -1}), Err("positive")),
             (json!({"pid": 5, "cmdline": "x"}), Err("only one")),
             (json!({"signal": "TERM"}), Err("exactly one")),
+            (json!({"name": "w", "max_targets": 8}), Ok(libc::SIGKILL)),
+            (json!({"cmdline": "/"}), Err("too short")),
+            (json!({"cmdline": "ab"}), Err("too short")),
+            (
+                json!({"pid": 7, "max_targets": 1}),
+                Err("a pid names exactly one"),
+            ),
+            (json!({"name": "w", "max_targets": 0}), Err("at least 1")),
+            (
+                json!({"name": "w", "max_targets": "8"}),
+                Err("invalid type: string \"8\", expected u32"),
+            ),
+            (
+                json!({"name": "w", "signal": 9.5}),
+                Err("invalid type: floating point `9.5`, expected a signal name"),
+            ),
         ];
         for (json, want) in cases {
             match (build(json.clone()), want) {
@@ -376,11 +507,93 @@ mod tests {
         assert_eq!(serde_json::from_value::<ProcessKillSpec>(v).unwrap(), spec);
     }
 
+    fn receipt(selector: Selector, planned: Vec<TargetProcess>) -> ProcessKillReceipt {
+        ProcessKillReceipt {
+            signal: libc::SIGKILL,
+            selector,
+            planned,
+            signalled: Vec::new(),
+            deliveries: 0,
+            max_targets: Some(5),
+            interval: None,
+        }
+    }
+
+    #[test]
+    fn touches_names_processes_signal_and_repeats() {
+        let mut r = receipt(
+            Selector::Name("worker".into()),
+            vec![fake::process(4242, "worker", "/usr/bin/worker --queue a")],
+        );
+        assert_eq!(
+            ProcessKill::touches(&r),
+            ["pid 4242 (worker) `/usr/bin/worker --queue a`: SIGKILL (cannot be undone)"]
+        );
+        r.interval = Some(fault_core::Duration::from_secs(10));
+        r.signal = libc::SIGTERM;
+        assert_eq!(
+            ProcessKill::touches(&r)[1],
+            "then every 10s: SIGTERM to the processes named \"worker\" found at that moment \
+             (at most 5 per round)"
+        );
+        r.selector = Selector::Pid(4242);
+        assert_eq!(
+            ProcessKill::touches(&r)[1],
+            "then SIGTERM again every 10s while that very process lives"
+        );
+    }
+
+    #[test]
+    fn check_receipt_table() {
+        let good = receipt(
+            Selector::Cmdline("worker --queue".into()),
+            vec![fake::process(100, "a", ""), fake::process(101, "b", "")],
+        );
+        ProcessKill::check_receipt("f", &good).unwrap();
+        let mut by_pid = receipt(Selector::Pid(100), vec![fake::process(100, "a", "")]);
+        by_pid.max_targets = Some(1);
+        ProcessKill::check_receipt("f", &by_pid).unwrap();
+
+        type Edit = fn(&mut ProcessKillReceipt);
+        let cases: [(&str, Edit); 10] = [
+            ("signal 0 is not", |r| r.signal = 0),
+            ("signal 19 is not", |r| r.signal = libc::SIGSTOP),
+            ("signal 99 is not", |r| r.signal = 99),
+            ("selector is invalid (cmdline \"/\" is too short", |r| {
+                r.selector = Selector::Cmdline("/".into())
+            }),
+            ("selector is invalid (refusing to target PID 1", |r| {
+                r.selector = Selector::Pid(1)
+            }),
+            ("its target is pid 7, but it lists pid 100 (a)", |r| {
+                r.selector = Selector::Pid(7);
+                r.max_targets = Some(1);
+                r.planned.truncate(1);
+            }),
+            ("more than its limit of 1", |r| r.max_targets = Some(1)),
+            ("outside 1..=1000", |r| r.max_targets = Some(0)),
+            ("interval is shorter", |r| {
+                r.interval = Some(fault_core::Duration::from_millis(1))
+            }),
+            ("signalled processes include pid 1", |r| {
+                r.signalled.push(fake::process(1, "init", ""))
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut r = good.clone();
+            edit(&mut r);
+            let e = ProcessKill::check_receipt("f-2", &r).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{want}");
+            assert!(e.to_string().contains(want), "{want}: {e}");
+        }
+    }
+
     #[test]
     fn receipt_keeps_the_last_signalled_processes() {
         let me = TargetProcess {
             id: fault_core::host::process::ProcessId::of(std::process::id() as i32).unwrap(),
             comm: "me".into(),
+            cmdline: "the test binary".into(),
         };
         let mut r = ProcessKillReceipt {
             signal: 0,
@@ -394,12 +607,16 @@ mod tests {
                 })
                 .collect(),
             deliveries: 0,
+            max_targets: None,
+            interval: None,
         };
         // Signal 0 to ourselves: delivered, changes nothing.
         r.signal_all(std::slice::from_ref(&me)).unwrap();
         r.signal_all(std::slice::from_ref(&me)).unwrap();
         assert_eq!(r.signalled.len(), MAX_RECORDED);
-        assert_eq!(r.signalled.last(), Some(&me));
+        let last = r.signalled.last().unwrap();
+        assert_eq!(last.id, me.id);
+        assert_eq!(last.cmdline, "", "signalled entries keep identity only");
         assert_eq!(r.signalled[0].id.start_ticks, 1, "the oldest was dropped");
         assert_eq!(r.deliveries, 2);
     }

@@ -20,6 +20,35 @@
 //! ancestors are never targeted: an explicit pid naming one is refused, a name or cmdline
 //! match skips them.
 //!
+//! ## Blast radius
+//!
+//! A `name` or `cmdline` that matches more than `max_targets` processes
+//! ([`DEFAULT_MAX_TARGETS`] = 5 unless the spec sets it, at most [`MAX_TARGETS_CEILING`]) is
+//! refused at plan time, before anything is signalled, with the count and the first few
+//! matches as `pid N (comm)`: a loose pattern (`cmdline = "/"` matches nearly every process)
+//! must never reach unrelated programs. `max_targets = 50` means "I accept up to 50"; it is
+//! refused with `pid`, which names one process. `process.kill` with `interval` applies the
+//! same limit to every repeat: a round that would signal more fails the fault and signals
+//! none. A `cmdline` shorter than 3 characters is refused as an invalid spec outright.
+//!
+//! ## Receipts read back from the journal
+//!
+//! Before revert acts on a journaled receipt, `check_receipt` refuses (as
+//! [`ErrorKind::Drifted`](fault_core::ErrorKind::Drifted)) anything `plan` could not have
+//! written: PID 1, kthreadd or a live kernel thread among the processes, a missing or
+//! malformed boot id, processes of different boots, one process twice, more processes than
+//! the receipt's limit; for services, a unit name the spec check refuses (including
+//! `chaos-agent.service` and the shutdown/rescue units), the unit the agent runs in now, or
+//! a prior state that was not active. Every command printed for people is shell-quoted word
+//! by word, and names a target chose (its `comm`, its command line) are shown with control
+//! characters escaped.
+//!
+//! ## Leftovers
+//!
+//! None of these kinds looks for leftovers without a journal record: a stopped process or
+//! a stopped service carries no mark of who stopped it, so nothing proves it is ours, and
+//! resuming or starting what an operator stopped on purpose would be a fault of its own.
+//!
 //! ## What changes on the host, and how revert undoes it
 //!
 //! Only the targets' run state: stopped (state `T`) or signalled. Nothing is written to
@@ -59,7 +88,7 @@ pub use service::{
     ServiceReceipt, ServiceRestart, ServiceRestartSpec, ServiceStop, ServiceStopSpec,
 };
 pub use stop::{ProcessStop, ProcessStopReceipt, ProcessStopSpec};
-pub use target::{Selector, TargetProcess};
+pub use target::{Selector, TargetProcess, DEFAULT_MAX_TARGETS, MAX_TARGETS_CEILING};
 
 /// Register `process.stop`, `process.kill`, `service.stop` and `service.restart`.
 pub fn register(reg: &mut fault_core::Registry) {

@@ -9,11 +9,34 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fault_core::{Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result};
+use fault_core::host::shell;
+use fault_core::{
+    shell_cmd, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::target::{drifted, is_boot_id, printable};
 
 /// The agent's own packaged unit: never a target, wherever the agent runs.
 pub(crate) const AGENT_UNIT: &str = "chaos-agent.service";
+
+/// Services that are never running before a fault (systemd starts them only to shut down,
+/// suspend or rescue the machine), and whose *start* would do exactly that. A spec naming
+/// one is refused, and so is a receipt: revert starts the unit of its receipt, so a journal
+/// record edited to name one of these must not make recovery power the machine off.
+const NEVER_UNITS: [&str; 11] = [
+    "systemd-poweroff.service",
+    "systemd-reboot.service",
+    "systemd-halt.service",
+    "systemd-kexec.service",
+    "systemd-soft-reboot.service",
+    "systemd-suspend.service",
+    "systemd-hibernate.service",
+    "systemd-hybrid-sleep.service",
+    "systemd-suspend-then-hibernate.service",
+    "emergency.service",
+    "rescue.service",
+];
 
 /// How long one `systemctl` call may take (a stop waits for the unit's own stop timeout).
 const SYSTEMCTL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,8 +73,22 @@ pub struct ServiceRestartSpec {
 /// **Revert** runs `systemctl start UNIT` when the unit was active before the fault (the
 /// receipt records its `ActiveState`), also after a crash or a reboot; verify sees it active
 /// again. `plan` refuses a unit that is not active (there would be nothing to stop and
-/// nothing to put back), a unit that is not loaded, `chaos-agent.service`, and any unit the
-/// agent or one of its ancestors runs in.
+/// nothing to put back), a unit that is not loaded, `chaos-agent.service`, any unit the
+/// agent or one of its ancestors runs in, and the units systemd starts only to power off,
+/// reboot, suspend or rescue the machine (`systemd-reboot.service`, `rescue.service`, ...).
+///
+/// **Receipt check:** revert runs `systemctl start` as root on the unit its receipt names,
+/// so before any revert the receipt must be one `plan` could have written: a valid
+/// `.service` name (the same checks as the spec), the unit the spec asked for (recorded as
+/// `requested`) also valid, neither the agent's unit nor one it runs in now, nor one of the
+/// shutdown/rescue units above, a prior state that is active, and this boot's id format.
+/// What no check can catch is an edit that names another ordinary service that was stopped
+/// anyway; the journal is root-only (0700) for that reason.
+///
+/// **Leftovers:** none are looked for ([`Fault::leftovers`] keeps its default). A stopped
+/// service carries no mark of who stopped it (systemd records no caller on the unit), so an
+/// inactive unit cannot be proven ours without the journal record; starting a service that
+/// an operator stopped on purpose would be worse than leaving ours stopped.
 #[derive(Debug, Clone)]
 pub struct ServiceStop {
     unit: String,
@@ -66,7 +103,10 @@ pub struct ServiceStop {
 ///
 /// **Revert:** a restart cannot be taken back, so the kind is marked irreversible; revert
 /// still makes sure the unit is active again when it was active before (it starts it if a
-/// restart left it inactive or failed). `plan` refuses the same units as `service.stop`.
+/// restart left it inactive or failed). `plan` refuses the same units as `service.stop`,
+/// and its receipt is checked the same way before revert.
+///
+/// **Leftovers:** none, for the same reason as `service.stop`.
 #[derive(Debug, Clone)]
 pub struct ServiceRestart {
     unit: String,
@@ -89,6 +129,19 @@ pub struct ServiceReceipt {
     /// How many restarts `service.restart` did.
     #[serde(default)]
     pub restarts: u64,
+    /// The unit as the spec named it (`.service` appended); it differs from `unit` when
+    /// systemd resolved an alias. Empty in receipts written before it was recorded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub requested: String,
+    /// Its `SubState` when planned (`running`, `exited`, ...), for people.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prior_sub_state: String,
+    /// Its main process when planned (`MainPID`), for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_pid: Option<u32>,
+    /// `service.restart`'s repeat interval, when the spec has one, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<fault_core::Duration>,
 }
 
 impl ServiceReceipt {
@@ -96,13 +149,31 @@ impl ServiceReceipt {
     pub fn was_active(&self) -> bool {
         is_active(&self.prior_state)
     }
+
+    /// `unit nginx.service (active/running, main pid 812)`, with the name the spec used when
+    /// systemd resolved an alias.
+    fn human(&self) -> String {
+        let mut state = printable(&self.prior_state).into_owned();
+        if !self.prior_sub_state.is_empty() {
+            state = format!("{state}/{}", printable(&self.prior_sub_state));
+        }
+        if let Some(pid) = self.main_pid.filter(|&p| p > 0) {
+            state = format!("{state}, main pid {pid}");
+        }
+        let alias = if !self.requested.is_empty() && self.requested != self.unit {
+            format!(" (as {})", printable(&self.requested))
+        } else {
+            String::new()
+        };
+        format!("unit {}{alias} ({state})", printable(&self.unit))
+    }
 }
 
 const UNIT_PARAM: Param = Param {
     name: "unit",
     ty: "string",
     default: None,
-    doc: "The systemd service, e.g. \"nginx.service\" (\".service\" is appended when there is no suffix). chaos-agent.service and the unit the agent runs in are refused.",
+    doc: "The systemd service, e.g. \"nginx.service\" (\".service\" is appended when there is no suffix). chaos-agent.service, the unit the agent runs in, and the units systemd starts only to power off, reboot, suspend or rescue the machine are refused.",
 };
 
 const STOP_PARAMS: [Param; 1] = [UNIT_PARAM];
@@ -147,7 +218,7 @@ impl Fault for ServiceStop {
     }
 
     fn plan(&self, cx: &Context) -> Result<ServiceReceipt> {
-        plan_unit(&self.unit, cx, "stop")
+        plan_unit(&self.unit, cx, "stop", None)
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut ServiceReceipt) -> Result<()> {
@@ -178,6 +249,17 @@ impl Fault for ServiceStop {
 
     fn targets(receipt: &ServiceReceipt) -> Vec<String> {
         vec![format!("unit:{}", receipt.unit)]
+    }
+
+    fn touches(receipt: &ServiceReceipt) -> Vec<String> {
+        vec![format!(
+            "{}: systemctl stop now, systemctl start on revert",
+            receipt.human()
+        )]
+    }
+
+    fn check_receipt(fault_id: &str, receipt: &ServiceReceipt) -> Result<()> {
+        check_service_receipt(Self::KIND, fault_id, receipt)
     }
 }
 
@@ -227,7 +309,7 @@ impl Fault for ServiceRestart {
     }
 
     fn plan(&self, cx: &Context) -> Result<ServiceReceipt> {
-        plan_unit(&self.unit, cx, "restart")
+        plan_unit(&self.unit, cx, "restart", self.interval)
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut ServiceReceipt) -> Result<()> {
@@ -278,6 +360,70 @@ impl Fault for ServiceRestart {
     fn targets(receipt: &ServiceReceipt) -> Vec<String> {
         vec![format!("unit:{}", receipt.unit)]
     }
+
+    fn touches(receipt: &ServiceReceipt) -> Vec<String> {
+        let every = receipt
+            .interval
+            .map(|d| format!(", again every {d}"))
+            .unwrap_or_default();
+        vec![format!(
+            "{}: systemctl restart{every} (cannot be undone; systemctl start on revert if it \
+             is left inactive)",
+            receipt.human()
+        )]
+    }
+
+    fn check_receipt(fault_id: &str, receipt: &ServiceReceipt) -> Result<()> {
+        check_service_receipt(Self::KIND, fault_id, receipt)
+    }
+}
+
+/// `check_receipt` of both kinds: the receipt names what `plan` could have written.
+fn check_service_receipt(kind: &str, fault_id: &str, r: &ServiceReceipt) -> Result<()> {
+    let bad = |problem: String| Err(drifted(kind, fault_id, problem));
+    for (field, name) in [("unit", &r.unit), ("requested", &r.requested)] {
+        if field == "requested" && name.is_empty() {
+            continue; // written before `requested` was recorded
+        }
+        match unit_name(name) {
+            Ok(valid) if valid == *name => {}
+            Ok(_) => {
+                return bad(format!(
+                    "its {field} {:?} is not a full .service name",
+                    printable(name)
+                ))
+            }
+            Err(e) => return bad(format!("its {field} is refused: {e}")),
+        }
+    }
+    if let Some(pid) = agent_runs_in(&r.unit, &fault_core::host::process::self_and_ancestors()) {
+        return bad(format!(
+            "its unit {} is the one the agent (or its ancestor pid {pid}) runs in",
+            r.unit
+        ));
+    }
+    if !r.was_active() {
+        return bad(format!(
+            "its prior state {:?} is not active, and plan only acts on active units",
+            printable(&r.prior_state)
+        ));
+    }
+    if !is_boot_id(&r.boot_id) {
+        return bad(format!(
+            "its boot id {:?} is not a boot id",
+            printable(&r.boot_id)
+        ));
+    }
+    let word = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if !word(&r.prior_invocation) || !word(&r.prior_sub_state) {
+        return bad(
+            "its invocation id or sub-state holds characters systemd never prints".to_string(),
+        );
+    }
+    if r.interval.is_some_and(|d| d.std() < MIN_INTERVAL) {
+        return bad("its interval is shorter than service.restart accepts".to_string());
+    }
+    Ok(())
 }
 
 /// Validate a unit name from a spec: systemd's unit-name characters only, a `.service`
@@ -338,6 +484,12 @@ pub(crate) fn unit_name(raw: &str) -> Result<String> {
              middle of its faults"
         )));
     }
+    if NEVER_UNITS.contains(&name.as_str()) {
+        return Err(Error::invalid(format!(
+            "{name} is never running before a fault: systemd starts it only to power off, \
+             reboot, suspend or rescue the machine, and starting it on revert would do that"
+        )));
+    }
     Ok(name)
 }
 
@@ -355,9 +507,24 @@ pub(crate) fn service_of_cgroup(cgroup_file: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The pid among this process and `protected` whose cgroup is in `unit`, if any.
+fn agent_runs_in(unit: &str, protected: &[i32]) -> Option<i32> {
+    std::iter::once(std::process::id() as i32)
+        .chain(protected.iter().copied())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|text| service_of_cgroup(&text).as_deref() == Some(unit))
+        })
+}
+
 /// `plan` of both kinds: systemd is there, the unit is loaded and active, and it is not the
 /// agent's own.
-fn plan_unit(unit: &str, cx: &Context, verb: &str) -> Result<ServiceReceipt> {
+fn plan_unit(
+    unit: &str,
+    cx: &Context,
+    verb: &str,
+    interval: Option<Duration>,
+) -> Result<ServiceReceipt> {
     if !Path::new("/run/systemd/system").is_dir() {
         return Err(Error::new(
             ErrorKind::Unsupported,
@@ -388,16 +555,15 @@ fn plan_unit(unit: &str, cx: &Context, verb: &str) -> Result<ServiceReceipt> {
             "{unit} is {AGENT_UNIT}, the agent's own unit; refusing to {verb} it"
         )));
     }
-    for pid in std::iter::once(std::process::id() as i32).chain(cx.protected_pids.iter().copied()) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            continue;
-        };
-        if service_of_cgroup(&text).as_deref() == Some(id.as_str()) {
-            return Err(Error::invalid(format!(
-                "{id} contains the agent (or its ancestor pid {pid}); refusing to {verb} the \
-                 unit the agent runs in"
-            )));
-        }
+    if id != unit {
+        // An alias: what systemd resolved it to must pass the same checks.
+        unit_name(&id).map_err(|e| e.context(format!("{unit} is an alias of {id}")))?;
+    }
+    if let Some(pid) = agent_runs_in(&id, &cx.protected_pids) {
+        return Err(Error::invalid(format!(
+            "{id} contains the agent (or its ancestor pid {pid}); refusing to {verb} the \
+             unit the agent runs in"
+        )));
     }
     if !is_active(&state.active_state) {
         return Err(Error::new(
@@ -415,6 +581,10 @@ fn plan_unit(unit: &str, cx: &Context, verb: &str) -> Result<ServiceReceipt> {
         prior_invocation: state.invocation().to_string(),
         boot_id: cx.boot_id.clone(),
         restarts: 0,
+        requested: unit.to_string(),
+        prior_sub_state: state.sub_state.clone(),
+        main_pid: state.main_pid.parse().ok().filter(|&p: &u32| p > 0),
+        interval: interval.map(fault_core::Duration),
     })
 }
 
@@ -437,20 +607,23 @@ fn start_if_was_active(receipt: &ServiceReceipt) -> Result<()> {
 }
 
 fn manual_start(receipt: &ServiceReceipt) -> Vec<String> {
+    let unit = &receipt.unit;
+    let state = printable(&receipt.prior_state);
     if !receipt.was_active() {
         return vec![format!(
-            "# nothing to undo: {} was {} before the fault",
-            receipt.unit, receipt.prior_state
+            "# nothing to undo: {} was {state} before the fault",
+            printable(&shell::quote(unit))
         )];
     }
     vec![
         format!(
-            "systemctl start {}  # it was {} before the fault",
-            receipt.unit, receipt.prior_state
+            "{}  # it was {state} before the fault",
+            shell_cmd!["systemctl", "start", "--", unit]
         ),
         format!(
-            "systemctl status {}  # if it does not start: why; then `journalctl -u {}`",
-            receipt.unit, receipt.unit
+            "{}  # if it does not start: why; then: {}",
+            shell_cmd!["systemctl", "status", "--", unit],
+            printable(&shell_cmd!["journalctl", "-u", unit])
         ),
     ]
 }
@@ -461,6 +634,8 @@ pub(crate) struct UnitState {
     pub(crate) id: String,
     pub(crate) load_state: String,
     pub(crate) active_state: String,
+    pub(crate) sub_state: String,
+    pub(crate) main_pid: String,
     pub(crate) invocation_id: String,
     pub(crate) active_enter: String,
 }
@@ -469,7 +644,8 @@ impl UnitState {
     fn query(unit: &str) -> Result<UnitState> {
         let out = systemctl_output(&[
             "show",
-            "--property=Id,LoadState,ActiveState,InvocationID,ActiveEnterTimestampMonotonic",
+            "--property=Id,LoadState,ActiveState,SubState,MainPID,InvocationID,\
+             ActiveEnterTimestampMonotonic",
             "--",
             unit,
         ])?;
@@ -488,6 +664,8 @@ impl UnitState {
                 "Id" => s.id = v,
                 "LoadState" => s.load_state = v,
                 "ActiveState" => s.active_state = v,
+                "SubState" => s.sub_state = v,
+                "MainPID" => s.main_pid = v,
                 "InvocationID" => s.invocation_id = v,
                 "ActiveEnterTimestampMonotonic" => s.active_enter = v,
                 _ => {}
@@ -517,7 +695,7 @@ fn systemctl(args: &[&str]) -> Result<()> {
 
 /// Run `systemctl ARGS` and return its stdout. Bounded by [`SYSTEMCTL_TIMEOUT`].
 fn systemctl_output(args: &[&str]) -> Result<String> {
-    let shown = format!("systemctl {}", args.join(" "));
+    let shown = shell::join(std::iter::once("systemctl").chain(args.iter().copied()));
     let mut child = Command::new("systemctl")
         .arg("--no-ask-password")
         .args(args)
@@ -601,7 +779,7 @@ mod tests {
 
     #[test]
     fn unit_names() {
-        let cases: [(&str, std::result::Result<&str, &str>); 19] = [
+        let cases: [(&str, std::result::Result<&str, &str>); 22] = [
             ("nginx.service", Ok("nginx.service")),
             ("nginx", Ok("nginx.service")),
             ("getty@tty1.service", Ok("getty@tty1.service")),
@@ -621,6 +799,9 @@ mod tests {
             ("getty@.service", Err("is a template")),
             ("chaos-agent", Err("the agent's own unit")),
             ("chaos-agent.service", Err("the agent's own unit")),
+            ("systemd-reboot", Err("never running before a fault")),
+            ("systemd-poweroff.service", Err("power off, reboot")),
+            ("rescue.service", Err("never running before a fault")),
         ];
         for (raw, want) in cases {
             match (unit_name(raw), want) {
@@ -721,19 +902,31 @@ mod tests {
         );
     }
 
+    fn receipt(unit: &str) -> ServiceReceipt {
+        ServiceReceipt {
+            unit: unit.into(),
+            prior_state: "active".into(),
+            prior_invocation: "0a1b2c3d4e5f60718293a4b5c6d7e8f9".into(),
+            boot_id: crate::target::fake::BOOT.into(),
+            restarts: 0,
+            requested: unit.into(),
+            prior_sub_state: "running".into(),
+            main_pid: Some(812),
+            interval: None,
+        }
+    }
+
     #[test]
     fn manual_undo_and_targets() {
-        let r = ServiceReceipt {
-            unit: "db.service".into(),
-            prior_state: "active".into(),
-            prior_invocation: "x".into(),
-            boot_id: "b".into(),
-            restarts: 0,
-        };
+        let r = receipt("db.service");
         let lines = ServiceStop::manual_undo(&r);
-        assert!(
-            lines[0].starts_with("systemctl start db.service  # it was active"),
-            "{lines:?}"
+        assert_eq!(
+            lines,
+            [
+                "systemctl start -- db.service  # it was active before the fault",
+                "systemctl status -- db.service  # if it does not start: why; then: \
+                 journalctl -u db.service",
+            ]
         );
         assert_eq!(ServiceStop::targets(&r), ["unit:db.service"]);
         let inactive = ServiceReceipt {
@@ -744,5 +937,122 @@ mod tests {
         assert!(ServiceRestart::manual_undo(&inactive)[0].starts_with("# nothing to undo"));
         // Revert of a receipt whose unit was not running before touches nothing.
         assert!(ServiceStop::revert(&inactive).is_ok());
+    }
+
+    #[test]
+    fn manual_undo_quotes_every_word() {
+        // Only an edited receipt can hold such a name (check_receipt refuses it), but the
+        // commands printed for it must still run exactly one systemctl with one unit.
+        let r = receipt("db; reboot now.service");
+        assert_eq!(
+            ServiceStop::manual_undo(&r),
+            [
+                "systemctl start -- 'db; reboot now.service'  # it was active before the fault",
+                "systemctl status -- 'db; reboot now.service'  # if it does not start: why; \
+                 then: journalctl -u 'db; reboot now.service'",
+            ]
+        );
+        let mut r = receipt("it's\nx.service");
+        r.prior_state = "active\nreboot".into();
+        let lines = ServiceRestart::manual_undo(&r);
+        assert!(
+            lines[0].starts_with("# nothing to undo: 'it'\\''s\\nx.service' was"),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')), "{lines:?}");
+    }
+
+    #[test]
+    fn touches_names_unit_state_and_action() {
+        let mut r = receipt("ssh.service");
+        assert_eq!(
+            ServiceStop::touches(&r),
+            [
+                "unit ssh.service (active/running, main pid 812): systemctl stop now, systemctl \
+              start on revert"
+            ]
+        );
+        r.requested = "sshd.service".into();
+        r.main_pid = None;
+        r.interval = Some(fault_core::Duration::from_secs(20));
+        assert_eq!(
+            ServiceRestart::touches(&r),
+            [
+                "unit ssh.service (as sshd.service) (active/running): systemctl restart, again \
+              every 20s (cannot be undone; systemctl start on revert if it is left inactive)"
+            ]
+        );
+    }
+
+    #[test]
+    fn check_receipt_table() {
+        let good = receipt("db.service");
+        ServiceStop::check_receipt("f", &good).unwrap();
+        ServiceRestart::check_receipt("f", &good).unwrap();
+        let alias = ServiceReceipt {
+            requested: "database.service".into(),
+            ..good.clone()
+        };
+        ServiceStop::check_receipt("f", &alias).unwrap();
+        let old = ServiceReceipt {
+            requested: String::new(),
+            prior_sub_state: String::new(),
+            main_pid: None,
+            ..good.clone()
+        };
+        ServiceStop::check_receipt("f", &old).expect("a receipt from before `requested`");
+
+        type Edit = fn(&mut ServiceReceipt);
+        let cases: [(&str, Edit); 12] = [
+            ("';' is not allowed", |r| {
+                r.unit = "db;reboot.service".into()
+            }),
+            ("' ' is not allowed", |r| {
+                r.unit = "db reboot.service".into()
+            }),
+            ("must start with", |r| r.unit = "--force.service".into()),
+            ("not a full .service name", |r| r.unit = "db".into()),
+            ("only .service units", |r| r.unit = "reboot.target".into()),
+            ("the agent's own unit", |r| r.unit = AGENT_UNIT.into()),
+            ("never running before a fault", |r| {
+                r.unit = "systemd-poweroff.service".into()
+            }),
+            ("its requested is refused", |r| {
+                r.requested = "x/../y.service".into()
+            }),
+            ("prior state \"inactive\" is not active", |r| {
+                r.prior_state = "inactive".into()
+            }),
+            ("boot id \"b\" is not a boot id", |r| r.boot_id = "b".into()),
+            ("invocation id or sub-state", |r| {
+                r.prior_invocation = "x; y".into()
+            }),
+            ("interval is shorter", |r| {
+                r.interval = Some(fault_core::Duration::from_millis(10))
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut r = good.clone();
+            edit(&mut r);
+            let e = ServiceStop::check_receipt("f-3", &r).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{want}");
+            let e = e.to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(e.starts_with("service.stop receipt of f-3: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn check_receipt_refuses_the_unit_the_agent_runs_in() {
+        let own = std::fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| service_of_cgroup(&t))
+            .filter(|u| unit_name(u).is_ok_and(|n| n == *u));
+        let Some(own) = own else {
+            eprintln!("SKIPPED check_receipt_refuses_the_unit_the_agent_runs_in: not in a service");
+            return;
+        };
+        let e = ServiceStop::check_receipt("f", &receipt(&own)).unwrap_err();
+        assert!(e.to_string().contains("the one the agent"), "{e}");
     }
 }

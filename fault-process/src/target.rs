@@ -2,6 +2,7 @@
 //! `/proc`, and how they are signalled without ever reaching a process that took a recorded
 //! pid after ours exited.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,7 +32,112 @@ pub struct TargetProcess {
     pub id: ProcessId,
     /// Its `comm` when it was found, for people reading the receipt.
     pub comm: String,
+    /// Its space-joined command line when it was found, cut to 100 characters, for people
+    /// (dry run, run header). Empty in receipts written before it was recorded, and in
+    /// `process.kill`'s list of signalled processes (kept small: it is rewritten on every
+    /// repeat).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmdline: String,
 }
+
+/// How many processes a `name` or `cmdline` target may match when the spec does not say
+/// (`max_targets`). A service has a handful of processes; a match wider than that is far
+/// more often a pattern that also hits unrelated programs (`cmdline = "/"` matches nearly
+/// everything) than a deliberate choice, so it is refused at plan time until the spec says
+/// how many it accepts.
+pub const DEFAULT_MAX_TARGETS: u32 = 5;
+
+/// The largest `max_targets` a spec may give (receipts stay bounded).
+pub const MAX_TARGETS_CEILING: u32 = 1000;
+
+/// The shortest `cmdline` substring accepted: one or two characters (`"/"`, `"-"`, `"py"`)
+/// match nearly every command line on a host.
+pub(crate) const MIN_CMDLINE_CHARS: usize = 3;
+
+/// How many characters of a command line a receipt keeps.
+const CMDLINE_KEEP: usize = 100;
+
+/// How many matching processes the "matches too many" error lists.
+const LISTED: usize = 5;
+
+/// How many processes a fault may act on: the spec's `max_targets`, or the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limit {
+    /// At most this many processes.
+    pub(crate) max: u32,
+    /// Whether the spec set it (`max_targets`), for the error message.
+    pub(crate) explicit: bool,
+}
+
+impl Limit {
+    /// Validate the spec's `max_targets` for this selector. A `pid` names one process, so
+    /// `max_targets` with it is refused as a mistake rather than ignored.
+    pub(crate) fn from_spec(selector: &Selector, max_targets: Option<u32>) -> Result<Limit> {
+        match (selector, max_targets) {
+            (Selector::Pid(_), Some(_)) => Err(Error::invalid(
+                "max_targets applies to name and cmdline targets; a pid names exactly one \
+                 process (remove max_targets)",
+            )),
+            (Selector::Pid(_), None) => Ok(Limit {
+                max: 1,
+                explicit: false,
+            }),
+            (_, Some(0)) => Err(Error::invalid(
+                "max_targets must be at least 1 (it is how many matching processes you accept)",
+            )),
+            (_, Some(n)) if n > MAX_TARGETS_CEILING => Err(Error::invalid(format!(
+                "max_targets = {n} is more than {MAX_TARGETS_CEILING}, the most a fault acts on"
+            ))),
+            (_, Some(n)) => Ok(Limit {
+                max: n,
+                explicit: true,
+            }),
+            (_, None) => Ok(Limit {
+                max: DEFAULT_MAX_TARGETS,
+                explicit: false,
+            }),
+        }
+    }
+
+    /// Refuse `found` when it holds more processes than this limit accepts, naming how many
+    /// matched and the first few.
+    pub(crate) fn check(&self, selector: &Selector, found: &[TargetProcess]) -> Result<()> {
+        let n = found.len();
+        if n <= self.max as usize {
+            return Ok(());
+        }
+        let listed: Vec<String> = found.iter().take(LISTED).map(ToString::to_string).collect();
+        let more = match n - listed.len() {
+            0 => String::new(),
+            rest => format!(", and {rest} more"),
+        };
+        let limit = if self.explicit {
+            format!("more than max_targets = {}", self.max)
+        } else {
+            format!(
+                "more than the {} a process fault accepts unless max_targets says otherwise",
+                self.max
+            )
+        };
+        let fix = if n <= MAX_TARGETS_CEILING as usize {
+            format!("Narrow the match, or set max_targets = {n} if you mean every one of them")
+        } else {
+            format!("Narrow the match (max_targets accepts at most {MAX_TARGETS_CEILING})")
+        };
+        Err(Error::invalid(format!(
+            "{selector} matches {n} processes, {limit}: {}{more}; nothing was signalled. {fix}",
+            listed.join(", ")
+        )))
+    }
+}
+
+/// The `max_targets` parameter, shared by both kinds' [`Param`] lists.
+pub(crate) const MAX_TARGETS_PARAM: Param = Param {
+    name: "max_targets",
+    ty: "integer",
+    default: Some("5"),
+    doc: "How many processes a name or cmdline target may match (1..=1000). A wider match is refused at plan time with the count and the first few matches, so a loose pattern cannot hit unrelated programs; set it to accept more on purpose. Not allowed with pid. With interval, it also bounds every repeat.",
+};
 
 /// The spec parameters that choose the target, shared by both kinds' [`Param`] lists.
 pub(crate) const TARGET_PARAMS: [Param; 3] = [
@@ -51,7 +157,7 @@ pub(crate) const TARGET_PARAMS: [Param; 3] = [
         name: "cmdline",
         ty: "string",
         default: None,
-        doc: "Target every process whose space-joined command line contains this.",
+        doc: "Target every process whose space-joined command line contains this (at least 3 characters; a shorter substring matches nearly everything).",
     },
 ];
 
@@ -98,6 +204,14 @@ impl Selector {
             (_, _, Some(cmdline)) if cmdline.trim().is_empty() => {
                 Err(Error::invalid("cmdline must not be empty"))
             }
+            (_, _, Some(cmdline)) if cmdline.trim().chars().count() < MIN_CMDLINE_CHARS => {
+                Err(Error::invalid(format!(
+                    "cmdline {cmdline:?} is too short: a substring of fewer than \
+                     {MIN_CMDLINE_CHARS} characters matches nearly every command line on a \
+                     host; use name for a program name, or a longer, distinctive part of the \
+                     command line"
+                )))
+            }
             (_, _, Some(cmdline)) => Ok(Selector::Cmdline(cmdline.to_string())),
             (None, None, None) => unreachable!("exactly one target field is set"),
         }
@@ -105,9 +219,20 @@ impl Selector {
 
     /// Find the processes this selector names, for `plan`: an explicit pid that is protected
     /// (the agent, its ancestors) or a kernel thread is refused; name and cmdline matches skip
-    /// those silently. Fails with [`ErrorKind::NotFound`] when nothing is left, and with
+    /// those silently. Fails with [`ErrorKind::NotFound`] when nothing is left, with
+    /// [`ErrorKind::InvalidSpec`] when more match than `limit` accepts, and with
     /// [`ErrorKind::PermissionDenied`] when a target cannot be signalled by this process.
-    pub(crate) fn resolve(&self, cx: &Context) -> Result<Vec<TargetProcess>> {
+    pub(crate) fn resolve(&self, cx: &Context, limit: Limit) -> Result<Vec<TargetProcess>> {
+        if !is_boot_id(&cx.boot_id) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "cannot read this boot's id (got {:?} from /proc/sys/kernel/random/boot_id), \
+                     so a recorded process could not be told apart from one of a later boot",
+                    cx.boot_id
+                ),
+            ));
+        }
         let found = match self {
             Selector::Pid(pid) => vec![resolve_pid(*pid, cx)?],
             _ => {
@@ -127,6 +252,7 @@ impl Selector {
                 found
             }
         };
+        limit.check(self, &found)?;
         // Signal 0 checks permission and existence without changing anything.
         for t in &found {
             t.id.signal(0)
@@ -137,16 +263,23 @@ impl Selector {
 
     /// The processes that match now, for repeated signalling: a pid target yields the
     /// recorded process only while that very process is alive; a name or cmdline target is
-    /// looked up afresh (an empty result is not an error).
-    pub(crate) fn current(&self, cx: &Context, planned: &[TargetProcess]) -> Vec<TargetProcess> {
-        match self {
+    /// looked up afresh (an empty result is not an error; more than `limit` accepts is).
+    pub(crate) fn current(
+        &self,
+        cx: &Context,
+        planned: &[TargetProcess],
+        limit: Limit,
+    ) -> Result<Vec<TargetProcess>> {
+        let found: Vec<TargetProcess> = match self {
             Selector::Pid(_) => planned
                 .iter()
                 .filter(|t| t.id.is_alive())
                 .cloned()
                 .collect(),
             _ => self.scan(cx).0,
-        }
+        };
+        limit.check(self, &found)?;
+        Ok(found)
     }
 
     /// "pid 4242", "processes named \"worker\"", "processes whose cmdline contains \"x\"".
@@ -156,6 +289,16 @@ impl Selector {
             Selector::Name(name) => format!("processes named {name:?}"),
             Selector::Cmdline(part) => format!("processes whose cmdline contains {part:?}"),
         }
+    }
+
+    /// Check a selector read back from a receipt as [`Selector::from_fields`] would.
+    pub(crate) fn check(&self) -> Result<()> {
+        let (pid, name, cmdline) = match self {
+            Selector::Pid(p) => (Some(*p), None, None),
+            Selector::Name(n) => (None, Some(n.as_str()), None),
+            Selector::Cmdline(c) => (None, None, Some(c.as_str())),
+        };
+        Selector::from_fields(pid, name, cmdline).map(drop)
     }
 
     /// Every eligible process matching a name or cmdline, and whether a protected pid matched.
@@ -246,6 +389,7 @@ impl fmt::Display for Selector {
 
 impl TargetProcess {
     fn from_stat(stat: Stat, boot_id: &str) -> TargetProcess {
+        let cmdline = clip(&process::cmdline(stat.pid).join(" "), CMDLINE_KEEP);
         TargetProcess {
             id: ProcessId {
                 pid: stat.pid,
@@ -253,6 +397,17 @@ impl TargetProcess {
                 boot_id: boot_id.to_string(),
             },
             comm: stat.comm,
+            cmdline,
+        }
+    }
+
+    /// `pid 4242 (worker) `/usr/bin/worker --queue a``: the process with its command line as
+    /// recorded, control characters escaped.
+    pub(crate) fn human(&self) -> String {
+        if self.cmdline.is_empty() {
+            self.to_string()
+        } else {
+            format!("{self} `{}`", printable(&self.cmdline))
         }
     }
 
@@ -264,8 +419,116 @@ impl TargetProcess {
 
 impl fmt::Display for TargetProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "pid {} ({})", self.id.pid, self.comm)
+        write!(f, "pid {} ({})", self.id.pid, printable(&self.comm))
     }
+}
+
+/// `text` with control characters (newline, escape, ...) and bidirectional-override
+/// characters escaped, so a process name or command line a target chose cannot break a line
+/// printed for people, hide text, or drive their terminal.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    let bad = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(bad) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if bad(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// `text` cut to at most `max` characters, the last being `…` when it was cut.
+pub(crate) fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// Whether `id` looks like the kernel's boot id (a lower-case UUID).
+pub(crate) fn is_boot_id(id: &str) -> bool {
+    id.len() == 36
+        && id.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit() && !c.is_ascii_uppercase(),
+        })
+}
+
+/// A receipt that `plan` could not have written: refused before revert acts on it.
+pub(crate) fn drifted(kind: &str, fault_id: &str, problem: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Drifted,
+        format!(
+            "{kind} receipt of {fault_id}: {problem}; plan never writes that, so the journal \
+             record was edited or damaged: refusing to act on it"
+        ),
+    )
+}
+
+/// Check the processes of a receipt read back from the journal: each one a real process
+/// identity (never PID 1 or kthreadd, a boot id, the same boot for all, none twice), at
+/// most `max` of them, and none that is now, by that very identity, a kernel thread.
+pub(crate) fn check_targets(
+    kind: &str,
+    fault_id: &str,
+    what: &str,
+    targets: &[TargetProcess],
+    max: usize,
+) -> Result<()> {
+    if targets.len() > max {
+        return Err(drifted(
+            kind,
+            fault_id,
+            format!(
+                "it lists {} {what}, more than its limit of {max}",
+                targets.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for t in targets {
+        let id = &t.id;
+        if id.pid <= 2 {
+            return Err(drifted(
+                kind,
+                fault_id,
+                format!("{what} include pid {} (init, kthreadd or invalid)", id.pid),
+            ));
+        }
+        if !is_boot_id(&id.boot_id) {
+            return Err(drifted(
+                kind,
+                fault_id,
+                format!("{t} has no valid boot id ({:?})", printable(&id.boot_id)),
+            ));
+        }
+        if id.boot_id != targets[0].id.boot_id {
+            return Err(drifted(
+                kind,
+                fault_id,
+                format!("{what} come from different boots"),
+            ));
+        }
+        if !seen.insert((id.pid, id.start_ticks)) {
+            return Err(drifted(kind, fault_id, format!("{t} is listed twice")));
+        }
+        if id.stat().is_some_and(|s| process::is_kernel_thread(&s)) {
+            return Err(drifted(kind, fault_id, format!("{t} is a kernel thread")));
+        }
+    }
+    Ok(())
 }
 
 /// Send `signal` to each process that is still the one recorded, going on past failures.
@@ -384,9 +647,202 @@ pub(crate) fn signal_name(n: i32) -> String {
         .map_or_else(|| format!("signal {n}"), |(name, _)| name.to_string())
 }
 
+/// A boot id of the right shape, and process records built from it, for unit tests.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+
+    pub(crate) const BOOT: &str = "0f2d6c0e-8a51-4b8e-9f3a-5e2b7c1d9a40";
+
+    pub(crate) fn process(pid: i32, comm: &str, cmdline: &str) -> TargetProcess {
+        TargetProcess {
+            id: ProcessId {
+                pid,
+                start_ticks: 1000 + pid as u64,
+                boot_id: BOOT.into(),
+            },
+            comm: comm.into(),
+            cmdline: cmdline.into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ONE: Limit = Limit {
+        max: 1,
+        explicit: false,
+    };
+    const DEFAULT: Limit = Limit {
+        max: DEFAULT_MAX_TARGETS,
+        explicit: false,
+    };
+
+    #[test]
+    fn max_targets_validation() {
+        let name = Selector::Name("w".into());
+        let pid = Selector::Pid(4242);
+        assert_eq!(Limit::from_spec(&name, None).unwrap(), DEFAULT);
+        assert_eq!(Limit::from_spec(&pid, None).unwrap(), ONE);
+        assert_eq!(
+            Limit::from_spec(&name, Some(50)).unwrap(),
+            Limit {
+                max: 50,
+                explicit: true
+            }
+        );
+        assert_eq!(Limit::from_spec(&name, Some(1000)).unwrap().max, 1000);
+        for (sel, n, want) in [
+            (&pid, 3, "a pid names exactly one process"),
+            (&name, 0, "at least 1"),
+            (&name, 1001, "more than 1000"),
+        ] {
+            let e = Limit::from_spec(sel, Some(n)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+            assert!(e.to_string().contains(want), "{n}: {e}");
+        }
+    }
+
+    #[test]
+    fn too_many_matches_are_refused_with_count_and_first_few() {
+        let sel = Selector::Cmdline("/".into());
+        let found: Vec<TargetProcess> = (0..21)
+            .map(|i| fake::process(100 + i, &format!("p{i}"), ""))
+            .collect();
+        assert!(
+            DEFAULT.check(&sel, &found[..5]).is_ok(),
+            "5 is within the default"
+        );
+        let e = DEFAULT.check(&sel, &found[..6]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+        assert!(e.to_string().contains("6 processes"), "{e}");
+        assert!(e.to_string().contains("and 1 more"), "{e}");
+
+        let e = DEFAULT.check(&sel, &found).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "cmdline \"/\" matches 21 processes, more than the 5 a process fault accepts unless \
+             max_targets says otherwise: pid 100 (p0), pid 101 (p1), pid 102 (p2), pid 103 (p3), \
+             pid 104 (p4), and 16 more; nothing was signalled. Narrow the match, or set \
+             max_targets = 21 if you mean every one of them"
+        );
+        let explicit = Limit {
+            max: 20,
+            explicit: true,
+        };
+        let e = explicit.check(&sel, &found).unwrap_err().to_string();
+        assert!(
+            e.contains("21 processes, more than max_targets = 20: "),
+            "{e}"
+        );
+        assert!(explicit.check(&sel, &found[..20]).is_ok());
+
+        let huge: Vec<TargetProcess> = (0..1001).map(|i| fake::process(100 + i, "x", "")).collect();
+        let e = explicit.check(&sel, &huge).unwrap_err().to_string();
+        assert!(e.contains("max_targets accepts at most 1000"), "{e}");
+    }
+
+    #[test]
+    fn printable_escapes_what_could_break_a_line_or_a_terminal() {
+        assert_eq!(printable("worker --queue a"), "worker --queue a");
+        assert!(matches!(printable("plain"), Cow::Borrowed(_)));
+        assert_eq!(printable("a\nrm -rf /"), "a\\nrm -rf /");
+        assert_eq!(printable("\u{1b}[2Jx"), "\\u{1b}[2Jx");
+        assert_eq!(printable("evil\u{202e}txt.sh"), "evil\\u{202e}txt.sh");
+        assert_eq!(printable("tab\there"), "tab\\there");
+        // A comm with a newline cannot start a new line in a receipt shown to people.
+        let t = fake::process(7, "x\ny", "a\nb");
+        assert_eq!(t.human(), "pid 7 (x\\ny) `a\\nb`");
+    }
+
+    #[test]
+    fn clip_cuts_long_command_lines() {
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(clip("0123456789", 10), "0123456789");
+        assert_eq!(clip("0123456789a", 10), "012345678…");
+        assert_eq!(clip("ééééé", 3), "éé…");
+        assert_eq!(fake::process(9, "w", "").human(), "pid 9 (w)");
+    }
+
+    #[test]
+    fn boot_ids() {
+        assert!(is_boot_id(fake::BOOT));
+        assert!(is_boot_id(&fault_core::host::boot_id()));
+        for bad in [
+            "",
+            "unknown",
+            "b",
+            &fake::BOOT.to_uppercase(),
+            &fake::BOOT.replace('-', "x"),
+        ] {
+            assert!(!is_boot_id(bad), "{bad}");
+        }
+        let mut cx = Context::new("f", "r");
+        cx.boot_id = "unknown".into();
+        let e = Selector::Name("w".into())
+            .resolve(&cx, DEFAULT)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported);
+    }
+
+    #[test]
+    fn check_targets_table() {
+        let ok = vec![fake::process(100, "a", ""), fake::process(101, "b", "")];
+        check_targets("k", "f", "targets", &ok, 5).unwrap();
+        check_targets("k", "f", "targets", &[], 5).unwrap();
+        let mut same_pid_other_start = ok.clone();
+        same_pid_other_start[1].id.pid = 100;
+        check_targets("k", "f", "targets", &same_pid_other_start, 5)
+            .expect("a reused pid (another start time) is another process");
+
+        type Edit = fn(&mut Vec<TargetProcess>);
+        let cases: [(&str, Edit); 7] = [
+            ("pid 1 (init", |t| t[0].id.pid = 1),
+            ("pid 2 (init, kthreadd", |t| t[0].id.pid = 2),
+            ("pid -5", |t| t[1].id.pid = -5),
+            ("no valid boot id", |t| t[0].id.boot_id = "x".into()),
+            ("different boots", |t| {
+                t[1].id.boot_id = fault_core::host::boot_id();
+            }),
+            ("listed twice", |t| t[1] = t[0].clone()),
+            ("more than its limit of 2", |t| {
+                t.push(fake::process(102, "c", ""));
+            }),
+        ];
+        for (want, edit) in cases {
+            let mut t = ok.clone();
+            edit(&mut t);
+            let e = check_targets("process.stop", "run1-0-0", "targets", &t, 2).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{want}");
+            let e = e.to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(e.starts_with("process.stop receipt of run1-0-0: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn check_targets_refuses_a_live_kernel_thread() {
+        let Some(stat) = Stat::read(2).filter(|s| s.comm == "kthreadd") else {
+            return;
+        };
+        // A kernel thread (child of kthreadd), identified exactly.
+        let Some(kthread) = process::all_pids()
+            .into_iter()
+            .filter_map(Stat::read)
+            .find(|s| s.ppid == stat.pid)
+        else {
+            return;
+        };
+        let t = TargetProcess {
+            id: ProcessId::of(kthread.pid).unwrap(),
+            comm: kthread.comm,
+            cmdline: String::new(),
+        };
+        let e = check_targets("k", "f", "targets", &[t], 5).unwrap_err();
+        assert!(e.to_string().contains("is a kernel thread"), "{e}");
+    }
 
     #[test]
     fn selector_validation_table() {
@@ -405,6 +861,11 @@ mod tests {
             sel(None, None, Some("worker --queue")),
             Ok(Selector::Cmdline("worker --queue".into()))
         );
+        assert_eq!(
+            sel(None, None, Some("abc")),
+            Ok(Selector::Cmdline("abc".into()))
+        );
+        assert_eq!(sel(None, Some("w"), None), Ok(Selector::Name("w".into())));
         // (pid, name, cmdline, expected error)
         type Case = (
             Option<i32>,
@@ -428,6 +889,9 @@ mod tests {
             (None, Some("  "), None, "name must not be empty"),
             (None, Some("/usr/bin/worker"), None, "write \"worker\""),
             (None, None, Some(""), "cmdline must not be empty"),
+            (None, None, Some("/"), "\"/\" is too short"),
+            (None, None, Some("py"), "fewer than 3 characters"),
+            (None, None, Some("  -  "), "is too short"),
         ];
         for (p, n, c, want) in cases {
             let err = sel(*p, *n, *c).expect_err(want);
@@ -456,7 +920,7 @@ mod tests {
     fn a_pid_that_is_ours_is_refused() {
         let cx = Context::new("f", "r");
         let me = std::process::id() as i32;
-        let e = Selector::Pid(me).resolve(&cx).unwrap_err();
+        let e = Selector::Pid(me).resolve(&cx, ONE).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidSpec);
         assert!(e.to_string().contains("the agent itself"), "{e}");
     }
@@ -466,7 +930,7 @@ mod tests {
         let cx = Context::new("f", "r");
         let comm = Stat::read(std::process::id() as i32).unwrap().comm;
         // Another process (a parallel test binary) may share our comm; only check when none does.
-        let e = match Selector::Name(comm).resolve(&cx) {
+        let e = match Selector::Name(comm).resolve(&cx, DEFAULT) {
             Err(e) => e,
             Ok(_) => return,
         };
@@ -478,7 +942,7 @@ mod tests {
     fn kernel_threads_are_refused() {
         let cx = Context::new("f", "r");
         if Stat::read(2).is_some_and(|s| s.comm == "kthreadd") {
-            let e = Selector::Pid(2).resolve(&cx).unwrap_err();
+            let e = Selector::Pid(2).resolve(&cx, ONE).unwrap_err();
             assert!(e.to_string().contains("kernel thread"), "{e}");
         }
     }

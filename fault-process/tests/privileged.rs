@@ -4,7 +4,7 @@
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fault_core::host::random_hex;
 use fault_core::testing::Victim;
@@ -19,6 +19,27 @@ fn cx() -> Context {
 
 fn unique_name() -> String {
     format!("chaos-t-{}", random_hex(4))
+}
+
+/// `sleep 600` with `argv[0]` = `name`, once the kernel shows its new command line.
+///
+/// `spawn` returns as soon as the child has begun `execve` (the vfork is released when the
+/// new memory map is installed), a moment before the kernel has copied the arguments in: a
+/// name or cmdline lookup in that moment sees an empty command line. Wait for the real
+/// condition, the command line in /proc, before a test looks the victim up.
+fn victim(name: &str) -> Victim {
+    let v = Victim::sleeping(name);
+    let want = [name.to_string(), "600".to_string()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fault_core::host::process::cmdline(v.pid()) != want {
+        assert!(
+            Instant::now() < deadline,
+            "victim {} never showed its command line",
+            v.pid()
+        );
+        std::thread::yield_now();
+    }
+    v
 }
 
 fn stop(spec: ProcessStopSpec) -> ProcessStop {
@@ -65,7 +86,7 @@ fn free_pid() -> i32 {
 #[test]
 fn stop_by_pid_then_revert_resumes_it() {
     require_root!();
-    let v = Victim::sleeping(&unique_name());
+    let v = victim(&unique_name());
     let f = stop_pid(v.pid());
     let cx = cx();
     let mut r = f.plan(&cx).unwrap();
@@ -103,7 +124,7 @@ fn stop_by_pid_then_revert_resumes_it() {
 #[test]
 fn revert_works_from_a_receipt_read_back_from_json() {
     require_root!();
-    let v = Victim::sleeping(&unique_name());
+    let v = victim(&unique_name());
     let mut reg = Registry::new();
     fault_process::register(&mut reg);
     let cx = cx();
@@ -150,8 +171,8 @@ fn revert_works_from_a_receipt_read_back_from_json() {
 fn stop_by_name_stops_every_instance() {
     require_root!();
     let name = unique_name();
-    let (a, b) = (Victim::sleeping(&name), Victim::sleeping(&name));
-    let other = Victim::sleeping(&unique_name());
+    let (a, b) = (victim(&name), victim(&name));
+    let other = victim(&unique_name());
     let f = stop(ProcessStopSpec {
         name: Some(name.clone()),
         ..Default::default()
@@ -191,7 +212,7 @@ fn stop_by_name_stops_every_instance() {
 fn stop_by_cmdline_matches_a_substring() {
     require_root!();
     let name = unique_name();
-    let v = Victim::sleeping(&name);
+    let v = victim(&name);
     let f = stop(ProcessStopSpec {
         cmdline: Some(format!("{name} 600")),
         ..Default::default()
@@ -209,7 +230,7 @@ fn stop_by_cmdline_matches_a_substring() {
 #[test]
 fn an_already_stopped_target_is_refused() {
     require_root!();
-    let v = Victim::sleeping(&unique_name());
+    let v = victim(&unique_name());
     // SAFETY: kill has no memory preconditions; `v` is our own child.
     unsafe { libc::kill(v.pid(), libc::SIGSTOP) };
     assert_eq!(wait_state(&v, |s| s == 'T'), Some('T'));
@@ -250,7 +271,7 @@ fn missing_targets_are_not_found() {
 #[test]
 fn a_receipt_with_another_start_time_never_signals_the_live_process() {
     require_root!();
-    let v = Victim::sleeping(&unique_name());
+    let v = victim(&unique_name());
     let f = stop_pid(v.pid());
     let cx = cx();
     let real = f.plan(&cx).unwrap();
@@ -281,7 +302,7 @@ fn a_receipt_with_another_start_time_never_signals_the_live_process() {
 #[test]
 fn a_receipt_from_another_boot_counts_as_gone() {
     require_root!();
-    let v = Victim::sleeping(&unique_name());
+    let v = victim(&unique_name());
     let f = stop_pid(v.pid());
     let cx = cx();
     let mut real = f.plan(&cx).unwrap();
@@ -301,7 +322,7 @@ fn a_receipt_from_another_boot_counts_as_gone() {
 #[test]
 fn kill_with_sigkill_kills_the_victim() {
     require_root!();
-    let mut v = Victim::sleeping(&unique_name());
+    let mut v = victim(&unique_name());
     let f = ProcessKill::new(ProcessKillSpec {
         pid: Some(v.pid()),
         ..Default::default()
@@ -370,7 +391,7 @@ fn kill_with_sigterm_reports_delivery_even_when_ignored() {
 fn kill_with_interval_hits_a_restarted_instance_again() {
     require_root!();
     let name = unique_name();
-    let mut first = Victim::sleeping(&name);
+    let mut first = victim(&name);
     let f = ProcessKill::new(ProcessKillSpec {
         name: Some(name.clone()),
         interval: Some(fault_core::Duration::from_millis(100)),
@@ -391,7 +412,7 @@ fn kill_with_interval_hits_a_restarted_instance_again() {
     assert_eq!(r.deliveries, 1);
 
     // A "supervisor" restarts it under the same name; the next round kills it too.
-    let mut second = Victim::sleeping(&name);
+    let mut second = victim(&name);
     f.maintain(&cx, &mut r).unwrap();
     let seen = ProcessKill::verify(&r).unwrap();
     assert_eq!(seen.effect, Effect::InEffect, "{}", seen.detail);
@@ -405,7 +426,7 @@ fn kill_with_interval_hits_a_restarted_instance_again() {
 fn kill_with_interval_by_pid_never_hits_another_process() {
     require_root!();
     let name = unique_name();
-    let mut first = Victim::sleeping(&name);
+    let mut first = victim(&name);
     let f = ProcessKill::new(ProcessKillSpec {
         pid: Some(first.pid()),
         interval: Some(fault_core::Duration::from_millis(100)),
@@ -416,7 +437,7 @@ fn kill_with_interval_by_pid_never_hits_another_process() {
     let mut r = f.plan(&cx).unwrap();
     f.inject(&cx, &mut r).unwrap();
     assert_eq!(killed_by(&mut first), Some(libc::SIGKILL));
-    let second = Victim::sleeping(&name);
+    let second = victim(&name);
     f.maintain(&cx, &mut r).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert!(
@@ -424,4 +445,147 @@ fn kill_with_interval_by_pid_never_hits_another_process() {
         "the newcomer lives"
     );
     assert_eq!(r.deliveries, 1);
+}
+
+/// Whether a victim still runs (alive and not stopped): nothing was signalled.
+fn untouched(v: &Victim) -> bool {
+    v.state().is_some_and(|s| !matches!(s, 'T' | 'Z' | 'X'))
+}
+
+#[test]
+fn a_match_wider_than_max_targets_is_refused_until_the_spec_accepts_it() {
+    require_root!();
+    let marker = unique_name();
+    let mut victims: Vec<Victim> = (0..8).map(|_| victim(&marker)).collect();
+    let mut pids: Vec<i32> = victims.iter().map(Victim::pid).collect();
+    pids.sort();
+    let cx = cx();
+    let kill = |max_targets| {
+        ProcessKill::new(ProcessKillSpec {
+            cmdline: Some(format!("{marker} 600")),
+            max_targets,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let stop_by_name = |max_targets| {
+        stop(ProcessStopSpec {
+            name: Some(marker.clone()),
+            max_targets,
+            ..Default::default()
+        })
+    };
+
+    // The default (5): refused, with the count and the first five, lowest pids first.
+    let e = kill(None).plan(&cx).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!(
+            "cmdline \"{marker} 600\" matches 8 processes, more than the 5"
+        )),
+        "{msg}"
+    );
+    let first: Vec<String> = pids[..5]
+        .iter()
+        .map(|p| format!("pid {p} (sleep)"))
+        .collect();
+    assert!(
+        msg.contains(&format!("{}, and 3 more", first.join(", "))),
+        "{msg}"
+    );
+    assert!(msg.contains("set max_targets = 8"), "{msg}");
+    let e = stop_by_name(None).plan(&cx).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(e.to_string().contains("matches 8 processes"), "{e}");
+    // A limit below the count: refused too.
+    let e = kill(Some(7)).plan(&cx).unwrap_err();
+    assert!(e.to_string().contains("more than max_targets = 7"), "{e}");
+    assert!(
+        victims.iter().all(untouched),
+        "a refused plan signals nothing"
+    );
+
+    // max_targets = 8 accepts them: stop all, show them, check the receipt, resume all.
+    let f = stop_by_name(Some(8));
+    let mut r = f.plan(&cx).unwrap();
+    let mut planned: Vec<i32> = r.targets.iter().map(|t| t.id.pid).collect();
+    planned.sort();
+    assert_eq!(planned, pids);
+    assert_eq!(r.max_targets, Some(8));
+    ProcessStop::check_receipt(&cx.fault_id, &r).unwrap();
+    let touches = ProcessStop::touches(&r);
+    assert_eq!(touches.len(), 8);
+    for (t, line) in r.targets.iter().zip(&touches) {
+        assert_eq!(
+            *line,
+            format!(
+                "pid {} (sleep) `{marker} 600`: SIGSTOP now, SIGCONT on revert",
+                t.id.pid
+            )
+        );
+    }
+    f.inject(&cx, &mut r).unwrap();
+    assert!(victims.iter().all(is_stopped));
+    ProcessStop::revert(&r).unwrap();
+    for v in &victims {
+        assert_ne!(wait_state(v, |s| s != 'T'), Some('T'));
+    }
+
+    let f = kill(Some(8));
+    let mut r = f.plan(&cx).unwrap();
+    assert_eq!(r.planned.len(), 8);
+    ProcessKill::check_receipt(&cx.fault_id, &r).unwrap();
+    f.inject(&cx, &mut r).unwrap();
+    for v in &mut victims {
+        assert_eq!(killed_by(v), Some(libc::SIGKILL));
+    }
+}
+
+#[test]
+fn a_repeat_that_would_signal_more_than_max_targets_signals_none() {
+    require_root!();
+    let name = unique_name();
+    let (mut a, mut b) = (victim(&name), victim(&name));
+    let f = ProcessKill::new(ProcessKillSpec {
+        name: Some(name.clone()),
+        max_targets: Some(2),
+        interval: Some(fault_core::Duration::from_millis(100)),
+        ..Default::default()
+    })
+    .unwrap();
+    let cx = cx();
+    let mut r = f.plan(&cx).unwrap();
+    f.inject(&cx, &mut r).unwrap();
+    assert_eq!(killed_by(&mut a), Some(libc::SIGKILL));
+    assert_eq!(killed_by(&mut b), Some(libc::SIGKILL));
+
+    // Three instances now match, one more than accepted: the round fails, none is hit.
+    let later: Vec<Victim> = (0..3).map(|_| victim(&name)).collect();
+    let e = f.maintain(&cx, &mut r).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(
+        e.to_string()
+            .contains("matches 3 processes, more than max_targets = 2"),
+        "{e}"
+    );
+    assert_eq!(r.deliveries, 2);
+    assert!(
+        later.iter().all(untouched),
+        "no process of a refused round is signalled"
+    );
+}
+
+#[test]
+fn a_one_character_cmdline_is_refused_before_any_lookup() {
+    let mut reg = Registry::new();
+    fault_process::register(&mut reg);
+    for kind in ["process.stop", "process.kill"] {
+        let e = reg
+            .build(kind, &serde_json::json!({ "cmdline": "/" }))
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+        assert!(e.to_string().contains("too short"), "{kind}: {e}");
+    }
 }

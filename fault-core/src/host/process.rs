@@ -48,9 +48,13 @@ impl Stat {
     }
 
     /// Read `/proc/<pid>/stat`; `None` when the process does not exist.
+    ///
+    /// `comm` is whatever bytes the process chose (`prctl(PR_SET_NAME)`), not necessarily
+    /// UTF-8: it is read lossily, so such a process is still seen, and still recognised by
+    /// its start time, rather than taken for gone.
     pub fn read(pid: i32) -> Option<Stat> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Stat::parse(&text)
+        let bytes = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+        Stat::parse(&String::from_utf8_lossy(&bytes))
     }
 
     /// Whether the process is stopped by a signal (state `T`).
@@ -253,6 +257,32 @@ mod tests {
         assert!(!reused.is_alive(), "a reused pid never matches");
         assert!(!reused.signal(0).unwrap());
         assert!(me.signal(0).unwrap());
+    }
+
+    #[test]
+    fn a_process_whose_comm_is_not_utf8_is_still_seen() {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        // The shell writes its own comm (a redirect opened by the shell itself), then waits
+        // on stdin; /proc shows the new name once the write is done.
+        let mut child = Command::new("sh")
+            .args(["-c", r"printf '\377x' > /proc/$$/comm; read line"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let pid = child.id() as i32;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read(format!("/proc/{pid}/comm")).ok().as_deref() != Some(b"\xffx\n") {
+            assert!(std::time::Instant::now() < deadline, "comm never changed");
+            std::thread::yield_now();
+        }
+        let stat = Stat::read(pid);
+        let id = ProcessId::of(pid);
+        let _ = child.stdin.take().expect("stdin").write_all(b"\n");
+        let _ = child.wait();
+        let stat = stat.expect("a non-UTF-8 comm does not hide the process");
+        assert_eq!(stat.comm, "\u{fffd}x");
+        assert_eq!(id.expect("identified").start_ticks, stat.start_ticks);
     }
 
     #[test]
