@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         pid: a.pid,
         name: a.name,
         cmdline: a.cmdline,
+        max_targets: None,
     };
     chaos_examples::run(ProcessStop::KIND, serde_json::to_value(spec)?, a.duration)
 }
