@@ -6,9 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 demo=/tmp/chaos-demo
-echo "==> building chaos-agent (release)"
-cargo build --release --quiet -p chaos-agent
-agent=(target/release/chaos-agent --state-dir "$demo/state")
+if [ -n "${CHAOS_AGENT_BIN:-}" ]; then      # a binary built already (the tests use this)
+    agent=("$CHAOS_AGENT_BIN" --state-dir "$demo/state")
+else
+    echo "==> building chaos-agent (release)"
+    cargo build --release --quiet -p chaos-agent
+    agent=(target/release/chaos-agent --state-dir "$demo/state")
+fi
 
 worker=""
 cleanup() {

@@ -102,3 +102,45 @@ fn readme_fault_table_lists_every_kind() {
         "README.md's fault table lacks {missing:?}"
     );
 }
+
+/// The README's first command: `examples/demo.sh` runs the demo for real and leaves nothing
+/// behind — in particular no empty `/tmp/chaos-demo/data` on the root filesystem, which
+/// `demo.toml` would then target.
+#[test]
+fn demo_runs_and_removes_what_it_made() {
+    if !fault_core::host::is_root() {
+        eprintln!("SKIPPED demo_runs_and_removes_what_it_made: needs root (mounts a tmpfs)");
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let demo = std::path::Path::new("/tmp/chaos-demo");
+    let out = std::process::Command::new("bash")
+        .arg(root.join("examples/demo.sh"))
+        .env("CHAOS_AGENT_BIN", common::agent_bin())
+        .output()
+        .unwrap();
+    let t = common::text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("The host is clean"), "{t}");
+    assert!(
+        t.contains("touches:"),
+        "the dry run shows the blast radius: {t}"
+    );
+    assert!(
+        !demo.exists(),
+        "demo.sh left {} behind:\n{t}",
+        demo.display()
+    );
+    // Without the demo's tmpfs, the experiment is refused before anything changes.
+    let state = fault_core::testing::TempDir::new("chaos-demo-after");
+    let out = std::process::Command::new(common::agent_bin())
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["run", "--dry-run"])
+        .arg(root.join("examples/experiments/demo.toml"))
+        .output()
+        .unwrap();
+    let t = common::text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("WOULD FAIL NOW"), "{t}");
+}
