@@ -7,14 +7,21 @@
 //! it cannot touch anyone else's rules, and "no such table" means already reverted.
 //! Chains of other tables at the same hooks still run: our `drop` wins over their
 //! `accept`, our `accept` (used for exclusions) only ends our own chain.
+//!
+//! Tables exist per network namespace: the receipt records the namespace of the plan and
+//! every later step runs inside it (see [`crate::place`]); "no such table" means reverted
+//! only when it was looked for there.
 
 use std::collections::BTreeSet;
 
-use fault_core::{Context, Error, ErrorKind, Observation, Result};
+use fault_core::host::ns::NsId;
+use fault_core::host::shell;
+use fault_core::{Context, Error, ErrorKind, Leftover, Observation, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::nft::{self, Dir, Expr, HOOK_POSTROUTING, HOOK_PREROUTING, NF_ACCEPT, NF_DROP};
 use crate::nl::{self, Socket};
+use crate::place::{self, Reached};
 use crate::target::{resolve_interfaces, Interface, Targeting};
 
 /// Receipt of an nftables fault.
@@ -24,6 +31,10 @@ pub struct TableReceipt {
     pub fault_id: String,
     /// Boot id at plan time: nft tables do not survive a reboot.
     pub boot_id: String,
+    /// The network namespace of the table and interfaces, recorded at plan. `None` only in
+    /// receipts of older versions, which revert refuses (see [`crate::place`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NsId>,
     /// `inet` table name.
     pub table: String,
     /// Interfaces matched by name (`oifname`/`iifname`).
@@ -34,6 +45,12 @@ pub struct TableReceipt {
     pub rules: usize,
     /// Human description of the mechanism, e.g. "nftables drop".
     pub mechanism: String,
+    /// What the fault does, for people ("drop egress and ingress").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub effect: String,
+    /// Which traffic it does it to ("all traffic", "traffic to 10.0.0.0/24 port 80").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traffic: String,
 }
 
 fn chain_name(d: Dir) -> &'static str {
@@ -88,48 +105,62 @@ pub(crate) fn drop_tail() -> Vec<Expr> {
     vec![Expr::Counter, Expr::Verdict(NF_DROP)]
 }
 
-/// Run `f` with this network namespace's `NETLINK_NETFILTER` socket.
+/// Run `f` with a `NETLINK_NETFILTER` socket of the calling thread's network namespace.
 ///
-/// The socket is kept open and reused: releasing a netfilter socket after a batch that
-/// deleted a table waits for the kernel to finish the deletion (10-15 ms here, measured in
-/// `benches/netlink_vs_cli.rs`), which made every inject+revert as slow as spawning `nft`.
-/// Sockets are keyed by the calling thread's network namespace (device and inode of
-/// `/proc/thread-self/ns/net`; an open socket pins its namespace, so the key cannot be
-/// reused), and a socket that saw any error is closed rather than reused.
-fn with_socket<T>(
+/// The socket of the process's own namespace is kept open and reused: releasing a
+/// netfilter socket after a batch that deleted a table waits for the kernel to finish the
+/// deletion (10-15 ms here, measured in `benches/netlink_vs_cli.rs`), which made every
+/// inject+revert as slow as spawning `nft`. It is keyed by the namespace's identity
+/// ([`NsId`]: nsfs device and inode, and cookie) as seen from the calling thread
+/// (`/proc/thread-self`), so a thread that entered another namespace never gets it.
+/// Sockets of other namespaces (a thread that entered a receipt's namespace, a
+/// leftovers scan) are opened for the call and closed after it: a kept socket pins its
+/// namespace, and would keep a namespace that everyone else let go of alive, with its
+/// interfaces and their qdiscs, for as long as the agent runs. A socket that saw any error
+/// is closed rather than reused.
+pub(crate) fn with_socket<T>(
     f: impl FnOnce(&mut Socket) -> std::result::Result<T, nl::NlError>,
 ) -> Result<std::result::Result<T, nl::NlError>> {
-    use std::collections::HashMap;
     use std::os::unix::fs::MetadataExt;
-    use std::sync::{Mutex, OnceLock};
-    static SOCKETS: OnceLock<Mutex<HashMap<(u64, u64), Socket>>> = OnceLock::new();
-    let ns = std::fs::metadata("/proc/thread-self/ns/net")
+    use std::sync::Mutex;
+    static KEPT: Mutex<Option<(NsId, Socket)>> = Mutex::new(None);
+    let here = place::here()?;
+    let own = std::fs::metadata("/proc/self/ns/net")
         .map(|m| (m.dev(), m.ino()))
-        .map_err(|e| Error::io("identify the network namespace", e))?;
-    let mut sockets = SOCKETS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let mut sock = match sockets.remove(&ns) {
+        .map_err(|e| Error::io("identify the agent's network namespace", e))?;
+    let keep = (here.dev, here.ino) == own;
+    let kept = if keep {
+        let mut k = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+        match k.take() {
+            Some((id, sock)) if id == here => Some(sock),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let mut sock = match kept {
         Some(s) => s,
         None => Socket::open(nl::NETLINK_NETFILTER)
             .map_err(|e| Error::io("open a NETLINK_NETFILTER socket", e))?,
     };
     let result = f(&mut sock);
-    if result.is_ok() {
-        sockets.insert(ns, sock);
+    if keep && result.is_ok() {
+        *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = Some((here, sock));
     }
     Ok(result)
 }
 
-/// Plan: resolve interfaces, derive the table name, check nf_tables answers.
+/// Plan: record the namespace, resolve interfaces, derive the table name, check nf_tables
+/// answers. `effect` says what the fault does, for people.
 pub(crate) fn plan(
     cx: &Context,
     t: &Targeting,
     dirs: &[Dir],
     tail: &[Expr],
     mechanism: &str,
+    effect: String,
 ) -> Result<TableReceipt> {
+    let netns = place::here()?;
     let interfaces = resolve_interfaces(t)?;
     let table = nft::table_name(&cx.fault_id);
     with_socket(|sock| nft::table_exists(sock, &table))?.map_err(|e| {
@@ -148,16 +179,34 @@ pub(crate) fn plan(
     Ok(TableReceipt {
         fault_id: cx.fault_id.clone(),
         boot_id: cx.boot_id.clone(),
+        netns: Some(netns),
         table,
         chains: dirs.iter().map(|&d| chain_name(d).to_string()).collect(),
         interfaces,
         rules: n,
         mechanism: mechanism.into(),
+        effect,
+        traffic: t.traffic(),
     })
 }
 
-/// Inject: one atomic batch that (re)creates the whole table.
+/// What a receipt made, for messages.
+fn subject(r: &TableReceipt) -> String {
+    format!("fault {}'s nft table inet {}", r.fault_id, r.table)
+}
+
+/// Inject, inside the receipt's namespace: one atomic batch that (re)creates the whole
+/// table.
 pub(crate) fn inject(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr]) -> Result<()> {
+    match place::within(r.netns.as_ref(), &subject(r), || {
+        inject_here(r, t, dirs, tail)
+    })? {
+        Reached::Done(()) => Ok(()),
+        Reached::Gone(why) => Err(Error::new(ErrorKind::NotFound, why)),
+    }
+}
+
+fn inject_here(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr]) -> Result<()> {
     let mut msgs = vec![
         nft::new_table(&r.table),
         nft::del_table(&r.table),
@@ -181,11 +230,18 @@ fn rebooted(r: &TableReceipt) -> bool {
     !r.boot_id.is_empty() && r.boot_id != fault_core::host::boot_id()
 }
 
-/// Revert: `delete table`; a missing table is success.
+/// Revert, inside the receipt's namespace: `delete table`; a missing table there is
+/// success.
 pub(crate) fn revert(r: &TableReceipt) -> Result<()> {
     if rebooted(r) {
         return Ok(());
     }
+    match place::within(r.netns.as_ref(), &subject(r), || revert_here(r))? {
+        Reached::Done(()) | Reached::Gone(_) => Ok(()),
+    }
+}
+
+fn revert_here(r: &TableReceipt) -> Result<()> {
     match with_socket(|sock| nft::send_batch(sock, vec![nft::del_table(&r.table)]))? {
         Ok(()) => Ok(()),
         Err(e) if e.errno == libc::ENOENT => Ok(()),
@@ -193,13 +249,20 @@ pub(crate) fn revert(r: &TableReceipt) -> Result<()> {
     }
 }
 
-/// Verify: read the table, its chains and its rules back.
+/// Verify, inside the receipt's namespace: read the table, its chains and its rules back.
 pub(crate) fn verify(r: &TableReceipt) -> Result<Observation> {
     if rebooted(r) {
         return Ok(Observation::clean(
             "the host rebooted since the fault was planned; nft tables do not survive a reboot",
         ));
     }
+    match place::within(r.netns.as_ref(), &subject(r), || verify_here(r))? {
+        Reached::Done(o) => Ok(o),
+        Reached::Gone(why) => Ok(Observation::clean(why)),
+    }
+}
+
+fn verify_here(r: &TableReceipt) -> Result<Observation> {
     let rd = |e: nl::NlError| e.into_error(format!("read nft table inet {}", r.table));
     let found = with_socket(|sock| {
         if !nft::table_exists(sock, &r.table)? {
@@ -213,8 +276,9 @@ pub(crate) fn verify(r: &TableReceipt) -> Result<Observation> {
     .map_err(rd)?;
     let Some((chains, rules)) = found else {
         return Ok(Observation::clean(format!(
-            "nft table inet {} does not exist",
-            r.table
+            "nft table inet {} does not exist in {}",
+            r.table,
+            place::show(r.netns.as_ref())
         )));
     };
     let chains_ok = r.chains.iter().all(|c| chains.contains(c));
@@ -232,13 +296,134 @@ pub(crate) fn verify(r: &TableReceipt) -> Result<Observation> {
     })
 }
 
-/// The `nft` command that undoes the fault by hand.
+/// The `nft` command that undoes the fault by hand, each word shell-quoted, run inside
+/// the receipt's namespace.
 pub(crate) fn manual_undo(r: &TableReceipt) -> Vec<String> {
-    vec![format!("nft delete table inet {}", r.table)]
+    let mut out: Vec<String> = place::legacy_note(r.netns.as_ref()).into_iter().collect();
+    let mut argv = place::prefix(r.netns.as_ref());
+    argv.extend(["nft", "delete", "table", "inet"].map(String::from));
+    argv.push(r.table.clone());
+    out.push(shell::join(&argv));
+    out
 }
 
 /// Host objects an nft receipt acts on: its own table only. Tables of different faults
 /// (and a qdisc fault on the same interface) compose, so they do not conflict.
 pub(crate) fn targets(r: &TableReceipt) -> Vec<String> {
     vec![format!("nft:inet {}", r.table)]
+}
+
+/// The blast radius for people: each interface with its namespace and what happens to
+/// which traffic, and the table that does it.
+pub(crate) fn touches(r: &TableReceipt) -> Vec<String> {
+    let ns = place::show(r.netns.as_ref());
+    let effect = if r.effect.is_empty() {
+        r.mechanism.clone()
+    } else {
+        r.effect.clone()
+    };
+    let traffic = if r.traffic.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", r.traffic)
+    };
+    if r.interfaces.is_empty() {
+        return vec![format!(
+            "nft table inet {} in {ns}: {effect}{traffic}",
+            r.table
+        )];
+    }
+    r.interfaces
+        .iter()
+        .map(|i| {
+            format!(
+                "interface {} (index {}) in {ns}: {effect}{traffic} (nft table inet {})",
+                i.name, i.ifindex, r.table
+            )
+        })
+        .collect()
+}
+
+/// Check a journaled receipt against the fault id it is filed under: the table revert
+/// deletes is the one that id derives.
+pub(crate) fn check(fault_id: &str, r: &TableReceipt) -> Result<()> {
+    let want = nft::table_name(fault_id);
+    let refuse = |what: String| {
+        Err(Error::new(
+            ErrorKind::Drifted,
+            format!("receipt filed under fault {fault_id} {what}; refusing to act on it"),
+        ))
+    };
+    if r.fault_id != fault_id {
+        return refuse(format!("was made for fault {}", r.fault_id));
+    }
+    if r.table != want {
+        return refuse(format!(
+            "names nft table inet {:?}, but that fault's table is inet {want}",
+            r.table
+        ));
+    }
+    Ok(())
+}
+
+/// Which kind a table of ours belongs to: a random-drop rule (`numgen`) is
+/// `network.loss`'s fallback, anything else `network.blackhole`.
+fn owner(uses_numgen: bool) -> &'static str {
+    if uses_numgen {
+        "network.loss"
+    } else {
+        "network.blackhole"
+    }
+}
+
+/// Our tables in every reachable network namespace named after a fault id in `known` and
+/// belonging to kind `kind` (see [`owner`]), each with a receipt that deletes it.
+pub(crate) fn leftovers(known: &[String], kind: &str) -> Result<Vec<Leftover<TableReceipt>>> {
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let boot_id = fault_core::host::boot_id();
+    crate::scan::each_namespace(|ns, shown| {
+        let found = with_socket(|sock| {
+            let tables = match nft::tables(sock) {
+                Ok(t) => t,
+                Err(e) if matches!(e.errno, libc::EPROTONOSUPPORT | libc::EOPNOTSUPP) => {
+                    return Ok(Vec::new())
+                }
+                Err(e) => return Err(e),
+            };
+            let mut out = Vec::new();
+            for id in known {
+                let table = nft::table_name(id);
+                if !tables.contains(&table) {
+                    continue;
+                }
+                let chains = nft::chains(sock, &table)?;
+                let (rules, numgen) = nft::rule_summary(sock, &table)?;
+                out.push((id.clone(), table, chains, rules, numgen));
+            }
+            Ok(out)
+        })?
+        .map_err(|e| e.into_error(format!("list nft tables in {ns}")))?;
+        Ok(found
+            .into_iter()
+            .filter(|f| owner(f.4) == kind)
+            .map(|(id, table, chains, rules, _)| Leftover {
+                fault_id: id.clone(),
+                found: format!("nft table inet {table} of fault {id} in {ns} ({shown})"),
+                receipt: TableReceipt {
+                    fault_id: id,
+                    boot_id: boot_id.clone(),
+                    netns: Some(ns.clone()),
+                    table,
+                    interfaces: Vec::new(),
+                    chains,
+                    rules,
+                    mechanism: "nftables (found by recovery)".into(),
+                    effect: String::new(),
+                    traffic: String::new(),
+                },
+            })
+            .collect())
+    })
 }

@@ -66,15 +66,25 @@ impl TbfParams {
         m.end_nest(n);
     }
 
-    /// Read the rate (bytes/s) and limit back from a dumped `TCA_OPTIONS` payload.
-    pub(crate) fn decode_rate_limit(options: &[u8]) -> Option<(u32, u32)> {
+    /// Read the parameters back from a dumped `TCA_OPTIONS` payload. The kernel keeps the
+    /// bucket as a transmission time, so `burst` is recomputed from it (rounded up; within
+    /// a byte or so of what was set).
+    pub(crate) fn decode(options: &[u8]) -> Option<TbfParams> {
         let p = crate::nl::find_attr(options, TCA_TBF_PARMS)?;
         if p.len() < 36 {
             return None;
         }
-        let rate = u32::from_ne_bytes(p[8..12].try_into().ok()?);
-        let limit = u32::from_ne_bytes(p[24..28].try_into().ok()?);
-        Some((rate, limit))
+        let u = |i: usize| p[i..i + 4].try_into().ok().map(u32::from_ne_bytes);
+        let rate_bytes = u(8)?;
+        let limit = u(24)?;
+        let buffer = u(28)?;
+        let usec = buffer as f64 / TICKS_PER_USEC;
+        let burst = (usec * rate_bytes as f64 / 1e6).ceil().min(u32::MAX as f64) as u32;
+        Some(TbfParams {
+            rate_bytes,
+            burst,
+            limit,
+        })
     }
 }
 
@@ -88,5 +98,21 @@ mod tests {
         assert_eq!(xmittime(1_000_000, 32 * 1024), 512_000);
         // 64 KiB at 32 Gbit/s: tc sends 250 (16 whole us * 15.625).
         assert_eq!(xmittime(4_000_000_000, 64 * 1024), 250);
+    }
+
+    #[test]
+    fn decode_reads_back_what_encode_wrote() {
+        let p = TbfParams {
+            rate_bytes: 37_500_000,
+            burst: 64 * 1024,
+            limit: 1 << 20,
+        };
+        let mut m = Msg::new(36, 0);
+        p.encode(&mut m);
+        let b = m.finish();
+        let opts = crate::nl::find_attr(&b[16..], TCA_OPTIONS).unwrap();
+        let back = TbfParams::decode(opts).unwrap();
+        assert_eq!((back.rate_bytes, back.limit), (p.rate_bytes, p.limit));
+        assert!(back.burst.abs_diff(p.burst) <= 40, "{back:?}");
     }
 }
