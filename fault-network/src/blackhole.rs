@@ -8,7 +8,8 @@
 //! directions of the same conversation. Messages are written by hand over NETLINK_NETFILTER
 //! ([`crate::nft`]); no `nft` binary, no libnftnl.
 //!
-//! **Privileges:** CAP_NET_ADMIN in the network namespace.
+//! **Privileges:** CAP_NET_ADMIN in the network namespace (and CAP_SYS_ADMIN to revert
+//! from another namespace: see the crate docs).
 //!
 //! **Revert:** one `delete table` of our own table; it cannot touch anyone else's rules.
 

@@ -7,7 +7,7 @@
 //! (0.01 % resolution; no correlation). `mechanism = "auto"` (default) probes netem at plan
 //! and falls back; the receipt, `verify` and `describe` say which one is used.
 //!
-//! **Privileges:** CAP_NET_ADMIN.
+//! **Privileges:** CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another namespace).
 //!
 //! **Revert:** netem: delete our root qdisc and restore the previous one; nftables: delete
 //! our table.

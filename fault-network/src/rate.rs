@@ -5,7 +5,8 @@
 //! traffic steered by u32 filters) leaves at most at `rate`. See [`crate::shape`] for the
 //! tree and how a pre-existing root qdisc is recorded and restored.
 //!
-//! **Privileges:** CAP_NET_ADMIN in the network namespace.
+//! **Privileges:** CAP_NET_ADMIN in the network namespace (and CAP_SYS_ADMIN to revert
+//! from another namespace: see the crate docs).
 //!
 //! **Revert:** deletes our root qdisc by its handle (derived from the fault id) and
 //! re-creates a recorded non-default root qdisc; a root qdisc that is not ours is left alone.

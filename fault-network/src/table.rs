@@ -9,7 +9,7 @@
 //! `accept`, our `accept` (used for exclusions) only ends our own chain.
 //!
 //! Tables exist per network namespace: the receipt records the namespace of the plan and
-//! every later step runs inside it (see [`crate::place`]); "no such table" means reverted
+//! every later step runs inside it (see `place.rs`); "no such table" means reverted
 //! only when it was looked for there.
 
 use std::collections::BTreeSet;
@@ -32,7 +32,7 @@ pub struct TableReceipt {
     /// Boot id at plan time: nft tables do not survive a reboot.
     pub boot_id: String,
     /// The network namespace of the table and interfaces, recorded at plan. `None` only in
-    /// receipts of older versions, which revert refuses (see [`crate::place`]).
+    /// receipts of older versions, which revert refuses (see `place.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<NsId>,
     /// `inet` table name.
@@ -426,4 +426,83 @@ pub(crate) fn leftovers(known: &[String], kind: &str) -> Result<Vec<Leftover<Tab
             })
             .collect())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fault_core::host::ns::NsKind;
+
+    fn receipt(fault_id: &str, name: &str, netns: Option<NsId>) -> TableReceipt {
+        TableReceipt {
+            fault_id: fault_id.into(),
+            boot_id: fault_core::host::boot_id(),
+            netns,
+            table: nft::table_name(fault_id),
+            interfaces: vec![Interface {
+                name: name.into(),
+                ifindex: 5,
+            }],
+            chains: vec!["egress".into()],
+            rules: 1,
+            mechanism: "nftables drop".into(),
+            effect: "drop egress".into(),
+            traffic: "traffic to 10.0.0.0/24 port 80".into(),
+        }
+    }
+
+    #[test]
+    fn check_receipt_refuses_a_table_it_did_not_derive() {
+        let id = "ab12-1-2";
+        let good = receipt(id, "eth0", Some(place::here().unwrap()));
+        check(id, &good).unwrap();
+        let mut edited = serde_json::to_value(&good).unwrap();
+        edited["table"] = serde_json::json!("filter");
+        let edited: TableReceipt = serde_json::from_value(edited).unwrap();
+        let e = check(id, &edited).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Drifted);
+        assert!(e.to_string().contains("\"filter\""), "{e}");
+        let e = check("ab12-1-3", &good).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Drifted);
+    }
+
+    #[test]
+    fn manual_undo_and_touches() {
+        let here = place::here().unwrap();
+        let r = receipt("ab12-1-2", "q;id", Some(here.clone()));
+        assert_eq!(
+            manual_undo(&r),
+            vec!["nft delete table inet chaos_ab12_1_2_d1209a84".to_string()]
+        );
+        assert_eq!(
+            touches(&r),
+            vec![format!(
+                "interface q;id (index 5) in net:[{}]: drop egress traffic to 10.0.0.0/24 port 80 (nft table inet chaos_ab12_1_2_d1209a84)",
+                here.ino
+            )]
+        );
+        let far = NsId {
+            kind: NsKind::Net,
+            dev: 4,
+            ino: 1,
+            cookie: None,
+        };
+        let undo = manual_undo(&receipt("ab12-1-2", "eth0", Some(far)));
+        assert_eq!(
+            undo,
+            vec!["nsenter '--net=/proc/PID-IN-net:[1]/ns/net' nft delete table inet chaos_ab12_1_2_d1209a84".to_string()]
+        );
+    }
+
+    #[test]
+    fn receipts_of_older_versions_deserialize_and_are_refused() {
+        let mut v = serde_json::to_value(receipt("ab12-1-2", "eth0", None)).unwrap();
+        for k in ["netns", "effect", "traffic"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let old: TableReceipt = serde_json::from_value(v).unwrap();
+        let e = revert(&old).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert_eq!(manual_undo(&old).len(), 2);
+    }
 }

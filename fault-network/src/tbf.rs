@@ -67,8 +67,8 @@ impl TbfParams {
     }
 
     /// Read the parameters back from a dumped `TCA_OPTIONS` payload. The kernel keeps the
-    /// bucket as a transmission time, so `burst` is recomputed from it (rounded up; within
-    /// a byte or so of what was set).
+    /// bucket as a transmission time, so `burst` is the smallest size `tc` turns into that
+    /// same time (within a few bytes of what was set, and the same bucket).
     pub(crate) fn decode(options: &[u8]) -> Option<TbfParams> {
         let p = crate::nl::find_attr(options, TCA_TBF_PARMS)?;
         if p.len() < 36 {
@@ -78,8 +78,18 @@ impl TbfParams {
         let rate_bytes = u(8)?;
         let limit = u(24)?;
         let buffer = u(28)?;
-        let usec = buffer as f64 / TICKS_PER_USEC;
-        let burst = (usec * rate_bytes as f64 / 1e6).ceil().min(u32::MAX as f64) as u32;
+        // The smallest burst whose transmission time is `buffer` ticks: `tc ... burst B`
+        // then sets exactly the bucket the kernel dumped.
+        let (mut lo, mut hi) = (0u64, u32::MAX as u64);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if xmittime(rate_bytes as u64, mid) >= buffer {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let burst = lo as u32;
         Some(TbfParams {
             rate_bytes,
             burst,
@@ -114,5 +124,9 @@ mod tests {
         let back = TbfParams::decode(opts).unwrap();
         assert_eq!((back.rate_bytes, back.limit), (p.rate_bytes, p.limit));
         assert!(back.burst.abs_diff(p.burst) <= 40, "{back:?}");
+        assert_eq!(
+            xmittime(back.rate_bytes as u64, back.burst as u64),
+            xmittime(p.rate_bytes as u64, p.burst as u64)
+        );
     }
 }
