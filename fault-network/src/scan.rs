@@ -11,7 +11,6 @@
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
 use fault_core::host::ns::{self, NsId, NsKind};
 use fault_core::Result;
@@ -19,45 +18,49 @@ use fault_core::Result;
 /// Most namespaces one scan enters (each costs a `setns` and a few netlink dumps).
 pub(crate) const MAX_NAMESPACES: usize = 4096;
 
-/// Paths that may refer to a network namespace, first the caller's own.
-fn candidates() -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from("/proc/thread-self/ns/net")];
-    out.extend(ns::paths(NsKind::Net));
-    out
-}
-
 /// Run `query` inside every reachable network namespace and collect what it returns.
 /// `query` gets the namespace and a path that reached it (for people). An error from
 /// `query` ends the scan with that error.
 pub(crate) fn each_namespace<T: Send>(
     mut query: impl FnMut(&NsId, &str) -> Result<Vec<T>> + Send,
 ) -> Result<Vec<T>> {
-    // Open every candidate now (the caller's own namespace from the caller's thread), one
-    // per namespace.
-    let mut seen = HashSet::new();
-    let mut files = Vec::new();
-    for path in candidates() {
-        if files.len() >= MAX_NAMESPACES {
+    // One path per namespace, told apart by nsfs device and inode. Only the caller's own
+    // namespace is opened here (from the caller's thread); the others are opened one at a
+    // time by the worker, so a host with thousands of namespaces does not need thousands
+    // of descriptors at once.
+    let own = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(|e| fault_core::Error::io("open /proc/thread-self/ns/net", e))?;
+    let own_id = own
+        .metadata()
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| fault_core::Error::io("stat /proc/thread-self/ns/net", e))?;
+    let mut seen = HashSet::from([own_id]);
+    let mut others = Vec::new();
+    for path in ns::paths(NsKind::Net) {
+        if others.len() + 1 >= MAX_NAMESPACES {
             break;
         }
-        let Ok(file) = std::fs::File::open(&path) else {
+        let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
-        let Ok(meta) = file.metadata() else { continue };
-        if !seen.insert((meta.dev(), meta.ino())) {
-            continue;
+        if seen.insert((meta.dev(), meta.ino())) {
+            others.push((path, (meta.dev(), meta.ino())));
         }
-        let shown = if path.starts_with("/proc/thread-self") {
-            "the agent's own namespace".to_string()
-        } else {
-            path.display().to_string()
-        };
-        files.push((file, shown));
     }
     std::thread::scope(|s| {
         s.spawn(move || {
             let mut out = Vec::new();
-            for (file, shown) in files {
+            let own = std::iter::once((Ok(own), own_id, "the agent's own namespace".to_string()));
+            let rest = others
+                .into_iter()
+                .map(|(path, id)| (std::fs::File::open(&path), id, path.display().to_string()));
+            for (file, want, shown) in own.chain(rest) {
+                let Ok(file) = file else { continue };
+                // The path may now refer to another namespace; then it was seen elsewhere
+                // or is new: either way not the one listed.
+                if file.metadata().map(|m| (m.dev(), m.ino())).ok() != Some(want) {
+                    continue;
+                }
                 // SAFETY: setns(2) on an fd we hold open; it affects only this worker
                 // thread, which ends with the scan. A file that is not a network namespace
                 // (an nsfs mount of another type) fails with EINVAL and is skipped.

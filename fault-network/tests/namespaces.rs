@@ -273,3 +273,39 @@ fn leftovers_are_found_in_another_namespace_and_removed() {
     assert_eq!(state(&p.ns_b, &p.if_b), before_b, "b was touched");
     assert!(Blackhole::leftovers(&[]).unwrap().is_empty());
 }
+
+/// The netfilter socket is kept only for the process's own namespace: a socket kept for a
+/// namespace a thread entered would pin it, and with it its interfaces, after everyone
+/// else let go. Here namespace a, once deleted, must really go away, taking the veth pair
+/// (and so b's end) with it.
+#[test]
+fn entered_namespaces_are_not_pinned_by_a_kept_socket() {
+    require_root!();
+    let p = Pair::new();
+    let f = Blackhole::new(spec(serde_json::json!({"interface": p.if_a}))).unwrap();
+    let r = inject(&p.ns_a, &f, &cx());
+    assert_eq!(
+        in_ns(&p.ns_a, {
+            let r = r.clone();
+            move || Blackhole::verify(&r).unwrap().effect
+        }),
+        Effect::InEffect
+    );
+    // Revert from the test's own namespace, through `enter`.
+    Blackhole::revert(&r).unwrap();
+    assert_eq!(Blackhole::verify(&r).unwrap().effect, Effect::Clean);
+    run(&["ip", "netns", "del", &p.ns_a]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let links = run(&["ip", "-n", &p.ns_b, "-o", "link", "show"]);
+        if !links.contains(&p.if_b) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "namespace a is still alive (its veth end {} is still in b)",
+            p.if_b
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
