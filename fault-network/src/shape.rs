@@ -18,7 +18,7 @@
 //! how a qdisc is recognized as ours.
 //!
 //! `<R>` is also marked: the htb root carries, as its `r2q`, a 32-bit value derived from
-//! the fault id (`mark`; our classes set their quantum explicitly, so r2q changes
+//! the fault id ([`mark`]; our classes set their quantum explicitly, so r2q changes
 //! nothing else). A root qdisc is ours only with the handle **and** the mark of its fault
 //! id, so a root of another agent whose fault id happens to hash to the same handle is
 //! never taken for ours (by revert, or by `leftovers`).
@@ -175,8 +175,8 @@ pub(crate) fn handles(fault_id: &str) -> (u32, u32) {
 /// The mark our htb root of a fault id carries as its r2q: 30 bits of a hash of the fault
 /// id in `0x4000_0000..=0x7fff_ffff`, far above any r2q a person picks (tc's default is
 /// 10), and below 2^31 (the kernel keeps r2q in an `int` and turns anything below 1 into
-/// 1).
-pub(crate) fn mark(fault_id: &str) -> u32 {
+/// 1). Public for the benchmark, which builds the same tree with `tc ... htb r2q MARK`.
+pub fn mark(fault_id: &str) -> u32 {
     ((crate::fnv1a(&format!("htb-r2q:{fault_id}")) as u32) & 0x3fff_ffff) | 0x4000_0000
 }
 

@@ -114,10 +114,12 @@ pub(crate) fn drop_tail() -> Vec<Expr> {
 /// ([`NsId`]: nsfs device and inode, and cookie) as seen from the calling thread
 /// (`/proc/thread-self`), so a thread that entered another namespace never gets it.
 /// Sockets of other namespaces (a thread that entered a receipt's namespace, a
-/// leftovers scan) are opened for the call and closed after it: a kept socket pins its
+/// leftovers scan) are opened for the call and not kept: a kept socket pins its
 /// namespace, and would keep a namespace that everyone else let go of alive, with its
-/// interfaces and their qdiscs, for as long as the agent runs. A socket that saw any error
-/// is closed rather than reused.
+/// interfaces and their qdiscs, for as long as the agent runs. They are closed on a
+/// short-lived thread of their own, so the caller does not wait for the kernel's cleanup
+/// and the namespace is let go of as soon as that cleanup is done. A socket that saw any
+/// error is closed rather than reused.
 pub(crate) fn with_socket<T>(
     f: impl FnOnce(&mut Socket) -> std::result::Result<T, nl::NlError>,
 ) -> Result<std::result::Result<T, nl::NlError>> {
@@ -146,8 +148,19 @@ pub(crate) fn with_socket<T>(
     let result = f(&mut sock);
     if keep && result.is_ok() {
         *KEPT.lock().unwrap_or_else(|e| e.into_inner()) = Some((here, sock));
+    } else {
+        close_later(sock);
     }
     Ok(result)
+}
+
+/// Close a netfilter socket on a thread of its own (its release may wait for the kernel's
+/// nf_tables cleanup). If no thread can be started, `spawn` drops the closure, and the
+/// socket in it, right here.
+fn close_later(sock: Socket) {
+    let _ = std::thread::Builder::new()
+        .name("nft-close".into())
+        .spawn(move || drop(sock));
 }
 
 /// Plan: record the namespace, resolve interfaces, derive the table name, check nf_tables
