@@ -3,14 +3,18 @@
 //! `nft` command-line tools, which is what other chaos tools do.
 //!
 //! Everything happens in a throwaway network namespace holding a veth pair (random names,
-//! deleted on exit and on panic). The measuring thread `setns`'d into it, so both the
+//! deleted on exit and on panic). The main thread `setns`'s into it for the measurement, so
+//! it is the process's own namespace, as for an agent started inside it (`ip netns exec`):
+//! the library keeps its netfilter socket for the process's own namespace only (sockets
+//! of namespaces a thread merely entered are not kept, so they cannot pin them). Both the
 //! library's netlink sockets and the children it spawns (fork happens from the calling
 //! thread, and a forked child keeps that thread's namespaces; checked below) act there.
 //!
 //! Per iteration, interleaved so that background load hits all four alike:
 //! - rate, library: `plan` + `inject` + `revert` of one `RateLimit` built once (`new`);
-//! - rate, CLI: `tc qdisc add ... htb`, `tc class add ... htb`, `tc qdisc add ... tbf` with the
-//!   same handles and parameters as the library's tree, then `tc qdisc del dev X root`;
+//! - rate, CLI: `tc qdisc add ... htb r2q MARK`, `tc class add ... htb`, `tc qdisc add ... tbf`
+//!   with the same handles, mark and parameters as the library's tree, then
+//!   `tc qdisc del dev X root`;
 //! - blackhole, library: `plan` + `inject` + `revert` of one `Blackhole`;
 //! - blackhole, CLI: `nft -f -` with the same table, chains and rules, then
 //!   `nft delete table inet X`.
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use fault_core::{Context, Effect, Fault};
 use fault_network::{Blackhole, BlackholeSpec, RateLimit, RateSpec};
-use netns::{in_ns, run};
+use netns::run;
 
 /// Rate under test and the tbf parameters `RateLimit::new` derives for it (burst = max(rate x
 /// 10ms, 16 KiB), limit = burst + rate x 400ms), written out for `tc`.
@@ -204,7 +208,10 @@ fn measure(ns: &str, dev: &str, iters: usize, warmup: usize) -> Results {
         "a child spawned from the setns'd thread is not in the benchmark namespace"
     );
     let process = std::fs::read_link("/proc/self/ns/net").expect("read process netns");
-    assert_ne!(process, mine, "the thread did not leave the host namespace");
+    assert_eq!(
+        process, mine,
+        "the process's own namespace (its main thread's) is not the benchmark namespace"
+    );
 
     let rate: RateLimit = RateLimit::new(
         serde_json::from_value::<RateSpec>(serde_json::json!({"rate": RATE, "interface": dev}))
@@ -224,6 +231,7 @@ fn measure(ns: &str, dev: &str, iters: usize, warmup: usize) -> Results {
     let (root, leaf) = (r.interfaces[0].root, r.interfaces[0].leaf);
     let (root_s, leaf_s) = (major(root), major(leaf));
     let class_s = format!("{root_s}10");
+    let mark_s = fault_network::shape::mark(&cx_rate.fault_id).to_string();
     let (burst_s, limit_s) = (TBF_BURST.to_string(), TBF_LIMIT.to_string());
     let cli_table = "chaos_clibench";
     let nft_script = format!(
@@ -267,7 +275,8 @@ fn measure(ns: &str, dev: &str, iters: usize, warmup: usize) -> Results {
         // (b) tc, same tree
         let t0 = Instant::now();
         cli(&[
-            "tc", "qdisc", "add", "dev", dev, "root", "handle", &root_s, "htb", "default", "10",
+            "tc", "qdisc", "add", "dev", dev, "root", "handle", &root_s, "htb", "r2q", &mark_s,
+            "default", "10",
         ]);
         cli(&[
             "tc", "class", "add", "dev", dev, "parent", &root_s, "classid", &class_s, "htb",
@@ -378,8 +387,17 @@ fn main() {
         sb.ns, sb.dev, sb.peer
     );
     let started = Instant::now();
-    let (ns, dev) = (sb.ns.clone(), sb.dev.clone());
-    let res = in_ns(&sb.ns, move || measure(&ns, &dev, iters, warmup));
+    let home = std::fs::File::open("/proc/thread-self/ns/net").expect("open own netns");
+    let sandbox = std::fs::File::open(format!("/run/netns/{}", sb.ns)).expect("open netns");
+    let setns = |f: &std::fs::File| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: setns(2) of the main thread on an fd we hold open.
+        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+    };
+    setns(&sandbox);
+    let res = measure(&sb.ns, &sb.dev, iters, warmup);
+    setns(&home);
     let wall = started.elapsed();
     drop(sb);
 

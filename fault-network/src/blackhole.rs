@@ -8,11 +8,12 @@
 //! directions of the same conversation. Messages are written by hand over NETLINK_NETFILTER
 //! ([`crate::nft`]); no `nft` binary, no libnftnl.
 //!
-//! **Privileges:** CAP_NET_ADMIN in the network namespace.
+//! **Privileges:** CAP_NET_ADMIN in the network namespace (and CAP_SYS_ADMIN to revert
+//! from another namespace: see the crate docs).
 //!
 //! **Revert:** one `delete table` of our own table; it cannot touch anyone else's rules.
 
-use fault_core::{Context, Fault, KindInfo, Observation, Param, Result};
+use fault_core::{Context, Fault, KindInfo, Leftover, Observation, Param, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::nft::Dir;
@@ -34,6 +35,13 @@ pub enum Direction {
 }
 
 impl Direction {
+    fn effect(self) -> &'static str {
+        match self {
+            Direction::Egress => "drop egress",
+            Direction::Ingress => "drop ingress",
+            Direction::Both => "drop egress and ingress",
+        }
+    }
     fn dirs(self) -> &'static [Dir] {
         match self {
             Direction::Egress => &[Dir::Egress],
@@ -105,6 +113,7 @@ impl Fault for Blackhole {
             self.spec.direction.dirs(),
             &table::drop_tail(),
             "nftables drop",
+            self.spec.direction.effect().to_string(),
         )
     }
 
@@ -131,5 +140,18 @@ impl Fault for Blackhole {
 
     fn targets(r: &BlackholeReceipt) -> Vec<String> {
         table::targets(r)
+    }
+
+    fn touches(r: &BlackholeReceipt) -> Vec<String> {
+        table::touches(r)
+    }
+
+    fn check_receipt(fault_id: &str, r: &BlackholeReceipt) -> Result<()> {
+        table::check(fault_id, r)
+    }
+
+    /// Our tables without a random-drop rule, in every reachable network namespace.
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<BlackholeReceipt>>> {
+        table::leftovers(known, Self::KIND)
     }
 }

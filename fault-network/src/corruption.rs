@@ -4,7 +4,7 @@
 //! **On the host:** our htb root qdisc whose class carries `netem corrupt <percent>`, on all
 //! or only matching traffic (see [`crate::shape`]).
 //!
-//! **Privileges:** CAP_NET_ADMIN. **Needs** netem (`CONFIG_NET_SCH_NETEM`): plan fails with
+//! **Privileges:** CAP_NET_ADMIN (CAP_SYS_ADMIN to revert from another namespace). **Needs** netem (`CONFIG_NET_SCH_NETEM`): plan fails with
 //! "qdisc netem is not available in this kernel" before anything changes otherwise.
 //!
 //! **Revert:** deletes our root qdisc by handle and restores the previous root qdisc.

@@ -117,7 +117,7 @@ fn htb_root() {
     assert_tc(
         "htb_root",
         tc::new_qdisc(IF, TC_H_ROOT, ROOT, "htb", F_EXCL, |m| {
-            crate::htb::encode_qdisc(m, 0)
+            crate::htb::encode_qdisc(m, 0, 10)
         }),
         &[],
     );

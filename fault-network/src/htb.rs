@@ -11,17 +11,29 @@ const TCA_HTB_PARMS: u16 = 1;
 const TCA_HTB_INIT: u16 = 2;
 
 /// Append the `TCA_OPTIONS` of an htb root qdisc with default class minor `defcls`
-/// (0 = unclassified traffic bypasses shaping through htb's direct queue).
-pub(crate) fn encode_qdisc(m: &mut Msg, defcls: u32) {
+/// (0 = unclassified traffic bypasses shaping through htb's direct queue) and
+/// `rate2quantum` `r2q` (`tc`'s default is 10).
+///
+/// r2q only matters for classes created without an explicit quantum, and ours always have
+/// one, so our roots carry a mark derived from the fault id there
+/// ([`crate::shape::mark`]): the kernel keeps it and dumps it back, which is how a root
+/// qdisc is proven ours and not merely in our handle range.
+pub(crate) fn encode_qdisc(m: &mut Msg, defcls: u32, r2q: u32) {
     let mut g = Vec::with_capacity(20);
     g.extend_from_slice(&3u32.to_ne_bytes()); // version
-    g.extend_from_slice(&10u32.to_ne_bytes()); // rate2quantum
+    g.extend_from_slice(&r2q.to_ne_bytes()); // rate2quantum
     g.extend_from_slice(&defcls.to_ne_bytes());
     g.extend_from_slice(&0u32.to_ne_bytes()); // debug
     g.extend_from_slice(&0u32.to_ne_bytes()); // direct_pkts
     let n = m.begin_nest(TCA_OPTIONS);
     m.attr(TCA_HTB_INIT, &g);
     m.end_nest(n);
+}
+
+/// The rate2quantum of a dumped htb root qdisc's `TCA_OPTIONS`.
+pub(crate) fn decode_r2q(options: &[u8]) -> Option<u32> {
+    let g = crate::nl::find_attr(options, TCA_HTB_INIT)?;
+    Some(u32::from_ne_bytes(g.get(4..8)?.try_into().ok()?))
 }
 
 /// Append the `TCA_OPTIONS` of an htb class with rate = ceil = `rate_bytes`.

@@ -21,12 +21,34 @@
 //!
 //! **Privileges:** CAP_NET_ADMIN in the agent's network namespace. The netem probe (below)
 //! also uses CAP_SYS_ADMIN to create a private namespace; without it the probe is skipped.
+//! Acting on a receipt from another network namespace (a `recover` started elsewhere) and
+//! looking for leftovers in other namespaces also need CAP_SYS_ADMIN (`setns(2)`).
+//!
+//! **Where:** every receipt records the network namespace its plan ran in (nsfs device and
+//! inode, and the netns cookie). Verify, revert and manual undo run inside that namespace,
+//! whatever namespace the process doing them is in, and touch an interface only while its
+//! recorded name and index still belong together (a renamed interface is `Drifted` and
+//! left alone; one that is gone took our qdiscs with it). A namespace that cannot be
+//! reached makes revert fail, so the run ends `needs-manual` with `nsenter --net=PATH`
+//! commands, unless the host rebooted (nothing survives a reboot) or the namespace provably
+//! no longer exists. Receipts of older versions, which have no namespace, are refused. See
+//! `place.rs` for the whole policy.
 //!
 //! **Revert** works from the receipt alone, in a fresh process: qdisc faults delete the
-//! root qdisc whose handle derives from the fault id (only when the root carries exactly
-//! that handle) and re-create the root qdisc recorded at plan; nftables faults delete their
-//! own table. Both are idempotent, and after a reboot (boot id changed) there is nothing
-//! left to undo. See [`shape`] for coexistence with existing qdiscs.
+//! root qdisc whose handle **and** mark derive from the fault id and re-create the root
+//! qdisc recorded at plan; nftables faults delete their own table. Both are idempotent, and
+//! after a reboot (boot id changed) there is nothing left to undo. See [`shape`] for
+//! coexistence with existing qdiscs.
+//!
+//! **Journal checks and leftovers:** `check_receipt` refuses a receipt whose table name or
+//! qdisc handles are not those its fault id derives (or whose prior root qdisc is not one
+//! chaos-agent ever replaces). `leftovers` looks in every reachable network namespace (the
+//! agent's own, `/run/netns/*`, nsfs bind mounts, each distinct `/proc/*/ns/net`, at most
+//! 4096) for tables named after a known fault id and for root qdiscs with its handle and
+//! mark; the root qdisc a found tree replaced is unknown, so its receipt deletes ours and
+//! the kernel default comes back. Each qdisc tree is listed by the kind its leaf says
+//! (tbf: rate; netem: by its options; none: rate), each table by its rules (a random drop:
+//! loss; else blackhole).
 //!
 //! **netem availability.** Some kernels are built without `sch_netem` (the kernel answers
 //! ENOENT). The netem kinds probe at plan time inside a short-lived private network
@@ -50,8 +72,10 @@ mod loss;
 mod netem;
 mod nft;
 mod nl;
+mod place;
 mod rate;
 mod reorder;
+mod scan;
 pub mod shape;
 mod table;
 mod target;

@@ -7,12 +7,14 @@
 //! (0.01 % resolution; no correlation). `mechanism = "auto"` (default) probes netem at plan
 //! and falls back; the receipt, `verify` and `describe` say which one is used.
 //!
-//! **Privileges:** CAP_NET_ADMIN.
+//! **Privileges:** CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another namespace).
 //!
 //! **Revert:** netem: delete our root qdisc and restore the previous one; nftables: delete
 //! our table.
 
-use fault_core::{Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Percent, Result};
+use fault_core::{
+    Context, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent, Result,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::netem::NetemParams;
@@ -150,7 +152,12 @@ impl Fault for Loss {
             },
         };
         if use_netem {
-            Ok(LossReceipt::Netem(shape::plan(cx, &self.target, "netem")?))
+            Ok(LossReceipt::Netem(shape::plan(
+                cx,
+                &self.target,
+                "netem",
+                self.netem().effect(),
+            )?))
         } else {
             Ok(LossReceipt::Nftables(table::plan(
                 cx,
@@ -158,6 +165,7 @@ impl Fault for Loss {
                 &[Dir::Egress],
                 &self.tail(),
                 &format!("nftables random drop of {} (numgen), used because netem is unavailable or not chosen", self.spec.percent),
+                format!("drop {} of egress packets (nftables random drop)", self.spec.percent),
             )?))
         }
     }
@@ -197,5 +205,42 @@ impl Fault for Loss {
             LossReceipt::Netem(q) => shape::targets(q),
             LossReceipt::Nftables(t) => table::targets(t),
         }
+    }
+
+    fn touches(r: &LossReceipt) -> Vec<String> {
+        match r {
+            LossReceipt::Netem(q) => shape::touches(q),
+            LossReceipt::Nftables(t) => table::touches(t),
+        }
+    }
+
+    fn check_receipt(fault_id: &str, r: &LossReceipt) -> Result<()> {
+        match r {
+            LossReceipt::Netem(q) => shape::check(fault_id, q),
+            LossReceipt::Nftables(t) => table::check(fault_id, t),
+        }
+    }
+
+    /// Our root qdiscs whose netem leaf drops packets, and our tables with a random-drop
+    /// rule, in every reachable network namespace.
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<LossReceipt>>> {
+        let mut out: Vec<Leftover<LossReceipt>> = shape::leftovers(known, Self::KIND)?
+            .into_iter()
+            .map(|l| Leftover {
+                fault_id: l.fault_id,
+                found: l.found,
+                receipt: LossReceipt::Netem(l.receipt),
+            })
+            .collect();
+        out.extend(
+            table::leftovers(known, Self::KIND)?
+                .into_iter()
+                .map(|l| Leftover {
+                    fault_id: l.fault_id,
+                    found: l.found,
+                    receipt: LossReceipt::Nftables(l.receipt),
+                }),
+        );
+        Ok(out)
     }
 }

@@ -58,6 +58,61 @@ pub struct NetemParams {
 }
 
 impl NetemParams {
+    /// What these parameters do, for people: "egress delay 100ms ± 10ms (netem)".
+    pub(crate) fn effect(&self) -> String {
+        let d = |ns: u64| fault_core::Duration(std::time::Duration::from_nanos(ns)).to_string();
+        let corr = |c: f64| {
+            if c > 0.0 {
+                format!(", correlation {c}%")
+            } else {
+                String::new()
+            }
+        };
+        let mut parts = Vec::new();
+        if self.reorder > 0.0 {
+            parts.push(format!(
+                "reordering of {}% of packets{} (every {} packet(s) eligible; the others delayed {})",
+                self.reorder,
+                corr(self.reorder_corr),
+                self.gap.max(1),
+                d(self.delay_ns)
+            ));
+        } else if self.delay_ns > 0 {
+            let jitter = if self.jitter_ns > 0 {
+                format!(" ± {}", d(self.jitter_ns))
+            } else {
+                String::new()
+            };
+            parts.push(format!(
+                "delay {}{jitter}{}",
+                d(self.delay_ns),
+                corr(self.delay_corr)
+            ));
+        }
+        if self.loss > 0.0 {
+            parts.push(format!(
+                "loss of {}% of packets{}",
+                self.loss,
+                corr(self.loss_corr)
+            ));
+        }
+        if self.duplicate > 0.0 {
+            parts.push(format!(
+                "duplication of {}% of packets{}",
+                self.duplicate,
+                corr(self.dup_corr)
+            ));
+        }
+        if self.corrupt > 0.0 {
+            parts.push(format!(
+                "corruption of {}% of packets{}",
+                self.corrupt,
+                corr(self.corrupt_corr)
+            ));
+        }
+        format!("egress {} (netem)", parts.join(", "))
+    }
+
     /// Append the raw `TCA_OPTIONS` to `m`.
     pub(crate) fn encode(&self, m: &mut Msg) {
         let mut o = Vec::with_capacity(64);
@@ -105,6 +160,39 @@ impl NetemParams {
     }
 }
 
+/// Which of our netem kinds a dumped netem `TCA_OPTIONS` belongs to (`struct
+/// tc_netem_qopt` then attributes): reordering, else corruption, else duplication, else
+/// loss, else delay — the one parameter each kind sets that the others leave at 0.
+pub(crate) fn kind_of(options: &[u8]) -> &'static str {
+    let u = |i: usize| {
+        options
+            .get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .unwrap_or(0)
+    };
+    let (loss, duplicate) = (u(8), u(16));
+    let attrs = options.get(24..).unwrap_or_default();
+    let first = |ty: u16| {
+        crate::nl::find_attr(attrs, ty)
+            .and_then(|v| v.get(0..4))
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_ne_bytes)
+            .unwrap_or(0)
+    };
+    if first(TCA_NETEM_REORDER) != 0 {
+        "network.reorder"
+    } else if first(TCA_NETEM_CORRUPT) != 0 {
+        "network.corruption"
+    } else if duplicate != 0 {
+        "network.duplication"
+    } else if loss != 0 {
+        "network.loss"
+    } else {
+        "network.latency"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +205,58 @@ mod tests {
         assert_eq!(prob(50.0), 0x8000_0000);
         assert_eq!(prob(100.0), u32::MAX);
         assert_eq!(prob(0.0), 0);
+    }
+
+    #[test]
+    fn netem_options_tell_the_kind() {
+        let opts = |p: NetemParams| {
+            let mut m = Msg::new(36, 0);
+            p.encode(&mut m);
+            let b = m.finish();
+            crate::nl::find_attr(&b[16..], TCA_OPTIONS)
+                .unwrap()
+                .to_vec()
+        };
+        let base = NetemParams {
+            limit: 1000,
+            ..Default::default()
+        };
+        let cases = [
+            (
+                NetemParams {
+                    delay_ns: 10_000_000,
+                    ..base
+                },
+                "network.latency",
+            ),
+            (NetemParams { loss: 5.0, ..base }, "network.loss"),
+            (
+                NetemParams {
+                    duplicate: 5.0,
+                    ..base
+                },
+                "network.duplication",
+            ),
+            (
+                NetemParams {
+                    corrupt: 5.0,
+                    ..base
+                },
+                "network.corruption",
+            ),
+            (
+                NetemParams {
+                    delay_ns: 10_000_000,
+                    reorder: 25.0,
+                    gap: 5,
+                    ..base
+                },
+                "network.reorder",
+            ),
+        ];
+        for (p, kind) in cases {
+            assert_eq!(kind_of(&opts(p)), kind, "{p:?}");
+        }
     }
 
     #[test]

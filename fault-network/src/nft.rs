@@ -304,6 +304,17 @@ pub(crate) fn table_exists(sock: &mut Socket, name: &str) -> Result<bool, NlErro
     }
 }
 
+/// Names of every `inet` table of the namespace.
+pub(crate) fn tables(sock: &mut Socket) -> Result<Vec<String>, NlError> {
+    let m = msg(NFT_MSG_GETTABLE, F_REQUEST, NFPROTO_INET);
+    let out = sock.dump(m.finish())?;
+    Ok(out
+        .iter()
+        .filter(|b| b.len() > 20)
+        .filter_map(|b| nl::find_attr(&b[20..], 1).map(nl::attr_string))
+        .collect())
+}
+
 /// Names of the chains of table `inet <name>`.
 pub(crate) fn chains(sock: &mut Socket, table: &str) -> Result<Vec<String>, NlError> {
     let m = msg(NFT_MSG_GETCHAIN, F_REQUEST, NFPROTO_INET);
@@ -326,6 +337,28 @@ pub(crate) fn rule_count(sock: &mut Socket, table: &str) -> Result<usize, NlErro
         .filter(|b| b.len() > 20)
         .filter(|b| nl::find_attr(&b[20..], 1).map(nl::attr_string).as_deref() == Some(table))
         .count())
+}
+
+/// Number of rules in table `inet <name>`, and whether any uses `numgen` (the random-drop
+/// rule of `network.loss`).
+pub(crate) fn rule_summary(sock: &mut Socket, table: &str) -> Result<(usize, bool), NlError> {
+    let mut m = msg(NFT_MSG_GETRULE, F_REQUEST, NFPROTO_INET);
+    m.attr_str(1, table);
+    let out = sock.dump(m.finish())?;
+    let mut n = 0;
+    let mut numgen = false;
+    for b in out.iter().filter(|b| b.len() > 20) {
+        let a = &b[20..];
+        if nl::find_attr(a, 1).map(nl::attr_string).as_deref() != Some(table) {
+            continue;
+        }
+        n += 1;
+        let exprs = nl::find_attr(a, 4).unwrap_or_default(); // NFTA_RULE_EXPRESSIONS
+        numgen |= nl::attrs(exprs).into_iter().any(|(_, elem)| {
+            nl::find_attr(elem, 1).map(nl::attr_string).as_deref() == Some("numgen")
+        });
+    }
+    Ok((n, numgen))
 }
 
 /// The nft table name of a fault: `chaos_` + the fault id with anything outside

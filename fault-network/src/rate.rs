@@ -5,7 +5,8 @@
 //! traffic steered by u32 filters) leaves at most at `rate`. See [`crate::shape`] for the
 //! tree and how a pre-existing root qdisc is recorded and restored.
 //!
-//! **Privileges:** CAP_NET_ADMIN in the network namespace.
+//! **Privileges:** CAP_NET_ADMIN in the network namespace (and CAP_SYS_ADMIN to revert
+//! from another namespace: see the crate docs).
 //!
 //! **Revert:** deletes our root qdisc by its handle (derived from the fault id) and
 //! re-creates a recorded non-default root qdisc; a root qdisc that is not ours is left alone.
@@ -13,7 +14,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use fault_core::{Bytes, Context, Error, Fault, KindInfo, Observation, Param, Result};
+use fault_core::{Bytes, Context, Error, Fault, KindInfo, Leftover, Observation, Param, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::shape::{self, Leaf, QdiscReceipt};
@@ -189,7 +190,13 @@ impl Fault for RateLimit {
     }
 
     fn plan(&self, cx: &Context) -> Result<RateReceipt> {
-        shape::plan(cx, &self.target, "tbf")
+        let effect = format!(
+            "egress rate {} (tbf, burst {}, queue limit {})",
+            human_rate(self.spec.rate.bits_per_sec()),
+            Bytes(self.tbf.burst as u64).human(),
+            Bytes(self.tbf.limit as u64).human()
+        );
+        shape::plan(cx, &self.target, "tbf", effect)
     }
 
     fn inject(&self, _cx: &Context, r: &mut RateReceipt) -> Result<()> {
@@ -211,6 +218,32 @@ impl Fault for RateLimit {
     fn targets(r: &RateReceipt) -> Vec<String> {
         shape::targets(r)
     }
+
+    fn touches(r: &RateReceipt) -> Vec<String> {
+        shape::touches(r)
+    }
+
+    fn check_receipt(fault_id: &str, r: &RateReceipt) -> Result<()> {
+        shape::check(fault_id, r)
+    }
+
+    /// Our root qdiscs with a tbf leaf, or whose leaf is missing (an inject cut short).
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<RateReceipt>>> {
+        shape::leftovers(known, Self::KIND)
+    }
+}
+
+/// A bandwidth for people: "8 Mbit/s", "1.5 Gbit/s", "500 kbit/s".
+pub(crate) fn human_rate(bits: u64) -> String {
+    for (unit, size) in [("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)] {
+        if bits as f64 >= size {
+            let v = bits as f64 / size;
+            let s = format!("{v:.3}");
+            let s = s.trim_end_matches('0').trim_end_matches('.');
+            return format!("{s} {unit}");
+        }
+    }
+    format!("{bits} bit/s")
 }
 
 #[cfg(test)]
@@ -225,6 +258,10 @@ mod tests {
         assert!("100".parse::<Rate>().is_err());
         assert!("0bit".parse::<Rate>().is_err());
         assert_eq!(Rate(8_000_000).to_string(), "8mbit");
+        assert_eq!(human_rate(8_000_000), "8 Mbit/s");
+        assert_eq!(human_rate(1_500_000), "1.5 Mbit/s");
+        assert_eq!(human_rate(500_000), "500 kbit/s");
+        assert_eq!(human_rate(12), "12 bit/s");
     }
 
     #[test]

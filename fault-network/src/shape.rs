@@ -17,6 +17,16 @@
 //! is not shaped. `<R>` is derived from the fault id in the range `c000`..`dffe`, which is
 //! how a qdisc is recognized as ours.
 //!
+//! `<R>` is also marked: the htb root carries, as its `r2q`, a 32-bit value derived from
+//! the fault id ([`mark`]; our classes set their quantum explicitly, so r2q changes
+//! nothing else). A root qdisc is ours only with the handle **and** the mark of its fault
+//! id, so a root of another agent whose fault id happens to hash to the same handle is
+//! never taken for ours (by revert, or by `leftovers`).
+//!
+//! Where: the receipt records the network namespace of the plan; every later step runs
+//! inside it and acts on an interface only while its recorded name and index still belong
+//! together (see `place.rs`).
+//!
 //! Coexistence: plan records the interface's root qdisc. A kernel default (handle 0:
 //! noqueue, pfifo_fast, mq, fq_codel ...) is simply replaced, and deleting ours brings the
 //! default back. A classless root qdisc someone configured (`tbf`, `pfifo`, `bfifo`) is
@@ -25,11 +35,14 @@
 //! we could not restore exactly) makes plan refuse, as does a root qdisc of another
 //! chaos-agent fault.
 
-use fault_core::{Context, Error, ErrorKind, Observation, Result};
+use fault_core::host::ns::NsId;
+use fault_core::host::shell;
+use fault_core::{Context, Error, ErrorKind, Leftover, Observation, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::netem::NetemParams;
 use crate::nl::{self, Msg, Socket, F_EXCL, F_REPLACE};
+use crate::place::{self, Iface, Reached};
 use crate::target::{resolve_interfaces, Selector, Targeting};
 use crate::tbf::TbfParams;
 use crate::tc::{self, fmt_handle, handle, TcObject, TC_H_ROOT};
@@ -99,7 +112,9 @@ impl PriorRoot {
         q.kind == self.kind && q.handle == self.handle && nl::to_hex(&q.options) == self.options
     }
     fn describe(&self) -> String {
-        if self.is_default() {
+        if self.is_default() && self.kind.is_empty() {
+            "the kernel's default qdisc".to_string()
+        } else if self.is_default() {
             format!("the default {} qdisc", self.kind)
         } else {
             format!("{} {}", self.kind, fmt_handle(self.handle))
@@ -123,18 +138,32 @@ pub struct ShapedInterface {
 }
 
 /// Receipt of every qdisc fault.
+///
+/// An interface is identified by the receipt's namespace, its name and its index, all
+/// three: revert acts on it only inside `netns`, and only while that index still carries
+/// that name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QdiscReceipt {
     /// Fault id the handles derive from.
     pub fault_id: String,
     /// Boot id at plan time: qdiscs do not survive a reboot.
     pub boot_id: String,
+    /// The network namespace of the interfaces, recorded at plan. `None` only in receipts
+    /// of older versions, which revert refuses (see `place.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<NsId>,
     /// What carries the fault: "tbf" or "netem" (under our htb root).
     pub mechanism: String,
     /// The interfaces, with their prior root qdisc.
     pub interfaces: Vec<ShapedInterface>,
     /// u32 filters we add per interface.
     pub filters: usize,
+    /// What the fault does, for people ("egress rate 8 Mbit/s (tbf, ...)").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub effect: String,
+    /// Which traffic it does it to ("all traffic", "traffic to 10.0.0.0/24 port 80").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub traffic: String,
 }
 
 /// Handles of a fault id: (root, leaf).
@@ -143,8 +172,25 @@ pub(crate) fn handles(fault_id: &str) -> (u32, u32) {
     (handle(base, 0), handle(base + 1, 0))
 }
 
+/// The mark our htb root of a fault id carries as its r2q: 30 bits of a hash of the fault
+/// id in `0x4000_0000..=0x7fff_ffff`, far above any r2q a person picks (tc's default is
+/// 10), and below 2^31 (the kernel keeps r2q in an `int` and turns anything below 1 into
+/// 1). Public for the benchmark, which builds the same tree with `tc ... htb r2q MARK`.
+pub fn mark(fault_id: &str) -> u32 {
+    ((crate::fnv1a(&format!("htb-r2q:{fault_id}")) as u32) & 0x3fff_ffff) | 0x4000_0000
+}
+
+/// Whether `q` is a root qdisc in chaos-agent's handle range (any fault's).
 fn is_chaos_root(q: &TcObject) -> bool {
     q.kind == "htb" && (0xc000..=0xdfff).contains(&(q.handle >> 16))
+}
+
+/// Whether `q` is the root qdisc of fault `fault_id`: our handle and our mark.
+fn is_ours(q: &TcObject, fault_id: &str) -> bool {
+    q.parent == TC_H_ROOT
+        && q.kind == "htb"
+        && q.handle == handles(fault_id).0
+        && crate::htb::decode_r2q(&q.options) == Some(mark(fault_id))
 }
 
 fn route_socket() -> Result<Socket> {
@@ -210,8 +256,15 @@ pub(crate) fn filters_for(t: &Targeting, root: u32) -> Vec<Filter> {
     out
 }
 
-/// Plan: resolve interfaces, snapshot their root qdisc, refuse what we cannot undo.
-pub(crate) fn plan(cx: &Context, t: &Targeting, mechanism: &str) -> Result<QdiscReceipt> {
+/// Plan: record the namespace, resolve interfaces, snapshot their root qdisc, refuse what
+/// we cannot undo. `effect` says what the fault does, for people.
+pub(crate) fn plan(
+    cx: &Context,
+    t: &Targeting,
+    mechanism: &str,
+    effect: String,
+) -> Result<QdiscReceipt> {
+    let netns = place::here()?;
     let ifaces = resolve_interfaces(t)?;
     let (root, leaf) = handles(&cx.fault_id);
     let mut sock = route_socket()?;
@@ -263,10 +316,29 @@ pub(crate) fn plan(cx: &Context, t: &Targeting, mechanism: &str) -> Result<Qdisc
     Ok(QdiscReceipt {
         fault_id: cx.fault_id.clone(),
         boot_id: cx.boot_id.clone(),
+        netns: Some(netns),
         mechanism: mechanism.into(),
         filters: filters_for(t, root).len(),
         interfaces: out,
+        effect,
+        traffic: t.traffic(),
     })
+}
+
+/// What a receipt made, for messages: "htb c002: on cha0 (index 2), eth1 (index 3)".
+fn subject(r: &QdiscReceipt) -> String {
+    let ifs: Vec<String> = r
+        .interfaces
+        .iter()
+        .map(|i| format!("{} (index {})", i.name, i.ifindex))
+        .collect();
+    let root = r.interfaces.first().map(|i| i.root).unwrap_or(0);
+    format!(
+        "fault {}'s root qdisc htb {} on {}",
+        r.fault_id,
+        fmt_handle(root),
+        ifs.join(", ")
+    )
 }
 
 struct IfState {
@@ -276,7 +348,12 @@ struct IfState {
     filters: usize,
 }
 
-fn inspect(sock: &mut Socket, i: &ShapedInterface, kind: &str) -> Result<Option<IfState>> {
+fn inspect(
+    sock: &mut Socket,
+    fault_id: &str,
+    i: &ShapedInterface,
+    kind: &str,
+) -> Result<Option<IfState>> {
     let what = |e: nl::NlError| e.into_error(format!("read the qdiscs of {}", i.name));
     let qs = match tc::qdiscs(sock, i.ifindex) {
         Ok(q) => q,
@@ -285,7 +362,7 @@ fn inspect(sock: &mut Socket, i: &ShapedInterface, kind: &str) -> Result<Option<
     };
     let root_ok = qs
         .iter()
-        .any(|q| q.parent == TC_H_ROOT && q.handle == i.root);
+        .any(|q| q.handle == i.root && is_ours(q, fault_id));
     if !root_ok {
         return Ok(Some(IfState {
             root_ok,
@@ -319,21 +396,43 @@ fn root_of(sock: &mut Socket, i: &ShapedInterface) -> Result<Option<TcObject>> {
     }
 }
 
-/// Inject: build the tree on every interface. Idempotent: a complete tree is left alone, a
-/// partial one is rebuilt. On failure everything this fault created is removed again.
+/// Inject: build the tree on every interface, inside the receipt's namespace. Idempotent: a
+/// complete tree is left alone, a partial one is rebuilt. On failure everything this fault
+/// created is removed again.
 pub(crate) fn inject(r: &QdiscReceipt, leaf: &Leaf, t: &Targeting) -> Result<()> {
-    let result = inject_all(r, leaf, t);
-    if result.is_err() {
-        let _ = revert(r);
+    let run = || {
+        let result = inject_all(r, leaf, t);
+        if result.is_err() {
+            let _ = revert_here(r);
+        }
+        result
+    };
+    match place::within(r.netns.as_ref(), &subject(r), run)? {
+        Reached::Done(()) => Ok(()),
+        Reached::Gone(why) => Err(Error::new(ErrorKind::NotFound, why)),
     }
-    result
+}
+
+/// The interface of the receipt, in the calling thread's namespace, or why not.
+fn same_interface(r: &QdiscReceipt, i: &ShapedInterface) -> Result<()> {
+    match place::check_interface(&i.name, i.ifindex) {
+        Iface::Same => Ok(()),
+        Iface::Gone { .. } => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("interface {} (index {}) is gone", i.name, i.ifindex),
+        )),
+        renamed => Err(renamed
+            .drifted(&i.name, i.ifindex, r.netns.as_ref())
+            .unwrap_or_else(|| Error::new(ErrorKind::Drifted, "interface changed"))),
+    }
 }
 
 fn inject_all(r: &QdiscReceipt, leaf: &Leaf, t: &Targeting) -> Result<()> {
     let mut sock = route_socket()?;
     for i in &r.interfaces {
+        same_interface(r, i)?;
         let filters = filters_for(t, i.root);
-        if let Some(s) = inspect(&mut sock, i, leaf.kind())? {
+        if let Some(s) = inspect(&mut sock, &r.fault_id, i, leaf.kind())? {
             if s.root_ok && s.class_ok && s.leaf_ok && s.filters == filters.len() {
                 continue;
             }
@@ -376,7 +475,7 @@ fn inject_all(r: &QdiscReceipt, leaf: &Leaf, t: &Targeting) -> Result<()> {
             i.root,
             "htb",
             flags,
-            |m| crate::htb::encode_qdisc(m, defcls),
+            |m| crate::htb::encode_qdisc(m, defcls, mark(&r.fault_id)),
         ))
         .map_err(|e| e.into_error(op(&format!("add root qdisc htb {}", fmt_handle(i.root)))))?;
         let class = i.root | CLASS_MINOR as u32;
@@ -433,20 +532,37 @@ fn rebooted(r: &QdiscReceipt) -> bool {
     !r.boot_id.is_empty() && r.boot_id != fault_core::host::boot_id()
 }
 
-/// Revert: delete our root qdisc (only if its handle is ours), then re-create the prior
-/// root qdisc if it was not the kernel default and nothing else took its place.
+/// Revert, inside the receipt's namespace: delete our root qdisc (only if it carries our
+/// handle and mark), then re-create the prior root qdisc if it was not the kernel default
+/// and nothing else took its place. An interface whose index now has another name is not
+/// touched (`Drifted`); one that is gone took our qdiscs with it.
 pub(crate) fn revert(r: &QdiscReceipt) -> Result<()> {
     if rebooted(r) {
         return Ok(());
     }
+    match place::within(r.netns.as_ref(), &subject(r), || revert_here(r))? {
+        Reached::Done(()) | Reached::Gone(_) => Ok(()),
+    }
+}
+
+fn revert_here(r: &QdiscReceipt) -> Result<()> {
     let mut sock = route_socket()?;
     let mut first_err = None;
     for i in &r.interfaces {
         let res = (|| -> Result<()> {
+            match place::check_interface(&i.name, i.ifindex) {
+                Iface::Same => {}
+                Iface::Gone { .. } => return Ok(()),
+                renamed => {
+                    return Err(renamed
+                        .drifted(&i.name, i.ifindex, r.netns.as_ref())
+                        .unwrap_or_else(|| Error::new(ErrorKind::Drifted, "interface changed")))
+                }
+            }
             let Some(cur) = root_of(&mut sock, i)? else {
                 return Ok(());
             };
-            if cur.handle == i.root {
+            if is_ours(&cur, &r.fault_id) {
                 del_ours(&mut sock, i)?;
             }
             if i.prior.is_default() {
@@ -481,17 +597,49 @@ pub(crate) fn revert(r: &QdiscReceipt) -> Result<()> {
     first_err.map_or(Ok(()), Err)
 }
 
-/// Verify: read qdiscs, classes and filters back and compare with the receipt.
+/// Verify, inside the receipt's namespace: read qdiscs, classes and filters back and
+/// compare with the receipt.
 pub(crate) fn verify(r: &QdiscReceipt) -> Result<Observation> {
     if rebooted(r) {
         return Ok(Observation::clean(
             "the host rebooted since the fault was planned; qdiscs do not survive a reboot",
         ));
     }
+    match place::within(r.netns.as_ref(), &subject(r), || verify_here(r))? {
+        Reached::Done(o) => Ok(o),
+        Reached::Gone(why) => Ok(Observation::clean(why)),
+    }
+}
+
+fn verify_here(r: &QdiscReceipt) -> Result<Observation> {
     let mut sock = route_socket()?;
     let (mut on, mut off, mut details) = (0, 0, Vec::new());
     for i in &r.interfaces {
-        let Some(s) = inspect(&mut sock, i, &r.mechanism)? else {
+        match place::check_interface(&i.name, i.ifindex) {
+            Iface::Same => {}
+            Iface::Gone { now } => {
+                off += 1;
+                let newer = now
+                    .map(|n| {
+                        format!(
+                            " (a newer {} has index {n}: not ours, not looked at)",
+                            i.name
+                        )
+                    })
+                    .unwrap_or_default();
+                details.push(format!(
+                    "{} (index {}): interface is gone, and its qdiscs with it{newer}",
+                    i.name, i.ifindex
+                ));
+                continue;
+            }
+            renamed => {
+                return Err(renamed
+                    .drifted(&i.name, i.ifindex, r.netns.as_ref())
+                    .unwrap_or_else(|| Error::new(ErrorKind::Drifted, "interface changed")))
+            }
+        }
+        let Some(s) = inspect(&mut sock, &r.fault_id, i, &r.mechanism)? else {
             off += 1;
             details.push(format!("{}: interface is gone", i.name));
             continue;
@@ -557,39 +705,62 @@ pub(crate) fn verify(r: &QdiscReceipt) -> Result<Observation> {
     })
 }
 
-/// The `tc` commands that undo the fault by hand.
+/// The `tc` arguments (after `root handle H`) that re-create a prior root qdisc.
+fn restore_args(prior: &PriorRoot) -> Vec<String> {
+    let opts = nl::from_hex(&prior.options).unwrap_or_default();
+    let mut args = vec![prior.kind.clone()];
+    match prior.kind.as_str() {
+        "tbf" => {
+            if let Some(p) = TbfParams::decode(&opts) {
+                args.extend([
+                    "rate".to_string(),
+                    format!("{}bit", p.rate_bytes as u64 * 8),
+                    "burst".to_string(),
+                    p.burst.to_string(),
+                    "limit".to_string(),
+                    p.limit.to_string(),
+                ]);
+            }
+        }
+        "pfifo" | "bfifo" if opts.len() >= 4 => {
+            let limit = u32::from_ne_bytes(opts[0..4].try_into().unwrap_or([0; 4]));
+            args.extend(["limit".to_string(), limit.to_string()]);
+        }
+        _ => {}
+    }
+    args
+}
+
+/// The `tc` commands that undo the fault by hand, each word shell-quoted, run inside the
+/// receipt's namespace (`nsenter --net=PATH` when that is not where they are printed).
 pub(crate) fn manual_undo(r: &QdiscReceipt) -> Vec<String> {
-    let mut out = Vec::new();
+    let prefix = place::prefix(r.netns.as_ref());
+    let cmd = |words: Vec<String>| shell::join(prefix.iter().chain(words.iter()));
+    let mut out: Vec<String> = place::legacy_note(r.netns.as_ref()).into_iter().collect();
     for i in &r.interfaces {
-        out.push(format!(
-            "tc qdisc del dev {} root handle {}",
-            i.name,
-            fmt_handle(i.root)
-        ));
+        out.push(cmd(vec![
+            "tc".into(),
+            "qdisc".into(),
+            "del".into(),
+            "dev".into(),
+            i.name.clone(),
+            "root".into(),
+            "handle".into(),
+            fmt_handle(i.root),
+        ]));
         if !i.prior.is_default() {
-            let opts = nl::from_hex(&i.prior.options).unwrap_or_default();
-            let args = match i.prior.kind.as_str() {
-                "tbf" => TbfParams::decode_rate_limit(&opts)
-                    .map(|(rate, limit)| {
-                        format!(
-                            "tbf rate {}bit limit {limit} burst <as before, see receipt>",
-                            rate as u64 * 8
-                        )
-                    })
-                    .unwrap_or_else(|| "tbf <options as before>".into()),
-                k if opts.len() >= 4 => {
-                    format!(
-                        "{k} limit {}",
-                        u32::from_ne_bytes(opts[0..4].try_into().unwrap_or([0; 4]))
-                    )
-                }
-                k => k.to_string(),
-            };
-            out.push(format!(
-                "tc qdisc add dev {} root handle {} {args}",
-                i.name,
-                fmt_handle(i.prior.handle)
-            ));
+            let mut words: Vec<String> = ["tc", "qdisc", "add", "dev"]
+                .iter()
+                .map(|w| w.to_string())
+                .collect();
+            words.extend([
+                i.name.clone(),
+                "root".into(),
+                "handle".into(),
+                fmt_handle(i.prior.handle),
+            ]);
+            words.extend(restore_args(&i.prior));
+            out.push(cmd(words));
         }
     }
     out
@@ -598,11 +769,164 @@ pub(crate) fn manual_undo(r: &QdiscReceipt) -> Vec<String> {
 /// Host objects a qdisc receipt acts on.
 pub(crate) fn targets(r: &QdiscReceipt) -> Vec<String> {
     // The root qdisc is what two faults cannot share; nft faults on the same interface
-    // compose with it (their targets are their own tables).
+    // compose with it (their targets are their own tables). Names mean something only in
+    // their namespace, so the namespace is part of the target.
     r.interfaces
         .iter()
-        .map(|i| format!("tc-root:{}", i.name))
+        .map(|i| match &r.netns {
+            Some(ns) => format!("tc-root:{ns}:{}", i.name),
+            None => format!("tc-root:{}", i.name),
+        })
         .collect()
+}
+
+/// The blast radius for people: each interface with its namespace, what happens to which
+/// traffic, and what becomes of its root qdisc.
+pub(crate) fn touches(r: &QdiscReceipt) -> Vec<String> {
+    let ns = place::show(r.netns.as_ref());
+    let effect = if r.effect.is_empty() {
+        format!("chaos-agent's {} tree", r.mechanism)
+    } else {
+        r.effect.clone()
+    };
+    let traffic = if r.traffic.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", r.traffic)
+    };
+    r.interfaces
+        .iter()
+        .map(|i| {
+            format!(
+                "interface {} (index {}) in {ns}: {effect}{traffic}; its root qdisc ({}) is replaced by htb {} until revert",
+                i.name,
+                i.ifindex,
+                i.prior.describe(),
+                fmt_handle(i.root),
+            )
+        })
+        .collect()
+}
+
+/// Check a journaled receipt against the fault id it is filed under: the handles revert
+/// deletes are those of that id, and the prior root qdisc is one revert may re-create.
+pub(crate) fn check(fault_id: &str, r: &QdiscReceipt) -> Result<()> {
+    let drifted = |what: String| {
+        Err(Error::new(
+            ErrorKind::Drifted,
+            format!("receipt filed under fault {fault_id} {what}; refusing to act on it"),
+        ))
+    };
+    if r.fault_id != fault_id {
+        return drifted(format!("was made for fault {}", r.fault_id));
+    }
+    let (root, leaf) = handles(fault_id);
+    for i in &r.interfaces {
+        if i.root != root || i.leaf != leaf {
+            return drifted(format!(
+                "names qdiscs {} and {} on {}, but that fault's are {} and {}",
+                fmt_handle(i.root),
+                fmt_handle(i.leaf),
+                i.name,
+                fmt_handle(root),
+                fmt_handle(leaf)
+            ));
+        }
+        if crate::target::valid_ifname(&i.name).is_err() {
+            return drifted(format!("names an impossible interface {:?}", i.name));
+        }
+        let p = &i.prior;
+        if !p.is_default() && !RESTORABLE.contains(&p.kind.as_str()) {
+            return drifted(format!(
+                "would restore root qdisc {} {} on {}, which is not one chaos-agent ever replaces",
+                p.kind,
+                fmt_handle(p.handle),
+                i.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Which qdisc kind a tree of ours belongs to, from its leaf: tbf is `network.rate`, netem
+/// is told apart by its options; a tree whose leaf is missing (an inject cut short) is
+/// claimed by `network.rate`, whose revert removes any root of ours just the same.
+fn owner(leaf: Option<&TcObject>) -> &'static str {
+    match leaf {
+        Some(q) if q.kind == "netem" => crate::netem::kind_of(&q.options),
+        _ => "network.rate",
+    }
+}
+
+/// Our root qdiscs in every reachable network namespace whose handle and mark are those of
+/// a fault id in `known` and whose tree belongs to kind `kind` (see [`owner`]), each with a
+/// receipt that reverts it. The root qdisc it replaced is unknown, so the receipt records
+/// the kernel default: revert deletes ours and the default comes back.
+pub(crate) fn leftovers(known: &[String], kind: &str) -> Result<Vec<Leftover<QdiscReceipt>>> {
+    if known.is_empty() {
+        return Ok(Vec::new());
+    }
+    let boot_id = fault_core::host::boot_id();
+    crate::scan::each_namespace(|ns, shown| {
+        let mut sock = route_socket()?;
+        let qs = tc::all_qdiscs(&mut sock).map_err(|e| e.into_error("dump qdiscs"))?;
+        let mut out = Vec::new();
+        for q in qs.iter().filter(|q| q.parent == TC_H_ROOT) {
+            let Some(id) = known.iter().find(|id| is_ours(q, id)) else {
+                continue;
+            };
+            let (root, leaf) = handles(id);
+            let leaf_q = qs.iter().find(|l| {
+                l.ifindex == q.ifindex && l.handle == leaf && l.parent == root | CLASS_MINOR as u32
+            });
+            if owner(leaf_q) != kind {
+                continue;
+            }
+            let Some(name) = place::index_to_name(q.ifindex) else {
+                continue; // vanished while we looked
+            };
+            let filters = tc::filters(&mut sock, q.ifindex, root)
+                .map(|f| f.len())
+                .unwrap_or(0);
+            let mechanism = leaf_q
+                .map(|l| l.kind.clone())
+                .unwrap_or_else(|| "htb".into());
+            let carrying = match leaf_q {
+                Some(l) => format!("carrying {} {}", l.kind, fmt_handle(l.handle)),
+                None => "its leaf qdisc missing".to_string(),
+            };
+            out.push(Leftover {
+                fault_id: id.clone(),
+                found: format!(
+                    "tc root qdisc htb {} ({carrying}) of fault {id} on interface {name} (index {}) in {ns} ({shown}); \
+                     the root qdisc it replaced is unknown, so revert deletes it and the kernel's default root qdisc comes back",
+                    fmt_handle(root),
+                    q.ifindex
+                ),
+                receipt: QdiscReceipt {
+                    fault_id: id.clone(),
+                    boot_id: boot_id.clone(),
+                    netns: Some(ns.clone()),
+                    mechanism,
+                    interfaces: vec![ShapedInterface {
+                        name,
+                        ifindex: q.ifindex,
+                        root,
+                        leaf,
+                        prior: PriorRoot {
+                            kind: String::new(),
+                            handle: 0,
+                            options: String::new(),
+                        },
+                    }],
+                    filters,
+                    effect: String::new(),
+                    traffic: String::new(),
+                },
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// Whether netem exists, probed in a private network namespace (see [`tc::probe_qdisc_kind`]).
@@ -672,5 +996,186 @@ mod tests {
         assert!(arp_filters(&targeting(&[], &[])).is_empty());
         // Targeted faults: ARP is unclassified and already unshaped; no filter needed.
         assert!(arp_filters(&targeting(&["10.0.0.0/24"], &["10.0.0.5/32"])).is_empty());
+    }
+
+    use fault_core::host::ns::NsKind;
+
+    /// A receipt as plan writes it, for `name`/`index` in namespace `netns`, with a prior
+    /// tbf root.
+    fn receipt(fault_id: &str, name: &str, index: u32, netns: Option<NsId>) -> QdiscReceipt {
+        let (root, leaf) = handles(fault_id);
+        let mut m = Msg::new(36, 0);
+        TbfParams {
+            rate_bytes: 37_500_000,
+            burst: 64 * 1024,
+            limit: 1 << 20,
+        }
+        .encode(&mut m);
+        let b = m.finish();
+        let opts = nl::find_attr(&b[16..], crate::tbf::TCA_OPTIONS).unwrap();
+        QdiscReceipt {
+            fault_id: fault_id.into(),
+            boot_id: fault_core::host::boot_id(),
+            netns,
+            mechanism: "tbf".into(),
+            interfaces: vec![ShapedInterface {
+                name: name.into(),
+                ifindex: index,
+                root,
+                leaf,
+                prior: PriorRoot {
+                    kind: "tbf".into(),
+                    handle: handle(7, 0),
+                    options: nl::to_hex(opts),
+                },
+            }],
+            filters: 0,
+            effect: "egress rate 8 Mbit/s (tbf, burst 16.0 KiB, queue limit 406.6 KiB)".into(),
+            traffic: "traffic to 10.0.0.0/24 port 80".into(),
+        }
+    }
+
+    #[test]
+    fn manual_undo_quotes_every_word() {
+        let r = receipt("ab12-1-1", "q;id", 5, Some(place::here().unwrap()));
+        let root = fmt_handle(handles("ab12-1-1").0);
+        assert_eq!(
+            manual_undo(&r),
+            vec![
+                format!("tc qdisc del dev 'q;id' root handle {root}"),
+                "tc qdisc add dev 'q;id' root handle 7: tbf rate 300000000bit burst 65513 limit 1048576"
+                    .to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn manual_undo_says_where_when_the_namespace_is_elsewhere() {
+        let far = NsId {
+            kind: NsKind::Net,
+            dev: 4,
+            ino: 1,
+            cookie: None,
+        };
+        let r = receipt("ab12-1-1", "q;id", 5, Some(far));
+        let undo = manual_undo(&r);
+        assert!(
+            undo[0].starts_with(
+                "nsenter '--net=/proc/PID-IN-net:[1]/ns/net' tc qdisc del dev 'q;id' root"
+            ),
+            "{undo:?}"
+        );
+        // Without a namespace (older receipts): a comment says where to run them.
+        let undo = manual_undo(&receipt("ab12-1-1", "eth0", 5, None));
+        assert!(
+            undo[0].starts_with("# run these in the network namespace"),
+            "{undo:?}"
+        );
+        assert!(undo[1].starts_with("tc qdisc del dev eth0 root handle"));
+    }
+
+    #[test]
+    fn touches_speaks_human() {
+        let here = place::here().unwrap();
+        let r = receipt("ab12-1-1", "veth0", 5, Some(here.clone()));
+        let t = touches(&r);
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            t[0],
+            format!(
+                "interface veth0 (index 5) in net:[{}]: egress rate 8 Mbit/s (tbf, burst 16.0 KiB, queue limit 406.6 KiB) \
+                 on traffic to 10.0.0.0/24 port 80; its root qdisc (tbf 7:) is replaced by htb {} until revert",
+                here.ino,
+                fmt_handle(handles("ab12-1-1").0)
+            )
+        );
+        assert_eq!(
+            targets(&r),
+            vec![format!("tc-root:net:[{}]:veth0", here.ino)]
+        );
+    }
+
+    #[test]
+    fn check_receipt_refuses_handles_or_priors_it_did_not_derive() {
+        let id = "ab12-1-1";
+        let good = receipt(id, "eth0", 5, Some(place::here().unwrap()));
+        check(id, &good).unwrap();
+        let refused = |r: &QdiscReceipt, id: &str, what: &str| {
+            let e = check(id, r).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{e}");
+            assert!(e.to_string().contains(what), "{e}");
+        };
+        refused(&good, "ab12-1-2", "was made for fault ab12-1-1");
+        let mut r = good.clone();
+        r.interfaces[0].root = handle(0xc004, 0);
+        refused(&r, id, "names qdiscs c004:");
+        let mut r = good.clone();
+        r.interfaces[0].leaf = handle(1, 0);
+        refused(&r, id, "names qdiscs");
+        let mut r = good.clone();
+        r.interfaces[0].prior.kind = "htb".into();
+        refused(&r, id, "not one chaos-agent ever replaces");
+        let mut r = good.clone();
+        r.interfaces[0].name = "a/b".into();
+        refused(&r, id, "impossible interface");
+        // A receipt as a JSON edit would make it, through serde.
+        let mut v = serde_json::to_value(&good).unwrap();
+        v["interfaces"][0]["root"] = serde_json::json!(0x0001_0000u32);
+        let edited: QdiscReceipt = serde_json::from_value(v).unwrap();
+        refused(&edited, id, "names qdiscs 1:");
+    }
+
+    #[test]
+    fn receipts_of_older_versions_deserialize_and_are_refused() {
+        let mut v = serde_json::to_value(receipt("ab12-1-1", "eth0", 5, None)).unwrap();
+        for k in ["netns", "effect", "traffic"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        let old: QdiscReceipt = serde_json::from_value(v).unwrap();
+        assert_eq!(old.netns, None);
+        let e = revert(&old).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(
+            e.to_string()
+                .contains("did not record the network namespace"),
+            "{e}"
+        );
+        assert!(verify(&old).is_err());
+        // After a reboot there is nothing left to undo, namespace or not.
+        let rebooted = QdiscReceipt {
+            boot_id: "another-boot".into(),
+            ..old
+        };
+        revert(&rebooted).unwrap();
+        assert_eq!(verify(&rebooted).unwrap().effect, fault_core::Effect::Clean);
+    }
+
+    #[test]
+    fn a_namespace_that_provably_no_longer_exists_is_clean() {
+        // Our own namespace's number with another cookie: the recorded namespace was freed
+        // and its number reused, so what lived in it is gone. Nothing is looked at here.
+        let here = place::here().unwrap();
+        let Some(cookie) = here.cookie else {
+            eprintln!("SKIPPED: this kernel has no netns cookie");
+            return;
+        };
+        let gone = NsId {
+            cookie: Some(cookie.wrapping_add(1)),
+            ..here
+        };
+        let r = receipt("ab12-1-1", "lo", 1, Some(gone));
+        revert(&r).unwrap();
+        let v = verify(&r).unwrap();
+        assert_eq!(v.effect, fault_core::Effect::Clean);
+        assert!(v.detail.contains("no longer exists"), "{}", v.detail);
+    }
+
+    #[test]
+    fn marks_stay_in_the_range_the_kernel_keeps() {
+        for id in ["a", "ab12-1-1", "run-2024/step-3/fault-17", ""] {
+            let m = mark(id);
+            assert!((0x4000_0000..=0x7fff_ffff).contains(&m), "{m:x}");
+        }
+        assert_ne!(mark("ab12-1-1"), mark("ab12-1-2"));
     }
 }

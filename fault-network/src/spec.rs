@@ -113,8 +113,8 @@ pub(crate) fn check_delay(what: &str, d: fault_core::Duration) -> fault_core::Re
     Ok(d.std().as_nanos() as u64)
 }
 
-/// The plan/inject/verify/revert/manual_undo/targets of a netem kind (a type with
-/// `target: Targeting` and `fn netem(&self) -> NetemParams`).
+/// The plan/inject/verify/revert/manual_undo/targets/touches/check_receipt/leftovers of a
+/// netem kind (a type with `target: Targeting` and `fn netem(&self) -> NetemParams`).
 macro_rules! netem_fault_body {
     () => {
         fn plan(
@@ -122,7 +122,7 @@ macro_rules! netem_fault_body {
             cx: &fault_core::Context,
         ) -> fault_core::Result<$crate::shape::QdiscReceipt> {
             $crate::shape::require_netem()?;
-            $crate::shape::plan(cx, &self.target, "netem")
+            $crate::shape::plan(cx, &self.target, "netem", self.netem().effect())
         }
         fn inject(
             &self,
@@ -142,6 +142,20 @@ macro_rules! netem_fault_body {
         }
         fn targets(r: &$crate::shape::QdiscReceipt) -> Vec<String> {
             $crate::shape::targets(r)
+        }
+        fn touches(r: &$crate::shape::QdiscReceipt) -> Vec<String> {
+            $crate::shape::touches(r)
+        }
+        fn check_receipt(
+            fault_id: &str,
+            r: &$crate::shape::QdiscReceipt,
+        ) -> fault_core::Result<()> {
+            $crate::shape::check(fault_id, r)
+        }
+        fn leftovers(
+            known: &[String],
+        ) -> fault_core::Result<Vec<fault_core::Leftover<$crate::shape::QdiscReceipt>>> {
+            $crate::shape::leftovers(known, Self::KIND)
         }
     };
 }

@@ -146,7 +146,7 @@ fn port(p: u32, what: &str) -> Result<u16> {
     }
 }
 
-fn valid_ifname(n: &str) -> Result<()> {
+pub(crate) fn valid_ifname(n: &str) -> Result<()> {
     if n.is_empty() || n.len() > 15 || n.contains('/') || n.contains(char::is_whitespace) {
         return Err(Error::invalid(format!(
             "interface: \"{n}\" is not a valid interface name (1 to 15 characters, no '/' or spaces)"
@@ -279,8 +279,9 @@ impl Targeting {
         out
     }
 
-    /// A short human description ("to 10.0.0.0/24 port 80 tcp, except ...").
-    pub(crate) fn describe(&self) -> String {
+    /// Which traffic, for people: "all traffic", "traffic to 10.0.0.0/24 port 80 tcp",
+    /// with " except ..." for exclusions.
+    pub(crate) fn traffic(&self) -> String {
         let mut s = String::new();
         if self.is_whole() {
             s.push_str("all traffic");
@@ -308,12 +309,17 @@ impl Targeting {
             ex.extend(self.exclude_ports.iter().map(|p| format!("port {p}")));
             s.push_str(&format!(" except {}", ex.join(", ")));
         }
+        s
+    }
+
+    /// A short human description ("traffic to 10.0.0.0/24 port 80 tcp, except ... on eth0").
+    pub(crate) fn describe(&self) -> String {
         let ifs = if self.interfaces.is_empty() {
             "the default-route interface".to_string()
         } else {
             self.interfaces.join(", ")
         };
-        format!("{s} on {ifs}")
+        format!("{} on {ifs}", self.traffic())
     }
 }
 

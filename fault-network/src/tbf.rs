@@ -66,15 +66,35 @@ impl TbfParams {
         m.end_nest(n);
     }
 
-    /// Read the rate (bytes/s) and limit back from a dumped `TCA_OPTIONS` payload.
-    pub(crate) fn decode_rate_limit(options: &[u8]) -> Option<(u32, u32)> {
+    /// Read the parameters back from a dumped `TCA_OPTIONS` payload. The kernel keeps the
+    /// bucket as a transmission time, so `burst` is the smallest size `tc` turns into that
+    /// same time (within a few bytes of what was set, and the same bucket).
+    pub(crate) fn decode(options: &[u8]) -> Option<TbfParams> {
         let p = crate::nl::find_attr(options, TCA_TBF_PARMS)?;
         if p.len() < 36 {
             return None;
         }
-        let rate = u32::from_ne_bytes(p[8..12].try_into().ok()?);
-        let limit = u32::from_ne_bytes(p[24..28].try_into().ok()?);
-        Some((rate, limit))
+        let u = |i: usize| p[i..i + 4].try_into().ok().map(u32::from_ne_bytes);
+        let rate_bytes = u(8)?;
+        let limit = u(24)?;
+        let buffer = u(28)?;
+        // The smallest burst whose transmission time is `buffer` ticks: `tc ... burst B`
+        // then sets exactly the bucket the kernel dumped.
+        let (mut lo, mut hi) = (0u64, u32::MAX as u64);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if xmittime(rate_bytes as u64, mid) >= buffer {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let burst = lo as u32;
+        Some(TbfParams {
+            rate_bytes,
+            burst,
+            limit,
+        })
     }
 }
 
@@ -88,5 +108,25 @@ mod tests {
         assert_eq!(xmittime(1_000_000, 32 * 1024), 512_000);
         // 64 KiB at 32 Gbit/s: tc sends 250 (16 whole us * 15.625).
         assert_eq!(xmittime(4_000_000_000, 64 * 1024), 250);
+    }
+
+    #[test]
+    fn decode_reads_back_what_encode_wrote() {
+        let p = TbfParams {
+            rate_bytes: 37_500_000,
+            burst: 64 * 1024,
+            limit: 1 << 20,
+        };
+        let mut m = Msg::new(36, 0);
+        p.encode(&mut m);
+        let b = m.finish();
+        let opts = crate::nl::find_attr(&b[16..], TCA_OPTIONS).unwrap();
+        let back = TbfParams::decode(opts).unwrap();
+        assert_eq!((back.rate_bytes, back.limit), (p.rate_bytes, p.limit));
+        assert!(back.burst.abs_diff(p.burst) <= 40, "{back:?}");
+        assert_eq!(
+            xmittime(back.rate_bytes as u64, back.burst as u64),
+            xmittime(p.rate_bytes as u64, p.burst as u64)
+        );
     }
 }

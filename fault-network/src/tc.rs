@@ -153,6 +153,14 @@ pub(crate) fn qdiscs(sock: &mut Socket, ifindex: u32) -> Result<Vec<TcObject>, N
     dump(sock, RTM_GETQDISC, ifindex, 0)
 }
 
+/// Every qdisc of every interface of the namespace.
+pub(crate) fn all_qdiscs(sock: &mut Socket) -> Result<Vec<TcObject>, NlError> {
+    let mut m = Msg::new(RTM_GETQDISC, F_REQUEST);
+    tcmsg(&mut m, 0, 0, 0, 0);
+    let msgs = sock.dump(m.finish())?;
+    Ok(msgs.iter().filter_map(|m| parse_object(m)).collect())
+}
+
 /// The root qdisc of an interface (`None` if the interface has none, e.g. it vanished).
 pub(crate) fn root_qdisc(sock: &mut Socket, ifindex: u32) -> Result<Option<TcObject>, NlError> {
     Ok(qdiscs(sock, ifindex)?

@@ -1,11 +1,13 @@
-//! Network faults through the real agent, inside a network namespace the test creates:
-//! a full run reverts everything, and a crash with faults applied is cleaned by `recover`.
-//! Nothing touches the machine's own interfaces.
+//! Network faults through the real agent, inside network namespaces the test creates:
+//! a full run reverts everything, a crash with faults applied is cleaned by `recover`, and
+//! a `recover` started in another namespace acts where the faults were injected or says
+//! that it cannot. Nothing touches the machine's own interfaces.
 
 mod common;
 
-use std::process::{Command, Output};
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{text, wait_with_deadline};
 use fault_core::testing::TempDir;
@@ -59,6 +61,42 @@ impl Netns {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.name]);
         c
+    }
+
+    /// The index of an interface inside the namespace.
+    fn ifindex(&self, name: &str) -> u32 {
+        let out = self.sh(&["ip", "-n", &self.name, "-o", "link", "show", name]);
+        let s = String::from_utf8_lossy(&out.stdout);
+        s.split(':').next().unwrap().trim().parse().unwrap()
+    }
+
+    /// Remove the namespace's name, keeping it alive only through the returned descriptor:
+    /// no process, bind mount or `/run/netns` entry refers to it any more, so nothing that
+    /// looks for it can find it.
+    fn detach(&self) -> std::fs::File {
+        let f = std::fs::File::open(format!("/run/netns/{}", self.name)).unwrap();
+        self.sh(&["ip", "netns", "del", &self.name]);
+        assert!(!std::path::Path::new(&format!("/run/netns/{}", self.name)).exists());
+        f
+    }
+
+    /// Give a detached namespace its name back (a bind mount, as `ip netns add` makes).
+    fn reattach(&self, held: &std::fs::File) {
+        let path = format!("/run/netns/{}", self.name);
+        std::fs::File::create(&path).unwrap();
+        let src = std::ffi::CString::new(format!("/proc/self/fd/{}", held.as_raw_fd())).unwrap();
+        let dst = std::ffi::CString::new(path).unwrap();
+        // SAFETY: valid NUL-terminated paths; a plain bind mount.
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "bind mount: {}", std::io::Error::last_os_error());
     }
 
     /// The root qdisc of cha0 and the nft tables, as the CLI tools render them.
@@ -175,4 +213,85 @@ fn crash_with_network_faults_applied_then_recover_cleans() {
     assert_eq!(ns.state(), before, "recover left something behind");
     let out = agent(&ns, &state, &["recover"], None).output().unwrap();
     assert!(text(&out).contains("Nothing to recover"), "{}", text(&out));
+}
+
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Regression: `network.rate` + `network.blackhole` on a veth in namespace A, `kill -9` of
+/// the agent, then `chaos-agent recover` in namespace B, which has an interface of the same
+/// name and index. The old agent "recovered" in B: it said the host was clean, left the
+/// qdisc and the table in A, and installed A's saved root qdisc on B's interface.
+///
+/// Now, while A cannot be reached from B, recover touches nothing in B and ends NOT clean
+/// (exit 3, needs-manual, commands that say where); once A is reachable again (a
+/// `/run/netns` name), recover from B reverts inside A and the host is clean.
+#[test]
+fn recover_in_another_namespace_never_acts_there() {
+    let Some(a) = Netns::new() else { return };
+    let b = Netns::new().unwrap();
+    assert_eq!(
+        a.ifindex("cha0"),
+        b.ifindex("cha0"),
+        "the test needs the same interface name and index in both namespaces"
+    );
+    // A root qdisc of someone else's in A, which revert must restore (in A, nowhere else).
+    a.sh(&[
+        "ip", "netns", "exec", &a.name, "tc", "qdisc", "add", "dev", "cha0", "root", "handle",
+        "7:", "tbf", "rate", "300mbit", "burst", "64kb", "limit", "1mb",
+    ]);
+    let (before_a, before_b) = (a.state(), b.state());
+    let (state, dir) = (TempDir::new("chaos-net-state"), TempDir::new("chaos-net"));
+    let exp = experiment(&dir, "120s");
+    let mut child = agent(&a, &state, &["run", exp.to_str().unwrap()], None)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(
+        "both faults in effect in A",
+        Duration::from_secs(30),
+        || {
+            let s = a.state();
+            s.contains("htb") && s.contains("chaos_")
+        },
+    );
+    child.kill().unwrap(); // SIGKILL: `ip netns exec` exec'd the agent
+    child.wait().unwrap();
+
+    let held = a.detach();
+    let out = agent(&b, &state, &["recover"], None).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "recover from B: {said}");
+    assert!(!said.contains("The host is clean"), "{said}");
+    assert!(
+        said.contains("nsenter '--net=/proc/PID-IN-net:["),
+        "no command that says where: {said}"
+    );
+    assert_eq!(b.state(), before_b, "recover acted in namespace B");
+    let status = agent(&b, &state, &["status"], None).output().unwrap();
+    assert_eq!(status.status.code(), Some(3), "status: {}", text(&status));
+
+    a.reattach(&held);
+    let during = a.state();
+    assert!(
+        during.contains("htb") && during.contains("chaos_"),
+        "the faults should still be in effect in A:\n{during}"
+    );
+    let out = agent(&b, &state, &["recover"], None).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "recover with A reachable: {}",
+        text(&out)
+    );
+    assert_eq!(a.state(), before_a, "A was not restored");
+    assert_eq!(b.state(), before_b, "recover acted in namespace B");
+    let status = agent(&b, &state, &["status"], None).output().unwrap();
+    assert_eq!(status.status.code(), Some(0), "status: {}", text(&status));
 }

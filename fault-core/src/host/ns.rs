@@ -143,49 +143,58 @@ impl NsId {
     /// mount table), else `/proc/PID/ns/KIND` of a process inside it. `None` when nothing
     /// this process can see refers to it (it is gone, or kept only by an open descriptor).
     pub fn find(&self) -> Option<PathBuf> {
-        if self.kind == NsKind::Net {
-            if let Ok(dir) = std::fs::read_dir("/run/netns") {
-                for e in dir.flatten() {
-                    if self.matches_path(&e.path()) {
-                        return Some(e.path());
+        paths(self.kind).into_iter().find(|p| self.matches_path(p))
+    }
+
+    /// Where this namespace is now, as seen from the calling thread: the thread is in it,
+    /// a path reaches it, it no longer exists (its number now belongs to a newer namespace,
+    /// told by the netns cookie), or nothing this process can see refers to it.
+    ///
+    /// [`Whereabouts::Gone`] is a proof: the kernel frees a namespace's number only when
+    /// the namespace is destroyed, and cookies are never reused. [`Whereabouts::Unreachable`]
+    /// is not: the namespace may be gone, or alive but kept only by an open descriptor or
+    /// by processes this one cannot see.
+    pub fn whereabouts(&self) -> Whereabouts {
+        if self.is_current() {
+            return Whereabouts::Current;
+        }
+        let Some(path) = self.find() else {
+            return Whereabouts::Unreachable;
+        };
+        if self.cookie.is_none() {
+            return Whereabouts::At(path);
+        }
+        let Ok(file) = std::fs::File::open(&path) else {
+            return Whereabouts::Unreachable;
+        };
+        if !self.matches_path(&path) {
+            return Whereabouts::Unreachable;
+        }
+        let kind = self.kind;
+        let now = std::thread::scope(|s| {
+            s.spawn(|| {
+                if kind == NsKind::Mnt {
+                    // SAFETY: unshare(2) of this thread's fs context (see `enter`).
+                    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+                        return None;
                     }
                 }
-            }
-        }
-        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
-            for line in mounts.lines() {
-                // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPER"
-                let Some((left, right)) = line.split_once(" - ") else {
-                    continue;
-                };
-                if !right.starts_with("nsfs ") {
-                    continue;
+                // SAFETY: setns(2) on an fd we hold open; affects only this thread, which
+                // ends right after.
+                if unsafe { libc::setns(file.as_raw_fd(), kind.clone_flag()) } != 0 {
+                    return None;
                 }
-                if let Some(mp) = left.split(' ').nth(4) {
-                    let mp = PathBuf::from(unescape_mountinfo(mp));
-                    if self.matches_path(&mp) {
-                        return Some(mp);
-                    }
-                }
-            }
-        }
-        let me = std::process::id();
-        let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse().ok())
-            .collect();
-        // Prefer long-lived processes (low pids) over our own short-lived children.
-        pids.sort_unstable();
-        pids.into_iter()
-            .filter(|&p| p != me)
-            .map(|p| PathBuf::from(format!("/proc/{p}/ns/{}", self.kind.as_str())))
-            .find(|p| self.matches_path(p))
-            .or_else(|| {
-                let own = PathBuf::from(format!("/proc/{me}/ns/{}", self.kind.as_str()));
-                self.matches_path(&own).then_some(own)
+                NsId::current(kind).ok()
             })
+            .join()
+            .ok()
+            .flatten()
+        });
+        match now {
+            Some(now) if now.same(self) => Whereabouts::At(path),
+            Some(_) => Whereabouts::Gone(path),
+            None => Whereabouts::Unreachable,
+        }
     }
 
     /// Run `f` inside this namespace, on a new thread (the caller's namespaces never
@@ -274,6 +283,67 @@ impl NsId {
     }
 }
 
+/// Every path that may refer to a namespace of `kind` now, in the order [`NsId::find`]
+/// tries them: `ip netns` names under `/run/netns` (network namespaces), nsfs bind mounts
+/// in the mount table (of any namespace type: check the type before use), then
+/// `/proc/PID/ns/KIND` of every process, long-lived ones (low pids) first and this process
+/// last. The same namespace may appear under several paths.
+pub fn paths(kind: NsKind) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if kind == NsKind::Net {
+        if let Ok(dir) = std::fs::read_dir("/run/netns") {
+            let mut names: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+            names.sort();
+            out.extend(names);
+        }
+    }
+    if let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") {
+        for line in mounts.lines() {
+            // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS ... - FSTYPE SOURCE SUPER"
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            if !right.starts_with("nsfs ") {
+                continue;
+            }
+            if let Some(mp) = left.split(' ').nth(4) {
+                out.push(PathBuf::from(unescape_mountinfo(mp)));
+            }
+        }
+    }
+    let me = std::process::id();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&p| p != me)
+        .collect();
+    // Prefer long-lived processes (low pids) over our own short-lived children.
+    pids.sort_unstable();
+    pids.push(me);
+    out.extend(
+        pids.into_iter()
+            .map(|p| PathBuf::from(format!("/proc/{p}/ns/{}", kind.as_str()))),
+    );
+    out
+}
+
+/// Where a recorded namespace is now ([`NsId::whereabouts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Whereabouts {
+    /// The calling thread is in it.
+    Current,
+    /// This path refers to it ([`NsId::enter`] goes through it).
+    At(PathBuf),
+    /// It no longer exists: this path carries its number but is a newer namespace (the
+    /// netns cookie differs). Whatever lived only in it went with it.
+    Gone(PathBuf),
+    /// Nothing this process can see refers to it: it may be gone, or alive but kept only
+    /// by an open descriptor or by processes out of sight.
+    Unreachable,
+}
+
 /// Mount points in mountinfo escape space, tab, newline and backslash as `\NNN` octal.
 fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
@@ -322,6 +392,29 @@ mod tests {
         let err = gone.enter(|| Ok(())).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert_eq!(gone.nsenter_prefix()[0], "nsenter");
+    }
+
+    #[test]
+    fn whereabouts_of_current_and_unknown_namespaces() {
+        let net = NsId::current(NsKind::Net).unwrap();
+        assert_eq!(net.whereabouts(), Whereabouts::Current);
+        let gone = NsId {
+            kind: NsKind::Net,
+            dev: 4,
+            ino: 1,
+            cookie: Some(1),
+        };
+        assert_eq!(gone.whereabouts(), Whereabouts::Unreachable);
+        // Our own namespace's number with another cookie: a newer namespace reusing it.
+        if let Some(c) = net.cookie {
+            let reused = NsId {
+                cookie: Some(c.wrapping_add(1)),
+                ..net.clone()
+            };
+            // Not current (`same` compares cookies when both have one), and the namespace
+            // found under its number is `net`, whose cookie differs.
+            assert!(matches!(reused.whereabouts(), Whereabouts::Gone(_)));
+        }
     }
 
     #[test]
