@@ -72,6 +72,7 @@ pub type BlackholeReceipt = TableReceipt;
 
 impl Fault for Blackhole {
     const KIND: &'static str = "network.blackhole";
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = BlackholeSpec;
     type Receipt = BlackholeReceipt;
 

@@ -86,6 +86,7 @@ impl Loss {
 
 impl Fault for Loss {
     const KIND: &'static str = "network.loss";
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = LossSpec;
     type Receipt = LossReceipt;
 

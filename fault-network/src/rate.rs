@@ -130,6 +130,7 @@ fn bytes_u32(what: &str, b: Bytes) -> Result<u32> {
 
 impl Fault for RateLimit {
     const KIND: &'static str = "network.rate";
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = RateSpec;
     type Receipt = RateReceipt;
 

@@ -152,6 +152,7 @@ macro_rules! netem_fault_body {
         ) -> fault_core::Result<()> {
             $crate::shape::check(fault_id, r)
         }
+        const FINDS_LEFTOVERS: bool = true;
         fn leftovers(
             known: &[String],
         ) -> fault_core::Result<Vec<fault_core::Leftover<$crate::shape::QdiscReceipt>>> {
