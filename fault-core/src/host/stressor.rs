@@ -548,9 +548,27 @@ pub fn reap(p: &ProcessId) -> Option<Exit> {
 /// Kill every stressor of a fault: the recorded processes and everything in its cgroups;
 /// reap those that are this process's children; wait (up to `timeout`) until none is
 /// left; remove the cgroups. Idempotent: nothing left is success.
+///
+/// Refuses ([`ErrorKind::Drifted`], nothing killed) a cgroup that is not a fault cgroup
+/// ([`FaultCgroup::check_ours`]) and a recorded process that is alive but not named like a
+/// stressor (`chaos-…`): stressors never change their name, so such a receipt was edited.
 pub fn stop(pids: &[ProcessId], cgroups: &[FaultCgroup], timeout: Duration) -> Result<()> {
     for c in cgroups {
         c.check_ours()?;
+    }
+    for p in pids {
+        if let Some(s) = p
+            .stat()
+            .filter(|s| s.state != 'Z' && !s.comm.starts_with("chaos-"))
+        {
+            return Err(Error::new(
+                ErrorKind::Drifted,
+                format!(
+                    "refusing to kill pid {} ({}): it is not a stressor (they are named chaos-…)",
+                    p.pid, s.comm
+                ),
+            ));
+        }
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -1125,6 +1143,9 @@ mod tests {
         let e = s.check_receipt("f-1", "chaos-cpu").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Drifted);
         assert!(e.to_string().contains("(sleep)"), "{e}");
+        // Revert itself refuses too, and the stranger lives on.
+        assert_eq!(s.stop().unwrap_err().kind(), ErrorKind::Drifted);
+        assert!(s.processes[0].is_alive());
         child.kill().unwrap();
         child.wait().unwrap();
         // Gone: nothing to kill, nothing to refuse.
