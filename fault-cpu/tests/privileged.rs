@@ -214,12 +214,18 @@ fn ramp_rises_to_the_load() {
     // Over the first 0.5 s the mean of a linear ramp to 80% in 2 s is 10%.
     let early = measure(&[pid], Duration::from_millis(500))[0].0;
     std::thread::sleep(Duration::from_millis(1700));
-    let late = measure(&[pid], Duration::from_millis(1000))[0].0;
+    let (late, waited) = measure(&[pid], Duration::from_millis(1000))[0];
     CpuStress::revert(&r).unwrap();
     assert_clean(&r);
-    eprintln!("ramp: first 0.5 s {early:.1}%, after 2.2 s {late:.1}%");
+    eprintln!("ramp: first 0.5 s {early:.1}%, after 2.2 s {late:.1}% (waited {waited:.1}%)");
     assert!(early < 25.0, "early {early}");
-    assert!(late > 70.0 && late < 85.0, "late {late}");
+    assert!(late < 85.0, "late {late}");
+    // As in the accuracy test: on a shared machine a shortfall is accepted only when the
+    // time the worker spent waiting for a CPU explains it.
+    assert!(
+        late > 70.0 || late + waited > 70.0,
+        "late {late}, and waiting for a CPU ({waited:.1}%) does not explain the shortfall"
+    );
 }
 
 #[test]
@@ -328,7 +334,11 @@ fn a_receipt_edited_to_another_cgroup_or_process_is_refused_and_both_survive() {
     let e = reg.revert(fault_cpu::KIND, &v).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Drifted, "{e}");
 
-    assert_eq!(victim.state(), Some('S'), "the test's process must survive");
+    assert!(
+        matches!(victim.state(), Some(s) if s != 'Z' && s != 'X'),
+        "the test's process must survive: {:?}",
+        victim.state()
+    );
     let procs = std::fs::read_to_string(other_cg.join("cgroup.procs")).unwrap();
     assert_eq!(procs.trim(), victim.pid().to_string());
 
