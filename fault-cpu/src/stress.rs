@@ -5,12 +5,16 @@ use std::time::Duration as StdDuration;
 
 use fault_core::host::stressor::{self, Stressors, Work};
 use fault_core::{
-    Context, Duration, Error, ErrorKind, Fault, KindInfo, Observation, Param, Percent, Result,
+    Context, Duration, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent,
+    Result,
 };
 use serde::{Deserialize, Serialize};
 
 /// The kind string of [`CpuStress`].
 pub const KIND: &str = "cpu.stress";
+
+/// The name (`comm`) of every worker.
+const WORKER_NAME: &str = "chaos-cpu";
 
 /// Most workers one fault may start (a guard against a typo forking thousands).
 const MAX_WORKERS: u32 = 1024;
@@ -424,7 +428,7 @@ impl Fault for CpuStress {
             ramp_ns: receipt.ramp_ms.saturating_mul(1_000_000),
         });
         for cpu in &receipt.cpus {
-            s.spawn("chaos-cpu", cpu.map(|c| vec![c]), work.clone())?;
+            s.spawn(WORKER_NAME, cpu.map(|c| vec![c]), work.clone())?;
         }
         Ok(())
     }
@@ -494,6 +498,61 @@ impl Fault for CpuStress {
 
     fn manual_undo(receipt: &CpuStressReceipt) -> Vec<String> {
         receipt.stressors.manual_undo()
+    }
+
+    fn touches(receipt: &CpuStressReceipt) -> Vec<String> {
+        let mut out = Vec::new();
+        let n = receipt.cpus.len();
+        if n > 0 {
+            let total = usable_cpus().map_or(0, |c| c.len());
+            let mut pinned: Vec<usize> = receipt.cpus.iter().flatten().copied().collect();
+            pinned.sort_unstable();
+            pinned.dedup();
+            let place = if pinned.is_empty() {
+                format!("on all {total} CPUs")
+            } else {
+                format!(
+                    "pinned to CPU{} {} (of {total})",
+                    if pinned.len() == 1 { "" } else { "s" },
+                    cpu_list(&pinned)
+                )
+            };
+            let busy = n as f64 * receipt.load / 100.0;
+            let mut line = format!(
+                "{n} worker{} at {}% CPU each {place}: {busy:.2} CPUs busy, {:.0}% of the machine",
+                if n == 1 { "" } else { "s" },
+                receipt.load,
+                busy * 100.0 / total.max(1) as f64
+            );
+            if receipt.ramp_ms > 0 {
+                line.push_str(&format!(", ramping up over {} ms", receipt.ramp_ms));
+            }
+            out.push(line);
+        }
+        out.extend(receipt.stressors.touches());
+        out
+    }
+
+    fn check_receipt(fault_id: &str, receipt: &CpuStressReceipt) -> Result<()> {
+        receipt.stressors.check_receipt(fault_id, WORKER_NAME)
+    }
+
+    /// The fault's cgroups, found by name in every cgroup hierarchy (see
+    /// [`Stressors::leftovers`]); revert kills what is in them and removes them.
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<CpuStressReceipt>>> {
+        Ok(Stressors::leftovers(known, WORKER_NAME)
+            .into_iter()
+            .map(|l| Leftover {
+                fault_id: l.fault_id,
+                found: l.found,
+                receipt: CpuStressReceipt {
+                    load: 0.0,
+                    cpus: Vec::new(),
+                    ramp_ms: 0,
+                    stressors: l.receipt,
+                },
+            })
+            .collect())
     }
 }
 
@@ -608,6 +667,39 @@ mod tests {
             ramp_ns: 0,
         };
         assert_eq!(flat.target_cpu(400), 100.0);
+    }
+
+    #[test]
+    fn touches_says_how_much_of_the_machine_is_loaded() {
+        let total = usable_cpus().unwrap().len();
+        let r = CpuStressReceipt {
+            load: 60.0,
+            cpus: vec![None; 2],
+            ramp_ms: 0,
+            stressors: Stressors::default(),
+        };
+        assert_eq!(
+            CpuStress::touches(&r),
+            [format!(
+                "2 workers at 60% CPU each on all {total} CPUs: 1.20 CPUs busy, {:.0}% of the \
+                 machine",
+                120.0 / total as f64
+            )]
+        );
+        let r = CpuStressReceipt {
+            load: 12.5,
+            cpus: vec![Some(0), Some(0), Some(1)],
+            ramp_ms: 10_000,
+            ..r
+        };
+        let t = CpuStress::touches(&r);
+        assert!(
+            t[0].starts_with(&format!(
+                "3 workers at 12.5% CPU each pinned to CPUs 0-1 (of {total}): 0.38 CPUs busy"
+            )),
+            "{t:?}"
+        );
+        assert!(t[0].ends_with(", ramping up over 10000 ms"), "{t:?}");
     }
 
     #[test]

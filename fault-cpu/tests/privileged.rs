@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use chaos_engine::journal::{Journal, RecordState};
 use chaos_engine::runner::{self, RecoverOutcome, RetryPolicy};
-use fault_core::{Context, Effect, Fault};
+use fault_core::host::process::ProcessId;
+use fault_core::testing::Victim;
+use fault_core::{Context, Effect, ErrorKind, Fault};
 use fault_cpu::{CpuStress, CpuStressReceipt, CpuStressSpec};
 use serde_json::json;
 
@@ -212,12 +214,18 @@ fn ramp_rises_to_the_load() {
     // Over the first 0.5 s the mean of a linear ramp to 80% in 2 s is 10%.
     let early = measure(&[pid], Duration::from_millis(500))[0].0;
     std::thread::sleep(Duration::from_millis(1700));
-    let late = measure(&[pid], Duration::from_millis(1000))[0].0;
+    let (late, waited) = measure(&[pid], Duration::from_millis(1000))[0];
     CpuStress::revert(&r).unwrap();
     assert_clean(&r);
-    eprintln!("ramp: first 0.5 s {early:.1}%, after 2.2 s {late:.1}%");
+    eprintln!("ramp: first 0.5 s {early:.1}%, after 2.2 s {late:.1}% (waited {waited:.1}%)");
     assert!(early < 25.0, "early {early}");
-    assert!(late > 70.0 && late < 85.0, "late {late}");
+    assert!(late < 85.0, "late {late}");
+    // As in the accuracy test: on a shared machine a shortfall is accepted only when the
+    // time the worker spent waiting for a CPU explains it.
+    assert!(
+        late > 70.0 || late + waited > 70.0,
+        "late {late}, and waiting for a CPU ({waited:.1}%) does not explain the shortfall"
+    );
 }
 
 #[test]
@@ -282,4 +290,137 @@ name = "burn"
     assert_eq!(obs.effect, Effect::Clean, "{}", obs.detail);
     let r: CpuStressReceipt = serde_json::from_value(record.receipt).unwrap();
     assert_clean(&r);
+}
+
+// ---- receipts read back from a journal -------------------------------------------------
+
+#[test]
+fn a_receipt_edited_to_another_cgroup_or_process_is_refused_and_both_survive() {
+    fault_core::require_root!();
+    let _g = serial();
+    let f = fault(json!({"workers": 1, "load": 5}));
+    let cx = cx();
+    let mut r = f.plan(&cx).unwrap();
+    if r.stressors.cgroups.is_empty() {
+        eprintln!("SKIPPED: no cgroup hierarchy to test with");
+        return;
+    }
+    f.inject(&cx, &mut r).unwrap();
+    // Beside the fault's cgroup: another fault's cgroup, holding a process the test owns.
+    let other = format!("chaos-agent-t-{}", fault_core::host::random_hex(6));
+    let other_cg = r.stressors.cgroups[0].dir.with_file_name(&other);
+    std::fs::create_dir(&other_cg).unwrap();
+    let victim = Victim::sleeping("victim");
+    std::fs::write(other_cg.join("cgroup.procs"), victim.pid().to_string()).unwrap();
+    let reg = registry();
+
+    let mut edited = r.clone();
+    edited.stressors.cgroups[0].dir = other_cg.clone();
+    let v = serde_json::to_value(&edited).unwrap();
+    let e = reg
+        .check_receipt(fault_cpu::KIND, &cx.fault_id, &v)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Drifted, "{e}");
+    assert!(e.to_string().contains(&other), "{e}");
+
+    let mut edited = r.clone();
+    edited.stressors.processes[0] = ProcessId::of(victim.pid()).unwrap();
+    let v = serde_json::to_value(&edited).unwrap();
+    let e = reg
+        .check_receipt(fault_cpu::KIND, &cx.fault_id, &v)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Drifted, "{e}");
+    // Revert of that receipt refuses on its own too: the process is no stressor.
+    let e = reg.revert(fault_cpu::KIND, &v).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Drifted, "{e}");
+
+    assert!(
+        matches!(victim.state(), Some(s) if s != 'Z' && s != 'X'),
+        "the test's process must survive: {:?}",
+        victim.state()
+    );
+    let procs = std::fs::read_to_string(other_cg.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), victim.pid().to_string());
+
+    // The receipt as inject wrote it passes and reverts.
+    let v = serde_json::to_value(&r).unwrap();
+    reg.check_receipt(fault_cpu::KIND, &cx.fault_id, &v)
+        .unwrap();
+    reg.revert(fault_cpu::KIND, &v).unwrap();
+    assert_clean(&r);
+    drop(victim);
+    std::fs::remove_dir(&other_cg).unwrap();
+}
+
+#[test]
+fn leftovers_find_the_fault_cgroups_and_their_revert_kills_the_workers() {
+    fault_core::require_root!();
+    let _g = serial();
+    let f = fault(json!({"workers": 2, "load": 5}));
+    let cx = cx();
+    let mut r = f.plan(&cx).unwrap();
+    if r.stressors.cgroups.is_empty() {
+        eprintln!("SKIPPED: no cgroup hierarchy to test with");
+        return;
+    }
+    f.inject(&cx, &mut r).unwrap();
+    // As if the journal had lost the record: only the fault id is known.
+    let found = CpuStress::leftovers(&["t-never-planned".into(), cx.fault_id.clone()]).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let l = &found[0];
+    assert_eq!(l.fault_id, cx.fault_id);
+    assert_eq!(l.receipt.stressors.cgroups.len(), r.stressors.cgroups.len());
+    assert!(l.found.contains("holding pids"), "{}", l.found);
+    CpuStress::check_receipt(&cx.fault_id, &l.receipt).unwrap();
+    assert!(CpuStress::leftovers(&["t-never-planned".into()])
+        .unwrap()
+        .is_empty());
+
+    // Revert twice from the journaled (JSON) leftover receipt.
+    let reg = registry();
+    let v = serde_json::to_value(&l.receipt).unwrap();
+    reg.revert(fault_cpu::KIND, &v).unwrap();
+    reg.revert(fault_cpu::KIND, &v).unwrap();
+    for p in &r.stressors.processes {
+        assert!(!p.is_alive(), "worker {} survived", p.pid);
+    }
+    assert_eq!(
+        reg.verify(fault_cpu::KIND, &v).unwrap().effect,
+        Effect::Clean
+    );
+    assert!(CpuStress::leftovers(std::slice::from_ref(&cx.fault_id))
+        .unwrap()
+        .is_empty());
+    CpuStress::revert(&r).unwrap(); // reaps the workers
+    assert_clean(&r);
+}
+
+#[test]
+fn touches_names_the_workers_and_their_cgroups() {
+    fault_core::require_root!();
+    let _g = serial();
+    let f = fault(json!({"workers": 2, "load": 10}));
+    let cx = cx();
+    let mut r = f.plan(&cx).unwrap();
+    f.inject(&cx, &mut r).unwrap();
+    let t = CpuStress::touches(&r);
+    CpuStress::revert(&r).unwrap();
+    assert!(
+        t[0].starts_with("2 workers at 10% CPU each on all "),
+        "{t:?}"
+    );
+    let pids: Vec<String> = r
+        .stressors
+        .processes
+        .iter()
+        .map(|p| format!("pid {} (chaos-cpu)", p.pid))
+        .collect();
+    assert_eq!(t[1], format!("processes {}", pids.join(", ")));
+    for c in &r.stressors.cgroups {
+        assert!(
+            t.iter()
+                .any(|l| l.starts_with(&format!("cgroup {}", c.dir.display()))),
+            "{t:?}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! `disk.fill`: allocate space on a filesystem with one `fallocate(2)`'d file.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind as IoKind;
 use std::os::fd::AsRawFd;
@@ -7,12 +8,17 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fault_core::host::fs::sync_dir;
+use fault_core::host::ns::NsId;
+use fault_core::host::shell::join;
 use fault_core::{
-    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Percent, Result,
+    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent,
+    Result,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::statfs::{bytes_to_fill, Amount, FsStats};
+use crate::files::{self, drifted, in_mount_ns, FileId};
+use crate::mounts;
+use crate::statfs::{bytes_to_fill, protected_reserve, round_up, Amount, FsStats};
 
 /// The kind string of [`DiskFill`].
 pub const KIND: &str = "disk.fill";
@@ -22,6 +28,10 @@ const FILE_PREFIX: &str = ".chaos-agent-fill-";
 
 /// Longest file name most Linux filesystems accept (`NAME_MAX`).
 const NAME_MAX: usize = 255;
+
+/// Added to the error when unlinking a fill file fails with `EPERM`.
+const IMMUTABLE_HINT: &str =
+    "it is immutable or append-only: `lsattr` shows it, `chattr -i -a` clears it";
 
 /// The parameters of a `disk.fill` fault, as written in an experiment.
 ///
@@ -43,9 +53,18 @@ pub struct DiskFillSpec {
     /// Refuse (at plan) when the fill would leave less than this available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve: Option<Bytes>,
+    /// Allow the fill to go below the safe reserve of a filesystem that holds one of
+    /// [`Context::protected_paths`] (the root filesystem, the agent's state directory).
+    /// Default `false`: such a fill is refused at plan. The safe reserve is 5% of the
+    /// filesystem, at least 1 GiB, at most a quarter of it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_protected_filesystem: bool,
 }
 
 /// What [`DiskFill::plan`] resolved: everything `verify` and `revert` need.
+///
+/// Fields added after the first release are optional, so older journaled receipts still
+/// read (and revert as they did: by name, in the caller's mount namespace).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DiskFillReceipt {
     /// The directory whose filesystem is filled (canonical path).
@@ -57,6 +76,17 @@ pub struct DiskFillReceipt {
     pub bytes: u64,
     /// The filesystem's device number (`st_dev` of `dir`) at plan time, for reports.
     pub device: u64,
+    /// The mount namespace `dir` was resolved in: revert acts there (`dir` may name another
+    /// filesystem, or nothing, elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mnt_ns: Option<NsId>,
+    /// The boot the receipt was planned in: a mount namespace does not outlive it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The fill file's device and inode, recorded by `inject` once it created the file.
+    /// Revert never unlinks a file at `file` with another identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inode: Option<FileId>,
 }
 
 /// Fill the filesystem holding a directory, by size or up to a percentage used.
@@ -68,13 +98,27 @@ pub struct DiskFillReceipt {
 /// ext4, xfs, btrfs and tmpfs, but the space is really taken (`df` shows it, other writers
 /// get `ENOSPC`). Filesystems without `fallocate` support are refused as unsupported.
 ///
+/// # Guard
+///
+/// A filesystem holding one of [`Context::protected_paths`] (`/` and the agent's state
+/// directory) keeps a safe reserve: 5% of its size, at least 1 GiB, at most a quarter of
+/// it. A fill that would leave less available is refused at plan (and
+/// again at inject), naming the filesystem and the numbers, unless the spec sets
+/// `allow_protected_filesystem = true`.
+///
 /// # Revert
 ///
 /// Unlinks the file and `fsync`s the directory; the space comes back at once. Only a
-/// regular file at exactly that path is removed; anything else found there (a directory, a
-/// symlink) is refused as drifted. The space stays allocated after the unlink while some
+/// regular file at exactly that path is removed, and only if its device and inode are the
+/// ones `inject` recorded; anything else found there (a directory, a symlink, another
+/// file) is refused as drifted. The space stays allocated after the unlink while some
 /// other process holds the file open; the fault itself closes its descriptor before
 /// `inject` returns, so only a stranger (a backup tool, say) can do that.
+///
+/// Revert (and verify) act in the mount namespace the receipt was planned in, entering it
+/// when the reverting process is elsewhere; when nothing visible refers to that namespace
+/// any more in the same boot, revert fails and the manual undo is prefixed with
+/// `nsenter --mount=…`.
 ///
 /// # Persistence
 ///
@@ -86,6 +130,7 @@ pub struct DiskFillReceipt {
 ///
 /// Write access to the directory; no root needed. Even root gets no more than `f_bavail`:
 /// ext4's reserved blocks need `CAP_SYS_RESOURCE`, and the sizing never counts on them.
+/// Reverting from another mount namespace needs `CAP_SYS_ADMIN`.
 #[derive(Debug, Clone)]
 pub struct DiskFill {
     spec: DiskFillSpec,
@@ -107,6 +152,8 @@ impl DiskFill {
 fn fill_file(dir: &Path, fault_id: &str) -> Result<PathBuf> {
     if fault_id.is_empty()
         || fault_id.contains(['/', '\0'])
+        || fault_id == "."
+        || fault_id == ".."
         || FILE_PREFIX.len() + fault_id.len() > NAME_MAX
     {
         return Err(Error::invalid(format!(
@@ -120,6 +167,27 @@ fn fill_file(dir: &Path, fault_id: &str) -> Result<PathBuf> {
 /// The directory of a receipt's file, for `fsync` and messages.
 fn parent(file: &Path) -> &Path {
     file.parent().unwrap_or(Path::new("/"))
+}
+
+/// What revert checks of a receipt without knowing the fault id: `file` is a fill file
+/// name (`.chaos-agent-fill-…`) directly in `dir`, an absolute plain path. (The engine also
+/// checks the id itself with [`DiskFill::check_receipt`].)
+fn check_shape(r: &DiskFillReceipt) -> Result<()> {
+    let name = r.file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let ok = files::is_plain_absolute(&r.file)
+        && r.file.parent() == Some(r.dir.as_path())
+        && name.len() > FILE_PREFIX.len()
+        && name.starts_with(FILE_PREFIX);
+    if ok {
+        Ok(())
+    } else {
+        Err(drifted(format!(
+            "refusing to touch {}: disk.fill only removes {FILE_PREFIX}<fault id> directly in \
+             its directory {}",
+            r.file.display(),
+            r.dir.display()
+        )))
+    }
 }
 
 /// `lstat`, mapping "nothing there" (`ENOENT`, or `ENOTDIR` when the directory itself was
@@ -154,14 +222,26 @@ fn type_name(m: &std::fs::Metadata) -> &'static str {
 
 /// Refusal to touch something at the fill path that is not a file we created.
 fn not_ours(file: &Path, m: &std::fs::Metadata, doing: &str) -> Error {
-    Error::new(
-        ErrorKind::Drifted,
-        format!(
-            "refusing to {doing} {}: it is {}, not the regular file disk.fill creates",
-            file.display(),
-            type_name(m)
-        ),
-    )
+    drifted(format!(
+        "refusing to {doing} {}: it is {}, not the regular file disk.fill creates",
+        file.display(),
+        type_name(m)
+    ))
+}
+
+/// Refusal to touch a regular file at the fill path whose identity is not the recorded one.
+fn replaced(file: &Path, want: FileId, doing: &str) -> Error {
+    let have = files::id_of(file).map_or_else(|| "gone".to_string(), |h| h.to_string());
+    drifted(format!(
+        "refusing to {doing} {}: it is not the file disk.fill created ({have}, the receipt \
+         recorded {want}); someone replaced it",
+        file.display()
+    ))
+}
+
+/// Whether the file at `path` is the recorded one (or none was recorded).
+fn is_recorded(path: &Path, want: Option<FileId>) -> bool {
+    want.is_none_or(|w| files::id_of(path).is_some_and(|h| w.is(&h)))
 }
 
 /// Bytes the file has allocated (`st_blocks` is in 512-byte units).
@@ -198,14 +278,77 @@ fn fallocate(file: &File, len: u64) -> std::io::Result<()> {
     }
 }
 
-/// Quote for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+/// The device of `path`, or of its nearest existing ancestor (a state directory not made
+/// yet will be made there), with the path that was found.
+fn device_of_nearest(path: &Path) -> Option<(PathBuf, u64)> {
+    let mut p = path;
+    loop {
+        if let Ok(m) = std::fs::metadata(p) {
+            let shown = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            return Some((shown, m.dev()));
+        }
+        p = p.parent()?;
+    }
+}
+
+/// The one line of [`DiskFill::touches`], computed in the receipt's mount namespace
+/// (`ns` names it when it is not the caller's).
+fn touch_line(r: &DiskFillReceipt, ns: &str) -> String {
+    let want = Bytes(r.bytes).human();
+    let s = match FsStats::of_path(&r.dir) {
+        Ok(s) => s,
+        Err(e) => {
+            return format!(
+                "fill {want} on the filesystem of {} (device {}): usage unknown ({e})",
+                r.dir.display(),
+                files::dev_name(r.device)
+            )
+        }
+    };
+    let ms = mounts::mounts();
+    let m = mounts::mount_of(&ms, &r.dir, r.device);
+    let label = m.map_or_else(
+        || {
+            format!(
+                "the filesystem of {} (device {})",
+                r.dir.display(),
+                files::dev_name(r.device)
+            )
+        },
+        mounts::Mount::label,
+    );
+    let place = match m {
+        Some(m) if m.mount_point != r.dir => format!(" in {}", r.dir.display()),
+        _ => String::new(),
+    };
+    // A fill file already there (this fault's, once injected) is counted as not there.
+    let mine = match lstat(&r.file) {
+        Ok(Some(meta)) if meta.file_type().is_file() && is_recorded(&r.file, r.inode) => {
+            allocated(&meta)
+        }
+        _ => 0,
+    };
+    let used = s.used().saturating_sub(mine);
+    let avail = s.avail().saturating_add(mine);
+    let need = round_up(r.bytes, s.frsize);
+    let total = used.saturating_add(avail);
+    let after = if total == 0 {
+        100.0
+    } else {
+        (used.saturating_add(need)).min(total) as f64 * 100.0 / total as f64
+    };
+    format!(
+        "fill {want} of {} {label}{place}{ns}: {} used after the fill, {} left",
+        Bytes(s.size()).human(),
+        files::percent(after),
+        Bytes(avail.saturating_sub(need)).human()
+    )
 }
 
 impl DiskFill {
     /// Open the fill file: create it, or reopen one an earlier `inject` of this receipt
-    /// left (it carries our fault id). Returns the file and whether it was created now.
+    /// left (it carries our fault id, and the recorded identity when there is one). Returns
+    /// the file and whether it was created now.
     fn open_fill(receipt: &DiskFillReceipt) -> Result<(File, bool)> {
         let file = &receipt.file;
         let created = OpenOptions::new()
@@ -225,25 +368,88 @@ impl DiskFill {
         if !meta.file_type().is_file() {
             return Err(not_ours(file, &meta, "fill"));
         }
+        if let Some(want) = receipt.inode.filter(|_| !is_recorded(file, receipt.inode)) {
+            return Err(replaced(file, want, "fill"));
+        }
         let f = OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(file)
             .map_err(|e| Error::io(format!("reopening {}", file.display()), e))?;
-        let now = f
-            .metadata()
-            .map_err(|e| Error::io(format!("inspecting {}", file.display()), e))?;
-        if (now.dev(), now.ino()) != (meta.dev(), meta.ino()) {
-            return Err(Error::new(
-                ErrorKind::Drifted,
-                format!("{} was replaced while being reopened", file.display()),
-            ));
+        let now = FileId::of_fd(f.as_raw_fd());
+        let same = now.is_some_and(|n| {
+            (n.dev, n.ino) == (meta.dev(), meta.ino()) && receipt.inode.is_none_or(|w| w.is(&n))
+        });
+        if !same {
+            return Err(drifted(format!(
+                "{} was replaced while being reopened",
+                file.display()
+            )));
         }
         Ok((f, false))
     }
 
+    /// Refuse a fill that would leave a filesystem holding a protected path with less than
+    /// its safe reserve, unless the spec allows it. `stats` are the filesystem's numbers
+    /// now; `need` the bytes still to allocate.
+    fn guard(
+        &self,
+        cx: &Context,
+        dir: &Path,
+        device: u64,
+        stats: &FsStats,
+        need: u64,
+    ) -> Result<()> {
+        if self.spec.allow_protected_filesystem {
+            return Ok(());
+        }
+        let ms = mounts::mounts();
+        let mut held: Vec<String> = Vec::new();
+        for p in &cx.protected_paths {
+            if let Some((shown, dev)) = device_of_nearest(p) {
+                if mounts::same_filesystem(&ms, dir, device, &shown, dev) {
+                    held.push(shown.display().to_string());
+                }
+            }
+        }
+        if held.is_empty() {
+            return Ok(());
+        }
+        let size = stats.size();
+        let reserve = protected_reserve(size);
+        let need = round_up(need, stats.frsize);
+        let left = stats.avail().saturating_sub(need);
+        if left >= reserve {
+            return Ok(());
+        }
+        held.dedup();
+        let label = mounts::label(dir, device);
+        let h = |n: u64| Bytes(n).human();
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "refusing to fill {label}: it holds protected path{} {} and filling {} would \
+                 leave {} available of {}, below its safe reserve of {} (5% of the filesystem, \
+                 at least 1 GiB, at most a quarter of it); set allow_protected_filesystem = \
+                 true in this fault to fill it anyway",
+                if held.len() == 1 { "" } else { "s" },
+                held.join(", "),
+                h(need),
+                h(left),
+                h(size),
+                h(reserve)
+            ),
+        ))
+    }
+
     /// Allocate and make durable; the caller unlinks on error.
-    fn allocate(&self, receipt: &DiskFillReceipt, f: &File, fresh: bool) -> Result<()> {
+    fn allocate(
+        &self,
+        cx: &Context,
+        receipt: &DiskFillReceipt,
+        f: &File,
+        fresh: bool,
+    ) -> Result<()> {
         let dir = &self.spec.path;
         let bytes = receipt.bytes;
         let meta = f
@@ -252,19 +458,22 @@ impl DiskFill {
         if !fresh && meta.len() >= bytes && allocated(&meta) >= bytes {
             return Ok(()); // an earlier inject of this receipt finished
         }
-        // The reserve was checked at plan; check it again just before taking the space, in
-        // case the filesystem filled up since. Not on a retry: our own partial file would
-        // count against it.
-        if fresh && self.spec.reserve.is_some() {
+        // The reserve and the guard were checked at plan; check them again just before
+        // taking the space, in case the filesystem filled up since. Not on a retry: our own
+        // partial file would count against them.
+        if fresh {
             let s = FsStats::of_file(f)
                 .map_err(|e| Error::io(format!("statvfs {}", dir.display()), e))?;
-            bytes_to_fill(
-                &s,
-                Amount::Size(bytes),
-                self.reserve(),
-                &dir.display().to_string(),
-            )
-            .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+            if self.spec.reserve.is_some() {
+                bytes_to_fill(
+                    &s,
+                    Amount::Size(bytes),
+                    self.reserve(),
+                    &dir.display().to_string(),
+                )
+                .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+            }
+            self.guard(cx, &receipt.dir, receipt.device, &s, bytes)?;
         }
         fallocate(f, bytes).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOSPC) => Error::io(
@@ -294,6 +503,69 @@ impl DiskFill {
         f.sync_all()
             .map_err(|e| Error::io(format!("fsync {}", receipt.file.display()), e))?;
         sync_dir(&receipt.dir).map_err(|e| Error::io(format!("fsync {}", receipt.dir.display()), e))
+    }
+
+    /// `inject` in the receipt's mount namespace.
+    fn inject_here(&self, cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
+        check_shape(receipt)?;
+        let (f, fresh) = DiskFill::open_fill(receipt)?;
+        if receipt.inode.is_none() {
+            receipt.inode =
+                Some(FileId::of_fd(f.as_raw_fd()).ok_or_else(|| {
+                    Error::last_os(format!("inspecting {}", receipt.file.display()))
+                })?);
+        }
+        let result = self.allocate(cx, receipt, &f, fresh);
+        drop(f); // close before unlinking: an open fd would keep the space allocated
+        if let Err(e) = result {
+            // Never leave a partial allocation (ext4 keeps one on ENOSPC).
+            if let Err(u) = files::remove(&receipt.file, receipt.inode, KIND, IMMUTABLE_HINT) {
+                return Err(e.context(format!(
+                    "and removing the partial {} failed too ({u})",
+                    receipt.file.display()
+                )));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// `verify` in the receipt's mount namespace.
+fn verify_here(receipt: &DiskFillReceipt) -> Result<Observation> {
+    let file = &receipt.file;
+    let dir = parent(file);
+    let meta = lstat(file).map_err(|e| Error::io(format!("inspecting {}", file.display()), e))?;
+    let Some(meta) = meta else {
+        return Ok(Observation::clean(format!(
+            "no fill file {}; {}",
+            file.display(),
+            usage(dir)
+        )));
+    };
+    if !meta.file_type().is_file() {
+        return Err(not_ours(file, &meta, "verify"));
+    }
+    if let Some(want) = receipt.inode.filter(|_| !is_recorded(file, receipt.inode)) {
+        return Err(replaced(file, want, "verify"));
+    }
+    let want = Bytes(receipt.bytes).human();
+    let have = meta.len().min(allocated(&meta));
+    if have >= receipt.bytes {
+        Ok(Observation::in_effect(format!(
+            "{} holds {want} (device {}); {}",
+            file.display(),
+            files::dev_name(receipt.device),
+            usage(dir)
+        )))
+    } else {
+        Ok(Observation::partial(format!(
+            "{} holds {} ({} allocated) of {want}; {}",
+            file.display(),
+            Bytes(meta.len()).human(),
+            Bytes(allocated(&meta)).human(),
+            usage(dir)
+        )))
     }
 }
 
@@ -333,11 +605,16 @@ impl Fault for DiskFill {
                       `<path>/.chaos-agent-fill-<fault id>`, with fallocate(2): `size` bytes, \
                       or enough to make the filesystem `percent` used as df shows it. Plan \
                       refuses (never fills less) when that does not fit, would leave less than \
-                      `reserve`, or the filesystem is already that full. Revert unlinks the \
-                      file, which returns the space at once (unless another process holds it \
-                      open).",
+                      `reserve`, or the filesystem is already that full; on a filesystem \
+                      holding the root or the agent's state directory it also refuses to go \
+                      below a safe reserve (5% of the filesystem, at least 1 GiB, at most a \
+                      quarter of it) unless `allow_protected_filesystem` is set. Revert unlinks \
+                      the file (only the one inject created, in the mount namespace it was \
+                      created in), which returns the space at once (unless another process \
+                      holds it open).",
             privileges: "write access to the directory (no root needed); root cannot use ext4 \
-                         reserved blocks without CAP_SYS_RESOURCE",
+                         reserved blocks without CAP_SYS_RESOURCE; reverting from another \
+                         mount namespace needs CAP_SYS_ADMIN",
             reversible: true,
             params: &[
                 Param {
@@ -365,6 +642,14 @@ impl Fault for DiskFill {
                     default: Some("0"),
                     doc: "Refuse when the fill would leave less than this available.",
                 },
+                Param {
+                    name: "allow_protected_filesystem",
+                    ty: "boolean",
+                    default: Some("false"),
+                    doc: "Allow filling the filesystem of / or of the agent's state directory \
+                          below its safe reserve (5%, at least 1 GiB, at most a quarter of \
+                          it); without it plan refuses such a fill.",
+                },
             ],
             example: "kind = \"disk.fill\"\nduration = \"30s\"\npath = \"/var/tmp\"\npercent = 90",
         }
@@ -385,6 +670,9 @@ impl Fault for DiskFill {
         if let Some(r) = self.spec.reserve {
             s.push_str(&format!(", keeping at least {} available", r.human()));
         }
+        if self.spec.allow_protected_filesystem {
+            s.push_str(", even below the safe reserve of a protected filesystem");
+        }
         s
     }
 
@@ -395,109 +683,155 @@ impl Fault for DiskFill {
         let file = fill_file(&dir, &cx.fault_id)?;
         let bytes = bytes_to_fill(&stats, self.amount, self.reserve(), &shown)
             .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+        self.guard(cx, &dir, device, &stats, bytes)?;
         Ok(DiskFillReceipt {
             dir,
             file,
             bytes,
             device,
+            mnt_ns: files::current_mnt_ns(),
+            boot_id: Some(cx.boot_id.clone()),
+            inode: None,
         })
     }
 
-    fn inject(&self, _cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
-        let (f, fresh) = DiskFill::open_fill(receipt)?;
-        let result = self.allocate(receipt, &f, fresh);
-        drop(f); // close before unlinking: an open fd would keep the space allocated
-        if let Err(e) = result {
-            // Never leave a partial allocation (ext4 keeps one on ENOSPC).
-            if let Err(u) = std::fs::remove_file(&receipt.file) {
-                if u.kind() != IoKind::NotFound {
-                    return Err(e.context(format!(
-                        "and removing the partial {} failed too ({u})",
-                        receipt.file.display()
-                    )));
-                }
-            }
-            let _ = sync_dir(&receipt.dir);
-            return Err(e);
-        }
-        Ok(())
+    fn inject(&self, cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
+        let ns = receipt.mnt_ns.clone();
+        let boot = receipt.boot_id.clone();
+        in_mount_ns(ns.as_ref(), boot.as_deref(), "the fill file", || {
+            self.inject_here(cx, receipt)
+        })
     }
 
     fn verify(receipt: &DiskFillReceipt) -> Result<Observation> {
-        let file = &receipt.file;
-        let dir = parent(file);
-        let meta =
-            lstat(file).map_err(|e| Error::io(format!("inspecting {}", file.display()), e))?;
-        let Some(meta) = meta else {
-            return Ok(Observation::clean(format!(
-                "no fill file {}; {}",
-                file.display(),
-                usage(dir)
-            )));
-        };
-        if !meta.file_type().is_file() {
-            return Err(not_ours(file, &meta, "verify"));
-        }
-        let want = Bytes(receipt.bytes).human();
-        let have = meta.len().min(allocated(&meta));
-        if have >= receipt.bytes {
-            Ok(Observation::in_effect(format!(
-                "{} holds {want} (device {}); {}",
-                file.display(),
-                receipt.device,
-                usage(dir)
-            )))
-        } else {
-            Ok(Observation::partial(format!(
-                "{} holds {} ({} allocated) of {want}; {}",
-                file.display(),
-                Bytes(meta.len()).human(),
-                Bytes(allocated(&meta)).human(),
-                usage(dir)
-            )))
-        }
+        in_mount_ns(
+            receipt.mnt_ns.as_ref(),
+            receipt.boot_id.as_deref(),
+            &format!("the fill file {}", receipt.file.display()),
+            || verify_here(receipt),
+        )
     }
 
     fn revert(receipt: &DiskFillReceipt) -> Result<()> {
-        let file = &receipt.file;
-        let meta =
-            lstat(file).map_err(|e| Error::io(format!("inspecting {}", file.display()), e))?;
-        let Some(meta) = meta else {
-            return Ok(());
-        };
-        if !meta.file_type().is_file() {
-            return Err(not_ours(file, &meta, "remove"));
-        }
-        match std::fs::remove_file(file) {
-            Ok(()) => {}
-            Err(e) if e.kind() == IoKind::NotFound => return Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                // Root gets EPERM from unlink only for immutable or append-only files.
-                return Err(Error::io(
-                    format!(
-                        "removing {} (it is immutable or append-only: `lsattr` shows it, \
-                         `chattr -i -a` clears it)",
-                        file.display()
-                    ),
-                    e,
-                ));
-            }
-            Err(e) => return Err(Error::io(format!("removing {}", file.display()), e)),
-        }
-        let dir = parent(file);
-        sync_dir(dir).map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
+        check_shape(receipt)?;
+        in_mount_ns(
+            receipt.mnt_ns.as_ref(),
+            receipt.boot_id.as_deref(),
+            &format!("the fill file {}", receipt.file.display()),
+            || files::remove(&receipt.file, receipt.inode, KIND, IMMUTABLE_HINT).map(drop),
+        )
     }
 
     fn manual_undo(receipt: &DiskFillReceipt) -> Vec<String> {
-        let file = sh_quote(&receipt.file.to_string_lossy());
+        let prefix = files::nsenter_prefix(receipt.mnt_ns.as_ref());
+        let file = receipt.file.to_string_lossy();
+        let cmd = |argv: &[&str]| {
+            join(
+                prefix
+                    .iter()
+                    .map(String::as_str)
+                    .chain(argv.iter().copied()),
+            )
+        };
         vec![
-            format!("chattr -i -a -- {file}  # only if `lsattr` shows it immutable (i) or append-only (a)"),
-            format!("rm -f -- {file}"),
+            format!(
+                "{}  # only if `lsattr` shows it immutable (i) or append-only (a)",
+                cmd(&["chattr", "-i", "-a", "--", &file])
+            ),
+            cmd(&["rm", "-f", "--", &file]),
         ]
     }
 
     fn targets(receipt: &DiskFillReceipt) -> Vec<String> {
         vec![format!("path:{}", receipt.dir.display())]
+    }
+
+    fn touches(receipt: &DiskFillReceipt) -> Vec<String> {
+        let ns = match &receipt.mnt_ns {
+            Some(ns) if !ns.is_current() => format!(" (mount namespace {ns})"),
+            _ => String::new(),
+        };
+        let line = in_mount_ns(
+            receipt.mnt_ns.as_ref(),
+            receipt.boot_id.as_deref(),
+            "the fill file",
+            || Ok(touch_line(receipt, &ns)),
+        );
+        vec![line.unwrap_or_else(|e| {
+            format!(
+                "fill {} on the filesystem of {} (device {}): {e}",
+                Bytes(receipt.bytes).human(),
+                receipt.dir.display(),
+                files::dev_name(receipt.device)
+            )
+        })]
+    }
+
+    /// The fill file must be exactly `<dir>/.chaos-agent-fill-<fault id>`, `dir` an
+    /// absolute plain path.
+    fn check_receipt(fault_id: &str, receipt: &DiskFillReceipt) -> Result<()> {
+        if !files::is_plain_absolute(&receipt.dir) {
+            return Err(drifted(format!(
+                "refusing disk.fill receipt of fault {fault_id:?}: its directory {} is not an \
+                 absolute plain path",
+                receipt.dir.display()
+            )));
+        }
+        let want = fill_file(&receipt.dir, fault_id).map_err(|e| {
+            drifted(format!(
+                "refusing disk.fill receipt: fault id {fault_id:?} names no fill file ({e})"
+            ))
+        })?;
+        if receipt.file != want {
+            return Err(drifted(format!(
+                "refusing disk.fill receipt of fault {fault_id:?}: it names {} but this fault \
+                 only ever creates {}",
+                receipt.file.display(),
+                want.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Fill files named after a known fault id on every mounted filesystem, within the
+    /// bounds described in the crate docs (depth 6 below each mount point, capped
+    /// directory counts, no symlinks, no crossing of mounts, this mount namespace only).
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<DiskFillReceipt>>> {
+        let ids: HashSet<&str> = known.iter().map(String::as_str).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = |n: &str| {
+            n.strip_prefix(FILE_PREFIX)
+                .is_some_and(|id| ids.contains(id))
+        };
+        let (found, _) = mounts::scan(&wanted);
+        let ns = files::current_mnt_ns();
+        let boot = fault_core::host::boot_id();
+        Ok(found
+            .into_iter()
+            .map(|f| {
+                let file = f.dir.join(&f.name);
+                Leftover {
+                    fault_id: f.name[FILE_PREFIX.len()..].to_string(),
+                    found: format!(
+                        "fill file {} ({}, {})",
+                        file.display(),
+                        Bytes(f.size).human(),
+                        f.fs
+                    ),
+                    receipt: DiskFillReceipt {
+                        dir: f.dir,
+                        file,
+                        bytes: f.size,
+                        device: f.id.dev,
+                        mnt_ns: ns.clone(),
+                        boot_id: Some(boot.clone()),
+                        inode: Some(f.id),
+                    },
+                }
+            })
+            .collect())
     }
 }
 
@@ -592,7 +926,16 @@ mod tests {
         assert!(info.reversible);
         // Every documented parameter is a spec field, and every field is documented.
         let names: Vec<&str> = info.params.iter().map(|p| p.name).collect();
-        assert_eq!(names, ["path", "size", "percent", "reserve"]);
+        assert_eq!(
+            names,
+            [
+                "path",
+                "size",
+                "percent",
+                "reserve",
+                "allow_protected_filesystem"
+            ]
+        );
     }
 
     #[test]
@@ -611,6 +954,7 @@ mod tests {
             size: None,
             percent: Some("40%".parse().unwrap()),
             reserve: Some(Bytes(1 << 20)),
+            allow_protected_filesystem: false,
         };
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(
@@ -618,6 +962,13 @@ mod tests {
             json!({"path": "/srv", "percent": 40.0, "reserve": "1MiB"})
         );
         assert_eq!(serde_json::from_value::<DiskFillSpec>(v).unwrap(), spec);
+        let allowed = DiskFillSpec {
+            allow_protected_filesystem: true,
+            ..spec
+        };
+        let v = serde_json::to_value(&allowed).unwrap();
+        assert_eq!(v["allow_protected_filesystem"], json!(true));
+        assert_eq!(serde_json::from_value::<DiskFillSpec>(v).unwrap(), allowed);
     }
 
     #[test]
@@ -633,14 +984,21 @@ mod tests {
         assert!(fill_file(Path::new("/srv"), &format!("{long}x")).is_err());
     }
 
+    fn receipt(dir: &str, id: &str) -> DiskFillReceipt {
+        DiskFillReceipt {
+            dir: dir.into(),
+            file: Path::new(dir).join(format!("{FILE_PREFIX}{id}")),
+            bytes: 4096,
+            device: 2049,
+            mnt_ns: None,
+            boot_id: None,
+            inode: None,
+        }
+    }
+
     #[test]
     fn manual_undo_and_targets() {
-        let r = DiskFillReceipt {
-            dir: "/srv/it's".into(),
-            file: "/srv/it's/.chaos-agent-fill-f1".into(),
-            bytes: 1,
-            device: 2049,
-        };
+        let r = receipt("/srv/it's", "f1");
         assert_eq!(
             DiskFill::manual_undo(&r)[1],
             r"rm -f -- '/srv/it'\''s/.chaos-agent-fill-f1'"
@@ -650,14 +1008,125 @@ mod tests {
     }
 
     #[test]
+    fn manual_undo_quotes_spaces_and_semicolons() {
+        let r = receipt("/srv/my data;rm -rf ~", "f1");
+        assert_eq!(
+            DiskFill::manual_undo(&r),
+            [
+                "chattr -i -a -- '/srv/my data;rm -rf ~/.chaos-agent-fill-f1'  # only if \
+                 `lsattr` shows it immutable (i) or append-only (a)",
+                "rm -f -- '/srv/my data;rm -rf ~/.chaos-agent-fill-f1'",
+            ]
+        );
+        // Plain paths stay readable.
+        assert_eq!(
+            DiskFill::manual_undo(&receipt("/srv/data", "f1"))[1],
+            "rm -f -- /srv/data/.chaos-agent-fill-f1"
+        );
+        // Made in a mount namespace nothing refers to any more: the person is told to
+        // enter it, in one quoted word.
+        let r = DiskFillReceipt {
+            mnt_ns: Some(NsId {
+                kind: fault_core::host::ns::NsKind::Mnt,
+                dev: 4,
+                ino: 1,
+                cookie: None,
+            }),
+            ..receipt("/srv/my data", "f1")
+        };
+        assert_eq!(
+            DiskFill::manual_undo(&r)[1],
+            "nsenter '--mount=/proc/PID-IN-mnt:[1]/ns/mnt' rm -f -- \
+             '/srv/my data/.chaos-agent-fill-f1'"
+        );
+    }
+
+    #[test]
+    fn check_receipt_wants_exactly_the_file_of_the_fault_id() {
+        let r = receipt("/srv/data", "f1");
+        DiskFill::check_receipt("f1", &r).unwrap();
+        let edits = [
+            ("f2", r.clone()),
+            (
+                "f1",
+                DiskFillReceipt {
+                    file: "/etc/passwd".into(),
+                    ..r.clone()
+                },
+            ),
+            (
+                "f1",
+                DiskFillReceipt {
+                    file: "/srv/data/precious".into(),
+                    ..r.clone()
+                },
+            ),
+            (
+                "f1",
+                DiskFillReceipt {
+                    file: "/srv/data/.chaos-agent-fill-f2".into(),
+                    ..r.clone()
+                },
+            ),
+            ("f1", receipt("/srv/data/../../etc", "f1")),
+            ("f1", receipt("srv/data", "f1")),
+            ("a/b", receipt("/srv/data", "a/b")),
+            ("", r.clone()),
+        ];
+        for (id, edited) in edits {
+            let e = DiskFill::check_receipt(id, &edited).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{id} {edited:?}: {e}");
+        }
+        // Revert alone (no fault id) still refuses what is no fill file in its directory.
+        for file in [
+            "/etc/passwd",
+            "/srv/data/precious",
+            "/srv/data/sub/.chaos-agent-fill-f1",
+        ] {
+            let edited = DiskFillReceipt {
+                file: file.into(),
+                ..r.clone()
+            };
+            let e = DiskFill::revert(&edited).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{file}: {e}");
+        }
+    }
+
+    #[test]
+    fn receipts_of_the_first_release_still_read_and_write_back_the_same() {
+        let old = json!({
+            "dir": "/nonexistent-chaos-dir",
+            "file": "/nonexistent-chaos-dir/.chaos-agent-fill-x",
+            "bytes": 4096,
+            "device": 2049
+        });
+        let r: DiskFillReceipt = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(r, receipt("/nonexistent-chaos-dir", "x"));
+        assert_eq!(serde_json::to_value(&r).unwrap(), old);
+        DiskFill::revert(&r).unwrap();
+        assert_eq!(DiskFill::manual_undo(&r).len(), 2);
+    }
+
+    #[test]
+    fn plan_records_the_mount_namespace_and_boot() {
+        let dir = std::env::temp_dir();
+        let f = build(json!({"path": dir, "size": 4096})).unwrap();
+        let cx = Context::new("plan-ns", "run");
+        let r = f.plan(&cx).unwrap();
+        assert_eq!(r.mnt_ns, files::current_mnt_ns());
+        assert!(r.mnt_ns.is_some());
+        assert_eq!(r.boot_id.as_deref(), Some(cx.boot_id.as_str()));
+        assert_eq!(r.inode, None, "identity comes with the file, at inject");
+        DiskFill::check_receipt("plan-ns", &r).unwrap();
+        let back: DiskFillReceipt =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
     fn receipt_functions_work_without_the_filesystem() {
         // A receipt whose directory is gone: clean, and revert succeeds.
-        let r = DiskFillReceipt {
-            dir: "/nonexistent-chaos-dir".into(),
-            file: "/nonexistent-chaos-dir/.chaos-agent-fill-x".into(),
-            bytes: 4096,
-            device: 0,
-        };
+        let r = receipt("/nonexistent-chaos-dir", "x");
         assert_eq!(
             DiskFill::verify(&r).unwrap().effect,
             fault_core::Effect::Clean

@@ -1,22 +1,32 @@
 //! `disk.io`: worker processes driving direct I/O on a filesystem.
 
+use std::collections::HashSet;
 use std::ffi::CString;
-use std::io::ErrorKind as IoKind;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use fault_core::host::fs::sync_dir;
+use fault_core::host::ns::NsId;
+use fault_core::host::shell::join;
 use fault_core::host::stressor::{self, Exit, Stressors, Work};
-use fault_core::{Bytes, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result};
+use fault_core::{
+    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Result,
+};
 use serde::{Deserialize, Serialize};
+
+use crate::files::{self, drifted, in_mount_ns, FileId};
+use crate::mounts;
 
 /// The kind string of [`DiskIo`].
 pub const IO_KIND: &str = "disk.io";
 
 /// Prefix of the scratch files' names; the fault id and the worker index follow.
 const FILE_PREFIX: &str = ".chaos-agent-io-";
+
+/// The name (`comm`) of every worker.
+const WORKER_NAME: &str = "chaos-io";
 
 /// Alignment O_DIRECT needs for buffer, offset and length on every common filesystem.
 const ALIGN: u64 = 4096;
@@ -104,6 +114,16 @@ pub struct DiskIoReceipt {
     pub rate: Option<u64>,
     /// The cgroups (named at plan) and the workers (recorded at inject).
     pub stressors: Stressors,
+    /// The mount namespace `dir` was resolved in: the scratch files are removed there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mnt_ns: Option<NsId>,
+    /// The boot the receipt was planned in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Each scratch file's device and inode (same order as `files`), recorded at inject once
+    /// its worker created it; revert never unlinks a file with another identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_ids: Vec<Option<FileId>>,
 }
 
 /// Drive direct I/O on the filesystem of a directory with worker processes.
@@ -121,8 +141,10 @@ pub struct DiskIoReceipt {
 /// # Revert
 ///
 /// Kills the workers (and anything else in the fault's cgroups), removes the cgroups, then
-/// unlinks the scratch files (only regular files at exactly the receipt's paths) and
-/// `fsync`s the directory.
+/// unlinks the scratch files (only regular files at exactly the receipt's paths, with the
+/// device and inode recorded when the workers created them) and `fsync`s the directory. The
+/// files are removed in the mount namespace the fault was planned in (entered when the
+/// reverting process is elsewhere), as for `disk.fill`.
 ///
 /// # Persistence
 ///
@@ -166,6 +188,50 @@ fn scratch_file(dir: &Path, fault_id: &str, i: usize) -> Result<PathBuf> {
         )));
     }
     Ok(dir.join(name))
+}
+
+/// `(fault id, worker index)` of a scratch file's name.
+fn parse_name(name: &str) -> Option<(&str, usize)> {
+    let (id, n) = name.strip_prefix(FILE_PREFIX)?.rsplit_once('-')?;
+    if id.is_empty() || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if n.len() > 1 && n.starts_with('0') {
+        return None; // not a name we write
+    }
+    let n: usize = n.parse().ok()?;
+    (n < MAX_WORKERS as usize).then_some((id, n))
+}
+
+/// What revert checks of a receipt without knowing the fault id: every file is a scratch
+/// file name directly in `dir`, an absolute plain path.
+fn check_shape(r: &DiskIoReceipt) -> Result<()> {
+    for f in &r.files {
+        let name = f.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !(files::is_plain_absolute(f)
+            && f.parent() == Some(r.dir.as_path())
+            && parse_name(name).is_some())
+        {
+            return Err(drifted(format!(
+                "refusing to remove {}: not a disk.io scratch file in {}",
+                f.display(),
+                r.dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Remove the scratch files (in the current mount namespace); true when any was there.
+fn remove_files(r: &DiskIoReceipt) -> Result<bool> {
+    let mut removed = false;
+    for (i, file) in r.files.iter().enumerate() {
+        let id = r.file_ids.get(i).copied().flatten();
+        if files::remove(file, id, IO_KIND, "")? == files::Removed::Removed {
+            removed = true;
+        }
+    }
+    Ok(removed)
 }
 
 fn fs_magic(path: &Path) -> std::io::Result<i64> {
@@ -476,16 +542,21 @@ impl Fault for DiskIo {
             bytes: self.spec.bytes.map(Bytes::get),
             rate: self.spec.rate.map(Bytes::get),
             stressors: Stressors::plan(&cx.fault_id, &["memory"])?,
+            mnt_ns: files::current_mnt_ns(),
+            boot_id: Some(cx.boot_id.clone()),
+            file_ids: Vec::new(),
         })
     }
 
     fn inject(&self, _cx: &Context, receipt: &mut DiskIoReceipt) -> Result<()> {
+        check_shape(receipt)?;
         let workers = receipt.files.len();
         let s = &mut receipt.stressors;
         if s.begin_inject(workers)? {
             return Ok(()); // an earlier inject of this receipt finished
         }
-        for file in &receipt.files {
+        receipt.file_ids = vec![None; receipt.files.len()];
+        for (i, file) in receipt.files.iter().enumerate() {
             let path = CString::new(file.as_os_str().as_encoded_bytes())
                 .map_err(|_| Error::invalid(format!("{} contains NUL", file.display())))?;
             let work = Arc::new(IoWorker {
@@ -511,6 +582,8 @@ impl Fault for DiskIo {
                     e
                 }
             })?;
+            // The worker created (or reopened) it before spawn returned.
+            receipt.file_ids[i] = files::id_of(file);
         }
         let _ = sync_dir(&receipt.dir);
         Ok(())
@@ -539,11 +612,18 @@ impl Fault for DiskIo {
 
     fn verify(receipt: &DiskIoReceipt) -> Result<Observation> {
         let s = &receipt.stressors;
-        let files: Vec<&PathBuf> = receipt
-            .files
-            .iter()
-            .filter(|f| std::fs::symlink_metadata(f).is_ok())
-            .collect();
+        let files: Vec<&PathBuf> = in_mount_ns(
+            receipt.mnt_ns.as_ref(),
+            receipt.boot_id.as_deref(),
+            "disk.io's scratch files",
+            || {
+                Ok(receipt
+                    .files
+                    .iter()
+                    .filter(|f| std::fs::symlink_metadata(f).is_ok())
+                    .collect())
+            },
+        )?;
         let alive = s.alive();
         let finished = s
             .processes
@@ -602,60 +682,203 @@ impl Fault for DiskIo {
     }
 
     fn revert(receipt: &DiskIoReceipt) -> Result<()> {
-        // Workers first: an open descriptor would keep a file's blocks allocated.
+        check_shape(receipt)?;
+        // Workers first: an open descriptor would keep a file's blocks allocated. Processes
+        // and cgroups are handled from here (pids are this PID namespace's); only the
+        // files' paths belong to the mount namespace.
         receipt.stressors.stop()?;
-        let mut removed = false;
-        for file in &receipt.files {
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if !name.starts_with(FILE_PREFIX) {
-                return Err(Error::new(
-                    ErrorKind::Drifted,
-                    format!(
-                        "refusing to remove {}: not a disk.io scratch file",
-                        file.display()
-                    ),
-                ));
-            }
-            match std::fs::symlink_metadata(file) {
-                Ok(m) if m.file_type().is_file() => {}
-                Ok(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Drifted,
-                        format!(
-                            "refusing to remove {}: it is not the regular file disk.io creates",
-                            file.display()
-                        ),
-                    ))
-                }
-                Err(e)
-                    if e.kind() == IoKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(Error::io(format!("inspecting {}", file.display()), e)),
-            }
-            match std::fs::remove_file(file) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == IoKind::NotFound => {}
-                Err(e) => return Err(Error::io(format!("removing {}", file.display()), e)),
-            }
-        }
-        if removed {
-            sync_dir(&receipt.dir)
-                .map_err(|e| Error::io(format!("fsync {}", receipt.dir.display()), e))?;
-        }
-        Ok(())
+        in_mount_ns(
+            receipt.mnt_ns.as_ref(),
+            receipt.boot_id.as_deref(),
+            "disk.io's scratch files",
+            || remove_files(receipt).map(drop),
+        )
     }
 
     fn manual_undo(receipt: &DiskIoReceipt) -> Vec<String> {
         let mut out = receipt.stressors.manual_undo();
+        let prefix = files::nsenter_prefix(receipt.mnt_ns.as_ref());
         for f in &receipt.files {
-            out.push(format!(
-                "rm -f -- '{}'",
-                f.to_string_lossy().replace('\'', r"'\''")
+            let f = f.to_string_lossy();
+            out.push(join(
+                prefix
+                    .iter()
+                    .map(String::as_str)
+                    .chain(["rm", "-f", "--", &f]),
             ));
         }
         out
+    }
+
+    fn touches(receipt: &DiskIoReceipt) -> Vec<String> {
+        let mut out = Vec::new();
+        let n = receipt.files.len();
+        if n > 0 {
+            let fs = in_mount_ns(
+                receipt.mnt_ns.as_ref(),
+                receipt.boot_id.as_deref(),
+                "disk.io's scratch files",
+                || {
+                    let m = std::fs::metadata(&receipt.dir).map_err(|e| {
+                        Error::io(format!("inspecting {}", receipt.dir.display()), e)
+                    })?;
+                    use std::os::unix::fs::MetadataExt;
+                    Ok(mounts::label(&receipt.dir, m.dev()))
+                },
+            )
+            .unwrap_or_else(|e| format!("the filesystem of {} ({e})", receipt.dir.display()));
+            let mut line = format!(
+                "{n} worker{} doing direct {} I/O in {} blocks on {fs}",
+                if n == 1 { "" } else { "s" },
+                receipt.mode.as_str(),
+                Bytes(receipt.block_size).human()
+            );
+            if let Some(r) = receipt.rate {
+                line.push_str(&format!(", at most {}/s each", Bytes(r).human()));
+            }
+            if let Some(b) = receipt.bytes {
+                line.push_str(&format!(", {} each in all", Bytes(b).human()));
+            }
+            out.push(line);
+            out.push(format!(
+                "{n} scratch file{} of {} ({} in all) in {}",
+                if n == 1 { "" } else { "s" },
+                Bytes(receipt.file_size).human(),
+                Bytes(receipt.file_size.saturating_mul(n as u64)).human(),
+                receipt.dir.display()
+            ));
+        }
+        out.extend(receipt.stressors.touches());
+        out
+    }
+
+    /// Every scratch file must be exactly `<dir>/.chaos-agent-io-<fault id>-<n>` with `n`
+    /// its position, every cgroup the fault's own, every live recorded process a
+    /// `chaos-io` worker.
+    fn check_receipt(fault_id: &str, receipt: &DiskIoReceipt) -> Result<()> {
+        if !receipt.files.is_empty() && !files::is_plain_absolute(&receipt.dir) {
+            return Err(drifted(format!(
+                "refusing disk.io receipt of fault {fault_id:?}: its directory {} is not an \
+                 absolute plain path",
+                receipt.dir.display()
+            )));
+        }
+        if receipt.files.len() > MAX_WORKERS as usize
+            || receipt.file_ids.len() > receipt.files.len()
+        {
+            return Err(drifted(format!(
+                "refusing disk.io receipt of fault {fault_id:?}: {} files, {} identities",
+                receipt.files.len(),
+                receipt.file_ids.len()
+            )));
+        }
+        for (i, f) in receipt.files.iter().enumerate() {
+            let want = scratch_file(&receipt.dir, fault_id, i).map_err(|e| {
+                drifted(format!(
+                    "refusing disk.io receipt: fault id {fault_id:?} names no scratch file ({e})"
+                ))
+            })?;
+            if *f != want {
+                return Err(drifted(format!(
+                    "refusing disk.io receipt of fault {fault_id:?}: it names {} where this \
+                     fault only ever creates {}",
+                    f.display(),
+                    want.display()
+                )));
+            }
+        }
+        receipt.stressors.check_receipt(fault_id, WORKER_NAME)
+    }
+
+    /// Scratch files named after a known fault id on every mounted filesystem (bounded as
+    /// for `disk.fill`, see the crate docs), and the fault's cgroups in every
+    /// hierarchy; one receipt per fault id and directory, which kills whatever is in the
+    /// cgroups, removes them and unlinks the files.
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<DiskIoReceipt>>> {
+        let ids: HashSet<&str> = known.iter().map(String::as_str).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted = |n: &str| parse_name(n).is_some_and(|(id, _)| ids.contains(id));
+        let (found, _) = mounts::scan(&wanted);
+        let ns = files::current_mnt_ns();
+        let boot = fault_core::host::boot_id();
+        let mut out: Vec<Leftover<DiskIoReceipt>> = Vec::new();
+        for f in found {
+            let Some((id, n)) = parse_name(&f.name) else {
+                continue;
+            };
+            let i = match out
+                .iter()
+                .position(|l| l.fault_id == id && l.receipt.dir == f.dir)
+            {
+                Some(i) => i,
+                None => {
+                    out.push(Leftover {
+                        fault_id: id.to_string(),
+                        found: String::new(),
+                        receipt: DiskIoReceipt {
+                            dir: f.dir.clone(),
+                            files: Vec::new(),
+                            mode: IoMode::Write,
+                            block_size: ALIGN,
+                            file_size: 0,
+                            bytes: None,
+                            rate: None,
+                            stressors: Stressors::default(),
+                            mnt_ns: ns.clone(),
+                            boot_id: Some(boot.clone()),
+                            file_ids: Vec::new(),
+                        },
+                    });
+                    out.len() - 1
+                }
+            };
+            let r = &mut out[i].receipt;
+            while r.files.len() <= n {
+                let next = scratch_file(&f.dir, id, r.files.len())?;
+                r.files.push(next);
+                r.file_ids.push(None);
+            }
+            r.file_ids[n] = Some(f.id);
+            r.file_size = r.file_size.max(f.size);
+            let l = &mut out[i];
+            if !l.found.is_empty() {
+                l.found.push_str(", ");
+            }
+            l.found.push_str(&format!(
+                "scratch file {} ({}, {})",
+                f.dir.join(&f.name).display(),
+                Bytes(f.size).human(),
+                f.fs
+            ));
+        }
+        for c in Stressors::leftovers(known, WORKER_NAME) {
+            match out.iter_mut().find(|l| l.fault_id == c.fault_id) {
+                Some(l) => {
+                    l.receipt.stressors = c.receipt;
+                    l.found.push_str(&format!(", {}", c.found));
+                }
+                None => out.push(Leftover {
+                    fault_id: c.fault_id,
+                    found: c.found,
+                    receipt: DiskIoReceipt {
+                        dir: PathBuf::from("/"),
+                        files: Vec::new(),
+                        mode: IoMode::Write,
+                        block_size: ALIGN,
+                        file_size: 0,
+                        bytes: None,
+                        rate: None,
+                        stressors: c.receipt,
+                        mnt_ns: ns.clone(),
+                        boot_id: Some(boot.clone()),
+                        file_ids: Vec::new(),
+                    },
+                }),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -787,6 +1010,9 @@ mod tests {
             bytes: None,
             rate: None,
             stressors: Stressors::default(),
+            mnt_ns: None,
+            boot_id: None,
+            file_ids: Vec::new(),
         };
         assert_eq!(
             DiskIo::verify(&r).unwrap().effect,
@@ -796,7 +1022,88 @@ mod tests {
         DiskIo::revert(&r).unwrap();
         assert_eq!(
             DiskIo::manual_undo(&r),
-            ["rm -f -- '/nonexistent-chaos-dir/.chaos-agent-io-x-0'"]
+            ["rm -f -- /nonexistent-chaos-dir/.chaos-agent-io-x-0"]
+        );
+        DiskIo::check_receipt("x", &r).unwrap();
+        // Receipts written before the mount namespace and file identities were recorded.
+        let old = serde_json::json!({
+            "dir": "/nonexistent-chaos-dir",
+            "files": ["/nonexistent-chaos-dir/.chaos-agent-io-x-0"],
+            "mode": "write", "block_size": 4096, "file_size": 4096,
+            "bytes": null, "rate": null,
+            "stressors": {"cgroups": [], "processes": []}
+        });
+        let back: DiskIoReceipt = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(serde_json::to_value(&back).unwrap(), old);
+    }
+
+    #[test]
+    fn scratch_file_names_parse_back() {
+        assert_eq!(parse_name(".chaos-agent-io-r-1-1-2"), Some(("r-1-1", 2)));
+        assert_eq!(parse_name(".chaos-agent-io-x-0"), Some(("x", 0)));
+        for bad in [
+            ".chaos-agent-io-x-",
+            ".chaos-agent-io--1",
+            ".chaos-agent-io-x-01",
+            ".chaos-agent-io-x-256",
+            ".chaos-agent-io-x-1a",
+            ".chaos-agent-fill-x-1",
+        ] {
+            assert_eq!(parse_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn check_receipt_wants_the_files_of_the_fault_id_in_order() {
+        let dir = Path::new("/srv/io");
+        let r = DiskIoReceipt {
+            dir: dir.into(),
+            files: (0..2)
+                .map(|i| scratch_file(dir, "f1", i).unwrap())
+                .collect(),
+            mode: IoMode::Write,
+            block_size: 4096,
+            file_size: 4096,
+            bytes: None,
+            rate: None,
+            stressors: Stressors::default(),
+            mnt_ns: None,
+            boot_id: None,
+            file_ids: Vec::new(),
+        };
+        DiskIo::check_receipt("f1", &r).unwrap();
+        assert_eq!(
+            DiskIo::check_receipt("f2", &r).unwrap_err().kind(),
+            ErrorKind::Drifted
+        );
+        for file in [
+            "/srv/io/precious",
+            "/etc/passwd",
+            "/srv/io/.chaos-agent-io-f1-0", // in the wrong position
+            "/srv/io/.chaos-agent-io-f2-1",
+        ] {
+            let mut edited = r.clone();
+            edited.files[1] = file.into();
+            let e = DiskIo::check_receipt("f1", &edited).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{file}: {e}");
+        }
+        for file in [
+            "/srv/io/precious",
+            "/etc/passwd",
+            "/srv/io/sub/.chaos-agent-io-f1-1",
+        ] {
+            let mut edited = r.clone();
+            edited.files[1] = file.into();
+            let e = DiskIo::revert(&edited).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{file}: {e}");
+        }
+        let mut spaced = r.clone();
+        spaced.dir = "/srv/my io;x".into();
+        spaced.files = vec![scratch_file(&spaced.dir, "f1", 0).unwrap()];
+        assert_eq!(
+            DiskIo::manual_undo(&spaced),
+            ["rm -f -- '/srv/my io;x/.chaos-agent-io-f1-0'"]
         );
     }
 }

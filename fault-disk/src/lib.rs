@@ -27,12 +27,24 @@
 //! files that would not fit. Revert kills the workers (pidfd, PID-reuse safe, plus
 //! everything in their cgroup), then unlinks the files; the workers die with the agent.
 //!
+//! ## The protected-filesystem guard
+//!
+//! A filesystem that holds one of [`fault_core::Context::protected_paths`] (`/`, and the
+//! agent's state directory, which the engine adds) keeps a safe reserve: 5% of its size, at
+//! least 1 GiB, at most a quarter of it (16 MiB of a 64 MiB filesystem, 1 GiB of 4 GiB,
+//! 12.6 GiB of 252 GiB). `disk.fill` refuses at plan, and again at inject, a fill that would
+//! leave less available there, with an error naming the filesystem, the numbers and the
+//! opt-in: `allow_protected_filesystem = true` in the fault's spec. Filesystems are the same
+//! when their device is, or when they are mounts of one block device (btrfs subvolumes).
+//! `disk.io`'s scratch files are not guarded (their size is given, not derived).
+//!
 //! ## Privileges
 //!
 //! Write access to the directory; no root needed (`disk.io` uses root, or a delegated
 //! cgroup, only to give its workers a cgroup of their own). Root gets no more than an
 //! unprivileged user: ext4's reserved blocks need `CAP_SYS_RESOURCE`, and the sizing never
-//! counts on them.
+//! counts on them. Reverting from another mount namespace than the one the fault was
+//! planned in needs `CAP_SYS_ADMIN` (to enter it).
 //!
 //! ## How revert undoes it
 //!
@@ -45,14 +57,52 @@
 //! the whole fill file or none, and revert from the journaled receipt removes it.
 //! `disk.io`'s revert kills the workers first (an open descriptor would keep the blocks
 //! allocated), then unlinks the scratch files the same way.
+//!
+//! Nothing is unlinked that is not provably the file the fault created:
+//!
+//! - **by name**: the engine checks every receipt read back from the journal against the
+//!   fault id it is filed under (`check_receipt`): the fill file must be exactly
+//!   `<dir>/.chaos-agent-fill-<fault id>`, the scratch files exactly
+//!   `<dir>/.chaos-agent-io-<fault id>-<n>`, the cgroups exactly `chaos-agent-<fault id>`;
+//!   revert itself refuses any file that is not such a name directly in the receipt's
+//!   directory;
+//! - **by identity**: inject records each file's device, inode and inode generation
+//!   ([`FileId`]) once created; revert refuses a file at that path with another identity
+//!   (one someone put there after deleting ours; ext4 even gives it the same inode number,
+//!   which the generation tells apart);
+//! - **by place**: receipts record the mount namespace the directory was resolved in.
+//!   Revert and verify act in it, entering it (on a thread of their own) when the
+//!   reverting process is elsewhere. If nothing visible refers to it any more and the
+//!   receipt is from this boot, revert fails, touching nothing, and the manual undo reads
+//!   `nsenter --mount=… rm -f -- …`; a receipt of an earlier boot acts in the current
+//!   namespace (namespaces do not outlive a boot; the identity check still applies).
+//!
+//! Receipts journaled before these fields existed still read, and revert by name in the
+//! caller's mount namespace, as before.
+//!
+//! ## Leftovers
+//!
+//! When the journal lost a record, recovery asks each kind for what it left under the
+//! fault ids its state directory planned. Both kinds search every read-write local-disk or
+//! memory filesystem mounted in the agent's mount namespace for their file names, at most 6
+//! directory levels below each mount point, breadth first, within 25,000 directories per
+//! filesystem, 100,000 in all and 5 s, never following a symlink or crossing a mount, and
+//! skipping pseudo, network and FUSE filesystems and overlay lower/upper/work directories
+//! (see `mounts.rs` for the exact rules and what they cannot find). On the build machine
+//! (ext4 root of 252 GiB, 4 filesystems searched, ~8,600 directories) a search takes about
+//! 0.1 s with a warm cache and 0.75 s cold. `disk.io` also finds its cgroups
+//! ([`fault_core::host::stressor::Stressors::leftovers`]).
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod files;
 mod fill;
 mod io;
+mod mounts;
 mod statfs;
 
+pub use files::FileId;
 pub use fill::{DiskFill, DiskFillReceipt, DiskFillSpec, KIND};
 pub use io::{DiskIo, DiskIoReceipt, DiskIoSpec, IoMode, IO_KIND};
 

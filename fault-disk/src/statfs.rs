@@ -65,6 +65,11 @@ impl FsStats {
         }
     }
 
+    /// The filesystem's size (`f_blocks`), as `df` shows it.
+    pub(crate) fn size(&self) -> u64 {
+        self.blocks.saturating_mul(self.frsize)
+    }
+
     /// Bytes in use, as `df` counts them.
     pub(crate) fn used(&self) -> u64 {
         self.blocks
@@ -97,11 +102,27 @@ pub(crate) enum Amount {
 }
 
 /// Round `n` up to a multiple of `unit` (`unit` > 0), saturating.
-fn round_up(n: u64, unit: u64) -> u64 {
+pub(crate) fn round_up(n: u64, unit: u64) -> u64 {
     match n % unit {
         0 => n,
         r => n.saturating_add(unit - r),
     }
+}
+
+/// The safe reserve of a filesystem of `size` bytes that holds a protected path (the root
+/// filesystem, the agent's state directory): 5% of it, at least 1 GiB (what a host needs to
+/// keep logging, updating packages and writing the agent's journal), but at most a quarter
+/// of it, so that a small filesystem can still be filled to 75%. A `disk.fill` that would
+/// leave less available is refused unless its spec sets `allow_protected_filesystem`.
+///
+/// | size | reserve |
+/// |---|---|
+/// | 64 MiB | 16 MiB |
+/// | 4 GiB | 1 GiB |
+/// | 100 GiB | 5 GiB |
+/// | 2 TiB | 102.4 GiB |
+pub(crate) fn protected_reserve(size: u64) -> u64 {
+    (size / 20).max(1 << 30).min(size / 4)
 }
 
 /// How many bytes to allocate on a filesystem in state `fs` to satisfy `amount`, keeping at
@@ -250,6 +271,18 @@ mod tests {
             bavail: b(total - used - reserved),
             read_only: false,
         }
+    }
+
+    #[test]
+    fn protected_reserve_table() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(protected_reserve(64 * MIB), 16 * MIB);
+        assert_eq!(protected_reserve(4 * GIB), GIB);
+        assert_eq!(protected_reserve(10 * GIB), GIB);
+        assert_eq!(protected_reserve(100 * GIB), 5 * GIB);
+        assert_eq!(protected_reserve(2048 * GIB), 2048 * GIB / 20);
+        assert_eq!(protected_reserve(0), 0);
+        assert_eq!(protected_reserve(u64::MAX), u64::MAX / 20);
     }
 
     #[test]

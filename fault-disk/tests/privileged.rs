@@ -203,11 +203,12 @@ fn revert_twice_and_from_a_journaled_receipt() {
     reg.revert(fault_disk::KIND, &v).unwrap();
     let undo = reg.manual_undo(fault_disk::KIND, &v).unwrap();
     assert_eq!(undo.len(), 2, "{undo:?}");
+    let file = r.file.to_string_lossy();
     assert!(
-        undo[0].starts_with(&format!("chattr -i -a -- '{}'", r.file.display())),
+        undo[0].starts_with(&fault_core::shell_cmd!["chattr", "-i", "-a", "--", file]),
         "{undo:?}"
     );
-    assert_eq!(undo[1], format!("rm -f -- '{}'", r.file.display()));
+    assert_eq!(undo[1], fault_core::shell_cmd!["rm", "-f", "--", file]);
 }
 
 #[test]

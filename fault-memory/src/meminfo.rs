@@ -51,6 +51,16 @@ pub(crate) enum Amount {
     Percent(f64),
 }
 
+/// A percentage for people: one decimal, without a trailing ".0" ("6%", "6.3%"), and
+/// "<0.1%" for a share too small to show.
+pub(crate) fn percent(p: f64) -> String {
+    if p > 0.0 && p < 0.05 {
+        return "<0.1%".to_string();
+    }
+    let s = format!("{p:.1}");
+    format!("{}%", s.strip_suffix(".0").unwrap_or(&s))
+}
+
 /// The default reserve: 5% of RAM, at least 256 MiB.
 pub(crate) fn default_reserve(total: u64) -> u64 {
     (total / 20).max(256 << 20)
@@ -107,6 +117,15 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn percentages_for_people() {
+        assert_eq!(percent(6.0), "6%");
+        assert_eq!(percent(6.25), "6.2%");
+        assert_eq!(percent(0.01), "<0.1%");
+        assert_eq!(percent(0.0), "0%");
+        assert_eq!(percent(100.0), "100%");
+    }
 
     #[test]
     fn parses_meminfo() {

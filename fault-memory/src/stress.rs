@@ -6,7 +6,8 @@ use std::time::Duration as StdDuration;
 
 use fault_core::host::stressor::{self, Stressors, Work};
 use fault_core::{
-    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Percent, Result,
+    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent,
+    Result,
 };
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,9 @@ use crate::meminfo::{bytes_to_hold, default_reserve, Amount, MemInfo};
 
 /// The kind string of [`MemoryStress`].
 pub const KIND: &str = "memory.stress";
+
+/// The name (`comm`) of the stressor.
+const WORKER_NAME: &str = "chaos-memory";
 
 /// The parameters of a `memory.stress` fault, as written in an experiment.
 ///
@@ -302,7 +306,7 @@ impl Fault for MemoryStress {
             page: page_size() as usize,
             addr: AtomicUsize::new(0),
         });
-        s.spawn("chaos-memory", None, work)?;
+        s.spawn(WORKER_NAME, None, work)?;
         Ok(())
     }
 
@@ -365,6 +369,51 @@ impl Fault for MemoryStress {
 
     fn manual_undo(receipt: &MemoryStressReceipt) -> Vec<String> {
         receipt.stressors.manual_undo()
+    }
+
+    fn touches(receipt: &MemoryStressReceipt) -> Vec<String> {
+        let mut out = Vec::new();
+        if receipt.bytes > 0 {
+            let share = match MemInfo::read() {
+                Ok(m) if m.total > 0 => format!(
+                    "{} of MemTotal {}",
+                    crate::meminfo::percent(receipt.bytes as f64 * 100.0 / m.total as f64),
+                    Bytes(m.total).human()
+                ),
+                _ => "MemTotal unknown".to_string(),
+            };
+            let how = match receipt.rate {
+                Some(r) => format!("growing by {}/s", Bytes(r).human()),
+                None => "all at once".to_string(),
+            };
+            out.push(format!(
+                "{} of resident memory ({share}), {how}",
+                Bytes(receipt.bytes).human()
+            ));
+        }
+        out.extend(receipt.stressors.touches());
+        out
+    }
+
+    fn check_receipt(fault_id: &str, receipt: &MemoryStressReceipt) -> Result<()> {
+        receipt.stressors.check_receipt(fault_id, WORKER_NAME)
+    }
+
+    /// The fault's cgroups, found by name in every cgroup hierarchy (see
+    /// [`Stressors::leftovers`]); revert kills what is in them and removes them.
+    fn leftovers(known: &[String]) -> Result<Vec<Leftover<MemoryStressReceipt>>> {
+        Ok(Stressors::leftovers(known, WORKER_NAME)
+            .into_iter()
+            .map(|l| Leftover {
+                fault_id: l.fault_id,
+                found: l.found,
+                receipt: MemoryStressReceipt {
+                    bytes: 0,
+                    rate: None,
+                    stressors: l.receipt,
+                },
+            })
+            .collect())
     }
 }
 
@@ -444,6 +493,29 @@ mod tests {
         let r = build(json!({"size": 10000})).unwrap().plan(&cx).unwrap();
         assert_eq!(r.bytes % page_size(), 0);
         assert!(r.bytes >= 10000);
+    }
+
+    #[test]
+    fn touches_gives_the_share_of_ram() {
+        let m = MemInfo::read().unwrap();
+        let r = MemoryStressReceipt {
+            bytes: 3 << 29,
+            rate: None,
+            stressors: Stressors::default(),
+        };
+        let pct = crate::meminfo::percent((3u64 << 29) as f64 * 100.0 / m.total as f64);
+        assert_eq!(
+            MemoryStress::touches(&r),
+            [format!(
+                "1.5 GiB of resident memory ({pct} of MemTotal {}), all at once",
+                Bytes(m.total).human()
+            )]
+        );
+        let r = MemoryStressReceipt {
+            rate: Some(100 << 20),
+            ..r
+        };
+        assert!(MemoryStress::touches(&r)[0].ends_with(", growing by 100.0 MiB/s"));
     }
 
     #[test]

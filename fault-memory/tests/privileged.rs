@@ -226,3 +226,77 @@ name = "hog"
     let r: MemoryStressReceipt = serde_json::from_value(record.receipt).unwrap();
     assert_clean(&r);
 }
+
+#[test]
+fn after_kill_9_with_the_record_lost_leftovers_find_the_cgroup_and_revert_removes_it() {
+    fault_core::require_root!();
+    let exp = r#"
+name = "kill9-lost"
+[[steps]]
+name = "hog"
+  [[steps.faults]]
+  kind = "memory.stress"
+  duration = "60s"
+  size = "16MiB"
+"#;
+    let (dir, pids, _) = run_agent_then_kill_it(exp);
+    let journal = Journal::open(dir.path()).unwrap();
+    let record = journal.records().unwrap().pop().unwrap();
+    let lost: MemoryStressReceipt = serde_json::from_value(record.receipt).unwrap();
+    if lost.stressors.cgroups.is_empty() {
+        eprintln!("SKIPPED: no cgroup hierarchy to test with");
+        return;
+    }
+    // The journal lost the record; only the fault id is known.
+    let found = MemoryStress::leftovers(std::slice::from_ref(&record.fault_id)).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    let l = &found[0];
+    assert_eq!(l.fault_id, record.fault_id);
+    let mut want: Vec<_> = lost.stressors.cgroups.iter().map(|c| &c.dir).collect();
+    let mut got: Vec<_> = l.receipt.stressors.cgroups.iter().map(|c| &c.dir).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    let reg = registry();
+    let v = serde_json::to_value(&l.receipt).unwrap();
+    reg.check_receipt(fault_memory::KIND, &record.fault_id, &v)
+        .unwrap();
+    reg.revert(fault_memory::KIND, &v).unwrap();
+    reg.revert(fault_memory::KIND, &v).unwrap();
+    assert_eq!(
+        reg.verify(fault_memory::KIND, &v).unwrap().effect,
+        Effect::Clean
+    );
+    for p in &pids {
+        assert!(!p.is_alive(), "stressor {} survived", p.pid);
+    }
+    assert_clean(&lost);
+    assert!(
+        MemoryStress::leftovers(std::slice::from_ref(&record.fault_id))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_receipt_edited_to_another_faults_cgroup_is_refused() {
+    fault_core::require_root!();
+    let f = fault(json!({"size": "8MiB"}));
+    let cx = cx();
+    let r = f.plan(&cx).unwrap();
+    let Some(first) = r.stressors.cgroups.first() else {
+        eprintln!("SKIPPED: no cgroup hierarchy to test with");
+        return;
+    };
+    let other = first
+        .dir
+        .with_file_name(format!("chaos-agent-t-{}", fault_core::host::random_hex(6)));
+    std::fs::create_dir(&other).unwrap();
+    let mut edited = r.clone();
+    edited.stressors.cgroups[0].dir = other.clone();
+    let e = MemoryStress::check_receipt(&cx.fault_id, &edited).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Drifted, "{e}");
+    assert!(other.is_dir(), "nothing is touched");
+    MemoryStress::check_receipt(&cx.fault_id, &r).unwrap();
+    std::fs::remove_dir(&other).unwrap();
+}

@@ -262,8 +262,9 @@ pub struct FaultCgroup {
     pub controllers: Vec<String>,
 }
 
-/// Check that a fault id makes one plain cgroup name.
-fn cgroup_name(fault_id: &str) -> Result<String> {
+/// The cgroup name of fault `fault_id`, `chaos-agent-<fault id>`, refusing ids that would
+/// not make one plain name.
+pub fn cgroup_name(fault_id: &str) -> Result<String> {
     if fault_id.is_empty()
         || fault_id.len() > 200
         || fault_id.contains(['/', '\0', '\n'])
@@ -377,6 +378,56 @@ impl FaultCgroup {
             )),
             Err(e) => Err(Error::io(format!("statfs {}", parent.display()), e)),
         }
+    }
+
+    /// Check, before a revert acts on a journaled receipt, that this cgroup is exactly one
+    /// that fault `fault_id` creates: its name is `chaos-agent-<fault id>`, its path is
+    /// absolute and plain (no `.`, `..`), it lies inside a mounted cgroup hierarchy of its
+    /// version (when one is mounted there) and [`check_ours`](FaultCgroup::check_ours)
+    /// holds. Its parent may be any cgroup of that hierarchy: the agent that planned it may
+    /// have lived in another cgroup than the process that reverts it.
+    pub fn check_for(&self, fault_id: &str) -> Result<()> {
+        let drifted = |why: String| {
+            Error::new(
+                ErrorKind::Drifted,
+                format!(
+                    "refusing cgroup {} for fault {fault_id:?}: {why}",
+                    self.dir.display()
+                ),
+            )
+        };
+        let want = cgroup_name(fault_id).map_err(|e| drifted(e.to_string()))?;
+        let name = self.dir.file_name().and_then(|n| n.to_str());
+        if name != Some(want.as_str()) {
+            return Err(drifted(format!(
+                "fault {fault_id:?} only creates cgroups named {want}"
+            )));
+        }
+        let plain = self.dir.is_absolute()
+            && self.dir.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+        if !plain {
+            return Err(drifted("the path is not absolute and plain".into()));
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts = parse_mountinfo(&mountinfo);
+        let inside = mounts.iter().any(|m| {
+            m.version == self.version && self.dir.starts_with(&m.mount) && self.dir != m.mount
+        });
+        if !inside && self.dir.parent().is_some_and(Path::exists) {
+            return Err(drifted(format!(
+                "it is not inside a mounted cgroup {} hierarchy",
+                match self.version {
+                    Version::V1 => "v1",
+                    Version::V2 => "v2",
+                }
+            )));
+        }
+        self.check_ours()
     }
 
     /// Create the directory. Returns `Ok(false)` when it already existed.
@@ -509,6 +560,99 @@ impl FaultCgroup {
         let text = std::fs::read_to_string(self.dir.join(file)).ok()?;
         read_u64_field(&text, "oom_kill")
     }
+}
+
+/// How deep below a hierarchy's mount point [`find_fault_cgroups`] looks: agents run at
+/// most a few levels down (`/system.slice/chaos-agent.service`, a Kubernetes pod's
+/// `/kubepods.slice/…/cri-containerd-….scope` at depth 4 or 5), and their fault cgroups one
+/// below.
+pub const FIND_MAX_DEPTH: usize = 10;
+
+/// Most cgroup directories [`find_fault_cgroups`] reads per hierarchy.
+pub const FIND_MAX_DIRS: usize = 20_000;
+
+/// The cgroups named after the fault ids in `known` (`chaos-agent-<fault id>`), in every
+/// mounted cgroup hierarchy (v1 and v2), wherever they sit in it: the process looking may
+/// live in another cgroup than the agent that created them. Each is returned with the fault
+/// id its name carries, in mount order, breadth first. Bounded: at most
+/// [`FIND_MAX_DEPTH`] levels below each mount point and [`FIND_MAX_DIRS`] directories per
+/// hierarchy; the inside of a fault cgroup (ours or another agent's) is not searched.
+pub fn find_fault_cgroups(known: &[String]) -> Vec<(String, FaultCgroup)> {
+    let names: std::collections::HashMap<String, &String> = known
+        .iter()
+        .filter_map(|id| Some((cgroup_name(id).ok()?, id)))
+        .collect();
+    if names.is_empty() {
+        return Vec::new();
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut out: Vec<(String, FaultCgroup)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut walked = std::collections::HashSet::new();
+    for m in parse_mountinfo(&mountinfo) {
+        if !walked.insert(m.mount.clone()) {
+            continue;
+        }
+        let controllers: Vec<String> = m
+            .options
+            .iter()
+            .filter(|o| is_controller(o))
+            .cloned()
+            .collect();
+        let mut queue = std::collections::VecDeque::from([(m.mount.clone(), 0usize)]);
+        let mut dirs = 0;
+        while let Some((dir, depth)) = queue.pop_front() {
+            if dirs >= FIND_MAX_DIRS {
+                break;
+            }
+            dirs += 1;
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                // d_type: never follows a link (cgroupfs has none anyway).
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                let name = e.file_name();
+                let Some(name) = name.to_str() else {
+                    continue;
+                };
+                if let Some(id) = names.get(name) {
+                    let path = e.path();
+                    // The same cgroup reached through two mounts of one hierarchy counts once.
+                    let key = std::fs::metadata(&path).map(|md| {
+                        use std::os::unix::fs::MetadataExt;
+                        (md.dev(), md.ino())
+                    });
+                    if let Ok(key) = key {
+                        if !seen.insert(key) {
+                            continue;
+                        }
+                    }
+                    let controllers = match m.version {
+                        Version::V1 => controllers.clone(),
+                        Version::V2 => std::fs::read_to_string(path.join("cgroup.controllers"))
+                            .unwrap_or_default()
+                            .split_whitespace()
+                            .map(String::from)
+                            .collect(),
+                    };
+                    out.push((
+                        (*id).clone(),
+                        FaultCgroup {
+                            version: m.version,
+                            dir: path,
+                            controllers,
+                        },
+                    ));
+                } else if !name.starts_with(PREFIX) && depth + 1 < FIND_MAX_DEPTH {
+                    queue.push_back((e.path(), depth + 1));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// SIGKILL `pid` if, once pinned by a pidfd, it is still in cgroup directory `dir`.
@@ -694,6 +838,88 @@ mod tests {
             controllers: vec![],
         };
         assert_eq!(c.check_ours().unwrap_err().kind(), ErrorKind::Drifted);
+    }
+
+    #[test]
+    fn check_for_wants_exactly_the_name_derived_from_the_fault_id() {
+        let hs = hierarchies();
+        let Some(v2) = hs.iter().find(|h| h.version == Version::V2) else {
+            eprintln!("SKIPPED {}: no cgroup2 hierarchy", module_path!());
+            return;
+        };
+        let ours = FaultCgroup {
+            version: Version::V2,
+            dir: v2.own.join("chaos-agent-run-1-1"),
+            controllers: vec![],
+        };
+        ours.check_for("run-1-1").unwrap();
+        // Another fault's cgroup, a foreign cgroup, a path that climbs out, the wrong
+        // version: all refused before anything is touched.
+        let bad = [
+            ("run-1-2", v2.own.join("chaos-agent-run-1-1"), Version::V2),
+            ("run-1-1", v2.own.join("user.slice"), Version::V2),
+            (
+                "run-1-1",
+                v2.own.join("../chaos-agent-run-1-1"),
+                Version::V2,
+            ),
+            (
+                "run-1-1",
+                PathBuf::from("/tmp/chaos-agent-run-1-1"),
+                Version::V2,
+            ),
+            ("a/b", v2.own.join("chaos-agent-a/b"), Version::V2),
+        ];
+        for (id, dir, version) in bad {
+            let c = FaultCgroup {
+                version,
+                dir: dir.clone(),
+                controllers: vec![],
+            };
+            let e = c.check_for(id).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Drifted, "{id} {}: {e}", dir.display());
+        }
+    }
+
+    #[test]
+    fn finds_fault_cgroups_anywhere_in_the_hierarchy_only_for_known_ids() {
+        if !crate::host::is_root() {
+            eprintln!("SKIPPED {}: needs root", module_path!());
+            return;
+        }
+        let hs = hierarchies();
+        let Some(v2) = hs.iter().find(|h| h.version == Version::V2) else {
+            eprintln!("SKIPPED {}: no cgroup2 hierarchy", module_path!());
+            return;
+        };
+        let id = format!("find-{}", crate::host::random_hex(6));
+        let other = format!("find-{}", crate::host::random_hex(6));
+        // Not under our own cgroup: one level below a sibling, as if another agent process
+        // (in another cgroup) had made it.
+        let parent = v2
+            .mount
+            .join(format!("chaos-test-parent-{}", crate::host::random_hex(4)));
+        std::fs::create_dir(&parent).unwrap();
+        let dir = parent.join(format!("{PREFIX}{id}"));
+        std::fs::create_dir(&dir).unwrap();
+        let found = find_fault_cgroups(&[other.clone(), id.clone()]);
+        let mine: Vec<_> = found.iter().filter(|(i, _)| *i == id).collect();
+        assert_eq!(mine.len(), 1, "{found:?}");
+        assert_eq!(mine[0].1.dir, dir);
+        assert_eq!(mine[0].1.version, Version::V2);
+        mine[0].1.check_for(&id).unwrap();
+        assert!(!found.iter().any(|(i, _)| *i == other));
+        assert!(find_fault_cgroups(std::slice::from_ref(&other)).is_empty());
+        assert!(find_fault_cgroups(&[]).is_empty());
+        FaultCgroup {
+            version: Version::V2,
+            dir: dir.clone(),
+            controllers: vec![],
+        }
+        .remove(Duration::from_secs(2))
+        .unwrap();
+        std::fs::remove_dir(&parent).unwrap();
+        assert!(find_fault_cgroups(std::slice::from_ref(&id)).is_empty());
     }
 
     #[test]

@@ -548,9 +548,27 @@ pub fn reap(p: &ProcessId) -> Option<Exit> {
 /// Kill every stressor of a fault: the recorded processes and everything in its cgroups;
 /// reap those that are this process's children; wait (up to `timeout`) until none is
 /// left; remove the cgroups. Idempotent: nothing left is success.
+///
+/// Refuses ([`ErrorKind::Drifted`], nothing killed) a cgroup that is not a fault cgroup
+/// ([`FaultCgroup::check_ours`]) and a recorded process that is alive but not named like a
+/// stressor (`chaos-…`): stressors never change their name, so such a receipt was edited.
 pub fn stop(pids: &[ProcessId], cgroups: &[FaultCgroup], timeout: Duration) -> Result<()> {
     for c in cgroups {
         c.check_ours()?;
+    }
+    for p in pids {
+        if let Some(s) = p
+            .stat()
+            .filter(|s| s.state != 'Z' && !s.comm.starts_with("chaos-"))
+        {
+            return Err(Error::new(
+                ErrorKind::Drifted,
+                format!(
+                    "refusing to kill pid {} ({}): it is not a stressor (they are named chaos-…)",
+                    p.pid, s.comm
+                ),
+            ));
+        }
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -746,27 +764,149 @@ impl Stressors {
     }
 
     /// Shell commands that undo this by hand: kill what is in the cgroups and remove them,
-    /// and kill each recorded pid after checking its start time.
+    /// and kill each recorded pid after checking its start time. Every path is quoted with
+    /// [`super::shell::quote`].
     pub fn manual_undo(&self) -> Vec<String> {
+        use super::shell::{join, quote};
         let mut out = Vec::new();
         for p in &self.processes {
             out.push(format!(
-                "[ \"$(awk '{{print $22}}' /proc/{pid}/stat 2>/dev/null)\" = {t} ] && kill -9 {pid}",
+                "[ \"$(awk '{{print $22}}' /proc/{pid}/stat 2>/dev/null)\" = {t} ] && {kill}",
                 pid = p.pid,
-                t = p.start_ticks
+                t = p.start_ticks,
+                kill = join(["kill", "-9", &p.pid.to_string()])
             ));
         }
         for c in &self.cgroups {
-            let d = c.dir.display();
+            let d = c.dir.to_string_lossy();
+            let q = quote(&d);
             match c.version {
-                super::cgroup::Version::V2 => {
-                    out.push(format!("[ -d '{d}' ] && echo 1 > '{d}/cgroup.kill'"))
-                }
+                super::cgroup::Version::V2 => out.push(format!(
+                    "[ -d {q} ] && echo 1 > {}",
+                    quote(&c.dir.join("cgroup.kill").to_string_lossy())
+                )),
                 super::cgroup::Version::V1 => out.push(format!(
-                    "[ -d '{d}' ] && xargs -r kill -9 < '{d}/cgroup.procs'"
+                    "[ -d {q} ] && xargs -r kill -9 < {}",
+                    quote(&c.procs_file().to_string_lossy())
                 )),
             }
-            out.push(format!("[ -d '{d}' ] && rmdir '{d}'"));
+            out.push(format!("[ -d {q} ] && {}", join(["rmdir", &d])));
+        }
+        out
+    }
+
+    /// Check, before a revert acts on a journaled receipt, that it is consistent with fault
+    /// `fault_id`: every cgroup is exactly one this fault creates
+    /// ([`FaultCgroup::check_for`]), none is listed twice, and every recorded process that
+    /// is still alive is a stressor named `comm` (stressors never change their name, so a
+    /// live recorded process with another name means the receipt was edited to point at
+    /// someone else's process). Refuses with [`ErrorKind::Drifted`]; changes nothing.
+    pub fn check_receipt(&self, fault_id: &str, comm: &str) -> Result<()> {
+        for (i, c) in self.cgroups.iter().enumerate() {
+            c.check_for(fault_id)?;
+            if self.cgroups[..i].iter().any(|o| o.dir == c.dir) {
+                return Err(Error::new(
+                    ErrorKind::Drifted,
+                    format!("cgroup {} is listed twice", c.dir.display()),
+                ));
+            }
+        }
+        for p in &self.processes {
+            if let Some(stat) = p.stat().filter(|_| p.is_alive()) {
+                if stat.comm != comm {
+                    return Err(Error::new(
+                        ErrorKind::Drifted,
+                        format!(
+                            "refusing to kill pid {} ({}): fault {fault_id:?} only starts \
+                             stressors named {comm}",
+                            p.pid, stat.comm
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stressor cgroups of the fault ids in `known` found on the host
+    /// ([`super::cgroup::find_fault_cgroups`]), grouped by fault id, each as a receipt part
+    /// whose [`stop`](Stressors::stop) kills whatever is in them and removes them. A group
+    /// is claimed for stressors named `comm` unless it holds a process named like another
+    /// kind's stressor (`chaos-…` but not `comm`): after a crash the stressors are dead (they
+    /// die with the agent) and the empty cgroups of a fault id are claimed by every stressor
+    /// kind that looks, which is harmless (the first revert removes them, the others find
+    /// nothing).
+    pub fn leftovers(known: &[String], comm: &str) -> Vec<crate::Leftover<Stressors>> {
+        let mut out: Vec<crate::Leftover<Stressors>> = Vec::new();
+        for (id, cg) in super::cgroup::find_fault_cgroups(known) {
+            match out.iter_mut().find(|l| l.fault_id == id) {
+                Some(l) => l.receipt.cgroups.push(cg),
+                None => out.push(crate::Leftover {
+                    fault_id: id,
+                    receipt: Stressors {
+                        cgroups: vec![cg],
+                        processes: Vec::new(),
+                    },
+                    found: String::new(),
+                }),
+            }
+        }
+        out.retain(|l| {
+            l.receipt.listed().iter().all(|&pid| {
+                let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .map(|s| s.trim_end().to_string())
+                    .unwrap_or_default();
+                name == comm || !name.starts_with("chaos-")
+            })
+        });
+        for l in &mut out {
+            let dirs: Vec<String> = l
+                .receipt
+                .cgroups
+                .iter()
+                .map(|c| c.dir.display().to_string())
+                .collect();
+            let pids = l.receipt.listed();
+            l.found = format!(
+                "cgroup{} {}{}",
+                if dirs.len() == 1 { "" } else { "s" },
+                dirs.join(", "),
+                if pids.is_empty() {
+                    " (empty)".to_string()
+                } else {
+                    format!(" holding pids {pids:?}")
+                }
+            );
+        }
+        out
+    }
+
+    /// Lines for [`Fault::touches`](crate::Fault::touches): the cgroups, and the recorded
+    /// stressors still running as "pid 4242 (chaos-cpu)".
+    pub fn touches(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let alive: Vec<String> = self
+            .processes
+            .iter()
+            .filter_map(|p| p.stat().map(|s| format!("pid {} ({})", p.pid, s.comm)))
+            .collect();
+        if !alive.is_empty() {
+            out.push(format!("processes {}", alive.join(", ")));
+        }
+        for c in &self.cgroups {
+            out.push(format!(
+                "cgroup {} ({}{})",
+                c.dir.display(),
+                match c.version {
+                    super::cgroup::Version::V1 => "v1",
+                    super::cgroup::Version::V2 => "v2",
+                },
+                if c.controllers.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", c.controllers.join(","))
+                }
+            ));
         }
         out
     }
@@ -987,6 +1127,121 @@ mod tests {
         assert_eq!(exit_status(&p), Some(Exit::Code(7)), "not reaped by a peek");
         assert_eq!(reap(&p), Some(Exit::Code(7)));
         assert!(p.stat().is_none());
+    }
+
+    #[test]
+    fn check_receipt_refuses_a_live_process_that_is_no_stressor() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let stranger = ProcessId::of(child.id() as i32).unwrap();
+        let s = Stressors {
+            cgroups: Vec::new(),
+            processes: vec![stranger],
+        };
+        let e = s.check_receipt("f-1", "chaos-cpu").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Drifted);
+        assert!(e.to_string().contains("(sleep)"), "{e}");
+        // Revert itself refuses too, and the stranger lives on.
+        assert_eq!(s.stop().unwrap_err().kind(), ErrorKind::Drifted);
+        assert!(s.processes[0].is_alive());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // Gone: nothing to kill, nothing to refuse.
+        s.check_receipt("f-1", "chaos-cpu").unwrap();
+
+        let p = spawn(&opts("chaos-cpu"), Arc::new(Sleep)).unwrap();
+        let s = Stressors {
+            cgroups: Vec::new(),
+            processes: vec![p],
+        };
+        s.check_receipt("f-1", "chaos-cpu").unwrap();
+        assert_eq!(
+            s.check_receipt("f-1", "chaos-memory").unwrap_err().kind(),
+            ErrorKind::Drifted
+        );
+        s.stop().unwrap();
+    }
+
+    #[test]
+    fn manual_undo_quotes_every_path() {
+        let s = Stressors {
+            cgroups: vec![
+                FaultCgroup {
+                    version: super::super::cgroup::Version::V2,
+                    dir: "/sys/fs/cgroup/my svc;x/chaos-agent-f1".into(),
+                    controllers: vec![],
+                },
+                FaultCgroup {
+                    version: super::super::cgroup::Version::V1,
+                    dir: "/sys/fs/cgroup/memory/plain/chaos-agent-f1".into(),
+                    controllers: vec!["memory".into()],
+                },
+            ],
+            processes: vec![ProcessId {
+                pid: 42,
+                start_ticks: 7,
+                boot_id: "b".into(),
+            }],
+        };
+        assert_eq!(
+            s.manual_undo(),
+            [
+                r#"[ "$(awk '{print $22}' /proc/42/stat 2>/dev/null)" = 7 ] && kill -9 42"#,
+                "[ -d '/sys/fs/cgroup/my svc;x/chaos-agent-f1' ] && echo 1 > \
+                 '/sys/fs/cgroup/my svc;x/chaos-agent-f1/cgroup.kill'",
+                "[ -d '/sys/fs/cgroup/my svc;x/chaos-agent-f1' ] && rmdir \
+                 '/sys/fs/cgroup/my svc;x/chaos-agent-f1'",
+                "[ -d /sys/fs/cgroup/memory/plain/chaos-agent-f1 ] && xargs -r kill -9 < \
+                 /sys/fs/cgroup/memory/plain/chaos-agent-f1/cgroup.procs",
+                "[ -d /sys/fs/cgroup/memory/plain/chaos-agent-f1 ] && rmdir \
+                 /sys/fs/cgroup/memory/plain/chaos-agent-f1",
+            ]
+        );
+    }
+
+    #[test]
+    fn leftovers_find_a_fault_cgroup_and_stop_removes_it() {
+        if !crate::host::is_root() {
+            eprintln!("SKIPPED {}: needs root", module_path!());
+            return;
+        }
+        let id = format!("left-{}", crate::host::random_hex(6));
+        let mut s = Stressors::plan(&id, &["memory"]).unwrap();
+        if s.cgroups.is_empty() {
+            eprintln!("SKIPPED {}: no cgroups mounted", module_path!());
+            return;
+        }
+        s.create_cgroups().unwrap();
+        s.spawn("chaos-cpu", None, Arc::new(Sleep)).unwrap();
+        let pid = s.processes[0].pid;
+        // Another kind's stressor kind does not claim it while its process runs.
+        assert!(Stressors::leftovers(std::slice::from_ref(&id), "chaos-memory").is_empty());
+        let found = Stressors::leftovers(&["other-id".to_string(), id.clone()], "chaos-cpu");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let l = &found[0];
+        assert_eq!(l.fault_id, id);
+        let mut want: Vec<_> = s.cgroups.iter().map(|c| c.dir.clone()).collect();
+        let mut got: Vec<_> = l.receipt.cgroups.iter().map(|c| c.dir.clone()).collect();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want);
+        assert!(
+            l.found.contains(&format!("holding pids [{pid}]")),
+            "{}",
+            l.found
+        );
+        l.receipt.check_receipt(&id, "chaos-cpu").unwrap();
+        // Through JSON, as recovery journals it.
+        let back: Stressors =
+            serde_json::from_str(&serde_json::to_string(&l.receipt).unwrap()).unwrap();
+        back.stop().unwrap();
+        back.stop().unwrap();
+        assert!(!s.processes[0].is_alive());
+        reap(&s.processes[0]);
+        assert!(s.is_clean());
+        assert!(Stressors::leftovers(std::slice::from_ref(&id), "chaos-cpu").is_empty());
     }
 
     #[test]
