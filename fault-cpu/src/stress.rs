@@ -279,6 +279,7 @@ unsafe impl Work for DutyCycle {
 
 impl Fault for CpuStress {
     const KIND: &'static str = KIND;
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = CpuStressSpec;
     type Receipt = CpuStressReceipt;
 

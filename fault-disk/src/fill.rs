@@ -571,6 +571,7 @@ fn verify_here(receipt: &DiskFillReceipt) -> Result<Observation> {
 
 impl Fault for DiskFill {
     const KIND: &'static str = KIND;
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = DiskFillSpec;
     type Receipt = DiskFillReceipt;
 

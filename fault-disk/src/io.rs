@@ -380,6 +380,7 @@ fn explain(exit: Exit) -> String {
 
 impl Fault for DiskIo {
     const KIND: &'static str = IO_KIND;
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = DiskIoSpec;
     type Receipt = DiskIoReceipt;
 

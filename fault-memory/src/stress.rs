@@ -179,6 +179,7 @@ unsafe impl Work for Hog {
 
 impl Fault for MemoryStress {
     const KIND: &'static str = KIND;
+    const FINDS_LEFTOVERS: bool = true;
     type Spec = MemoryStressSpec;
     type Receipt = MemoryStressReceipt;
 

@@ -276,10 +276,12 @@ impl NsId {
             .find()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| format!("/proc/PID-IN-{}/ns/{}", self, self.kind.as_str()));
-        vec![
-            "nsenter".to_string(),
-            format!("--{}={path}", self.kind.as_str()),
-        ]
+        // nsenter's options are --net= and --mount= (not --mnt=).
+        let option = match self.kind {
+            NsKind::Net => "--net",
+            NsKind::Mnt => "--mount",
+        };
+        vec!["nsenter".to_string(), format!("{option}={path}")]
     }
 }
 
@@ -392,6 +394,16 @@ mod tests {
         let err = gone.enter(|| Ok(())).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert_eq!(gone.nsenter_prefix()[0], "nsenter");
+        assert!(gone.nsenter_prefix()[1].starts_with("--net="));
+        let mnt = NsId {
+            kind: NsKind::Mnt,
+            ..gone
+        };
+        assert!(
+            mnt.nsenter_prefix()[1].starts_with("--mount="),
+            "{:?}",
+            mnt.nsenter_prefix()
+        );
     }
 
     #[test]
