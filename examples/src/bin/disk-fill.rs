@@ -23,6 +23,10 @@ struct Args {
     /// Refuse if less than this would stay free.
     #[arg(long)]
     reserve: Option<Bytes>,
+    /// Allow filling the filesystem of / or of the agent's state directory past its safe
+    /// reserve (refused otherwise).
+    #[arg(long)]
+    allow_protected_filesystem: bool,
     /// How long to keep it full.
     #[arg(long, default_value = "10s", value_parser = chaos_examples::duration)]
     duration: std::time::Duration,
@@ -35,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         size: a.size,
         percent: a.percent,
         reserve: a.reserve,
+        allow_protected_filesystem: a.allow_protected_filesystem,
     };
     chaos_examples::run(DiskFill::KIND, serde_json::to_value(spec)?, a.duration)
 }
