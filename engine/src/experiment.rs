@@ -44,6 +44,17 @@ pub struct Experiment {
     pub description: Option<String>,
     /// Steps, run serially.
     pub steps: Vec<Step>,
+    /// Whether the daemon spares its link to the control plane (and the DNS resolvers it
+    /// needs) from network faults: their addresses are added to every network fault's
+    /// `exclude_destinations`. Default `true`; `spare_control_plane = false` lets an
+    /// experiment cut the agent off on purpose (the lease then reverts it). Local runs have
+    /// no control plane and ignore it.
+    #[serde(default = "yes", skip_serializing_if = "Clone::clone")]
+    pub spare_control_plane: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A step: faults that run in parallel.
@@ -199,6 +210,9 @@ impl Experiment {
             })
             .collect();
         top.insert("steps".into(), Value::Array(steps));
+        if !self.spare_control_plane {
+            top.insert("spare_control_plane".into(), Value::Bool(false));
+        }
         Value::Object(top)
     }
 
@@ -311,6 +325,7 @@ fn parse(value: &Value, registry: Option<&Registry>) -> (Experiment, Built, Vec<
         name: String::new(),
         description: None,
         steps: Vec::new(),
+        spare_control_plane: true,
     };
     let Some(top) = value.as_object() else {
         let msg = format!("expected a table, found {}", type_name(value));
@@ -324,10 +339,10 @@ fn parse(value: &Value, registry: Option<&Registry>) -> (Experiment, Built, Vec<
         );
     };
     for key in top.keys() {
-        if !["name", "description", "steps"].contains(&key.as_str()) {
+        if !["name", "description", "steps", "spare_control_plane"].contains(&key.as_str()) {
             p.add(
                 key.clone(),
-                "unknown key (expected name, description, steps)",
+                "unknown key (expected name, description, steps, spare_control_plane)",
             );
         }
     }
@@ -355,6 +370,17 @@ fn parse(value: &Value, registry: Option<&Registry>) -> (Experiment, Built, Vec<
                 format!("expected a string, found {}", type_name(v)),
             );
             None
+        }
+    };
+    let spare_control_plane = match top.get("spare_control_plane") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => {
+            p.add(
+                "spare_control_plane",
+                format!("expected true or false, found {}", type_name(v)),
+            );
+            true
         }
     };
     let mut steps = Vec::new();
@@ -390,6 +416,7 @@ fn parse(value: &Value, registry: Option<&Registry>) -> (Experiment, Built, Vec<
             name,
             description,
             steps,
+            spare_control_plane,
         },
         built,
         p.0,

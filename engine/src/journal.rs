@@ -299,18 +299,21 @@ impl Journal {
     /// Durably write `record` (replacing any previous version). When this returns, the
     /// record survives a crash or power loss.
     ///
-    /// The fault id is first added to the fault-id index beside the journal directory, so
-    /// that recovery can look for the fault's artifacts even if this record is lost.
+    /// The fault id is then added to the fault-id index beside the journal directory (once),
+    /// so that recovery can look for the fault's artifacts even if this record is lost
+    /// later. Record first, index second: an id in the index without a record always means
+    /// a record that existed and was lost, never one a crash kept from being written (the
+    /// host is touched only after `put` returns).
     pub fn put(&self, record: &Record) -> Result<()> {
         check_id(&record.fault_id)?;
-        self.index(record)?;
         let json = serde_json::to_string(record)
             .map_err(|e| Error::new(ErrorKind::Journal, format!("encoding record: {e}")))?;
         self.append_log(&json)?;
         let mut pretty = serde_json::to_vec_pretty(record)
             .map_err(|e| Error::new(ErrorKind::Journal, format!("encoding record: {e}")))?;
         pretty.push(b'\n');
-        write_atomic(&self.path_of(&record.fault_id), &pretty, 0o600).map_err(journal_kind)
+        write_atomic(&self.path_of(&record.fault_id), &pretty, 0o600).map_err(journal_kind)?;
+        self.index(record)
     }
 
     fn append_log(&self, json: &str) -> Result<()> {
@@ -455,11 +458,10 @@ impl Journal {
             })
             .collect();
         reverted.sort_by_key(|r| std::cmp::Reverse((r.updated_at, r.fault_id.clone())));
-        for r in reverted.iter().skip(keep_reverted) {
-            self.forget(&r.fault_id)?;
-        }
         // A reverted record was verified clean: its id need not be looked for again. Ids
-        // without any record stay (their record was lost; recovery looks for them).
+        // without any record stay (their record was lost; recovery looks for them). The
+        // index is rewritten before records are removed, so a crash in between never
+        // leaves an indexed id without its record.
         let done: std::collections::HashSet<&str> =
             reverted.iter().map(|r| r.fault_id.as_str()).collect();
         let keep: Vec<Indexed> = self
@@ -468,6 +470,9 @@ impl Journal {
             .filter(|i| !done.contains(i.fault_id.as_str()))
             .collect();
         self.retain_indexed(&keep)?;
+        for r in reverted.iter().skip(keep_reverted) {
+            self.forget(&r.fault_id)?;
+        }
         let _guard = self.log_lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = String::new();
         for e in &entries {

@@ -405,12 +405,14 @@ impl<'r> Session<'r> {
                 (Some(r.state), undo)
             }
         };
-        self.journal.forget(fault_id)?;
+        // Index first, then the record: a crash in between leaves a record (still shown by
+        // `status`), never an indexed id whose record is gone.
         let keep: Vec<Indexed> = indexed
             .into_iter()
             .filter(|i| i.fault_id != fault_id)
             .collect();
         self.journal.retain_indexed(&keep)?;
+        self.journal.forget(fault_id)?;
         Ok(Forgotten {
             state,
             left_on_host,
