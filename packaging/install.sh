@@ -1,15 +1,91 @@
 #!/bin/sh
-# Install chaos-agent as a systemd service on this machine (as root):
+# Install the chaos-agent daemon as a systemd service on this machine (as root):
 #   packaging/install.sh [path/to/chaos-agent]     default: target/release/chaos-agent
-# Copies the binary to /usr/local/bin and the unit to /etc/systemd/system, then enables and
-# starts it (its ExecStartPre reverts whatever an earlier run left behind).
+#
+# Installs:
+#   /usr/local/bin/chaos-agent                      the binary
+#   /etc/systemd/system/chaos-agent.service         the unit (packaging/chaos-agent.service)
+#   /etc/chaos-agent/                 (0755)        configuration directory
+#   /etc/chaos-agent/agent.toml.sample              every key, documented (replaced on update)
+#   /etc/chaos-agent/config.d/        (0700)        drop-ins, e.g. 20-control.toml
+#   /var/lib/chaos-agent/             (0700)        state (systemd 235+ also creates it)
+#   /usr/local/share/doc/chaos-agent/README.md      the unit's Documentation=
+# An existing agent.toml or config.d/ file is never touched.
+#
+# Then, only if a configuration exists (agent.toml or config.d/*.toml), enables and starts
+# the service (restarts it if it was running, so the new binary is used: that aborts and
+# reverts an experiment in progress). Otherwise it prints what to do next.
+#
+# Exit status: 0 installed (and started when configured), 1 error.
 set -eu
 cd "$(dirname "$0")/.."
+
+etc=/etc/chaos-agent
+unit=chaos-agent.service
+
+die() {
+    echo "install.sh: $*" >&2
+    exit 1
+}
+
 bin=${1:-${CARGO_TARGET_DIR:-target}/release/chaos-agent}
-[ -x "$bin" ] || { echo "install.sh: $bin not found; run: cargo build --release -p chaos-agent" >&2; exit 1; }
-[ -d /run/systemd/system ] || { echo "install.sh: systemd is not the init system here" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || die "run as root (it installs to /usr/local/bin, /etc and /var/lib)"
+[ -x "$bin" ] || die "$bin not found; run: cargo build --release -p chaos-agent"
+[ -d /run/systemd/system ] || die "systemd is not the init system here; run \`chaos-agent recover\` at boot by other means"
+"$bin" --version >/dev/null 2>&1 || die "$bin does not run on this machine"
+# The unit's main process is `chaos-agent daemon`: a build without it would never start.
+"$bin" daemon --help >/dev/null 2>&1 ||
+    die "$bin has no \`daemon\` command, which the unit runs; install a build that has it"
+
 install -m 0755 "$bin" /usr/local/bin/chaos-agent
-install -m 0644 packaging/chaos-agent.service /etc/systemd/system/chaos-agent.service
+install -m 0644 packaging/chaos-agent.service "/etc/systemd/system/$unit"
+install -d -m 0755 "$etc"
+install -m 0644 packaging/agent.toml.sample "$etc/agent.toml.sample"
+[ -d "$etc/config.d" ] || install -d -m 0700 "$etc/config.d"
+[ -d /var/lib/chaos-agent ] || install -d -m 0700 /var/lib/chaos-agent
+install -d -m 0755 /usr/local/share/doc/chaos-agent
+install -m 0644 README.md /usr/local/share/doc/chaos-agent/README.md
 systemctl daemon-reload
-systemctl enable --now chaos-agent.service
-systemctl --no-pager status chaos-agent.service
+echo "installed /usr/local/bin/chaos-agent ($(/usr/local/bin/chaos-agent --version)) and $unit"
+
+configured=no
+[ -f "$etc/agent.toml" ] && configured=yes
+for f in "$etc"/config.d/*.toml; do
+    [ -f "$f" ] && configured=yes
+done
+
+if [ "$configured" = no ]; then
+    cat <<EOF
+
+The service is installed but not started: there is no configuration yet.
+Next:
+  1. On the control plane host:
+       chaos-control agents add $(uname -n)      prints a one-time registration key
+  2. Copy the control plane's CA certificate (the ca.pem \`chaos-control init\` wrote) to
+       $etc/ca.pem
+  3. Save the [control_plane] section \`chaos-control init\` printed, with the key from step 1
+     as registration_key, as
+       $etc/config.d/20-control.toml      (then: chmod 0600 $etc/config.d/20-control.toml)
+     Every other key is optional: $etc/agent.toml.sample
+  4. systemctl enable --now chaos-agent
+     systemctl status chaos-agent
+EOF
+    exit 0
+fi
+
+if systemctl is-active --quiet "$unit"; then
+    echo "restarting $unit (an experiment in progress is aborted and reverted)"
+    systemctl enable "$unit"
+    systemctl restart "$unit" || {
+        systemctl --no-pager status "$unit" || true
+        die "$unit did not restart; see: journalctl -u chaos-agent"
+    }
+else
+    systemctl enable "$unit"
+    systemctl reset-failed "$unit" 2>/dev/null || true
+    systemctl start "$unit" || {
+        systemctl --no-pager status "$unit" || true
+        die "$unit did not start; see: journalctl -u chaos-agent"
+    }
+fi
+systemctl --no-pager status "$unit" || true
