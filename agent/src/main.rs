@@ -4,6 +4,7 @@
 //! and runner (from `fault-core`), signals, the state lock, and what a person sees. It holds
 //! no fault logic. See `chaos-agent --help`.
 
+mod daemon;
 mod render;
 
 use std::io::IsTerminal;
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand};
 use fault_core::{ErrorKind, Registry};
 
 /// Exit statuses, documented in `--help`.
-mod exit {
+pub(crate) mod exit {
     pub const OK: u8 = 0;
     pub const FAILED: u8 = 1;
     pub const INVALID: u8 = 2;
@@ -108,6 +109,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run as the service: poll the control plane, run its experiments, report, revert.
+    ///
+    /// Recovers what the journal holds first (before talking to anyone), registers with the
+    /// registration key of the configuration on first start, then long-polls the control
+    /// plane over TLS with a rotating token. Every run goes through the same engine as
+    /// `chaos-agent run`; status and log lines are streamed through an on-disk outbox.
+    /// SIGTERM aborts any run, reverts, flushes, and exits 0; SIGHUP re-reads the
+    /// configuration (a new registration key after a lockout). Runs under systemd as
+    /// `Type=notify` (READY after recovery, WATCHDOG, STATUS).
+    Daemon {
+        /// The configuration file; `config.d/*.toml` beside it are read after it.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = daemon::config::DEFAULT_PATH
+        )]
+        config: PathBuf,
+    },
     /// Drop a journal record after you have undone its fault by hand.
     ///
     /// Use it for records in `needs-manual` state (or unreadable ones) once `chaos-agent
@@ -125,9 +144,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    // Whether --state-dir (or CHAOS_AGENT_STATE_DIR) was given, or is the default.
+    let state_dir_explicit = matches
+        .value_source("state_dir")
+        .is_some_and(|s| s != clap::parser::ValueSource::DefaultValue);
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if !matches!(cli.command, Command::Daemon { .. }) {
+        init_logging(); // the daemon sets up its own, from its configuration
+    }
+    match run(cli, state_dir_explicit) {
         Ok(code) => ExitCode::from(code),
         // The reader went away (`chaos-agent faults | head`): nothing more to say.
         Err(e)
@@ -152,7 +181,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn run(cli: Cli, state_dir_explicit: bool) -> anyhow::Result<u8> {
     let registry = chaos_kinds::registry();
     match cli.command {
         Command::Run {
@@ -162,6 +191,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => cmd_run(&registry, &cli.state_dir, &file, dry_run, json),
         Command::Recover { json } => cmd_recover(&registry, &cli.state_dir, json),
         Command::Status { json } => cmd_status(&registry, &cli.state_dir, json),
+        Command::Daemon { config } => daemon::run(
+            &registry,
+            daemon::Options {
+                config,
+                state_dir: cli.state_dir.clone(),
+                state_dir_explicit,
+            },
+        ),
         Command::Faults { kind, json } => render::faults(&registry, kind.as_deref(), json),
         Command::Forget { fault_id, force } => {
             let session = open(&registry, &cli.state_dir)?;

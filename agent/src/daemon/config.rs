@@ -483,11 +483,6 @@ impl std::error::Error for ConfigError {}
 // ---------------------------------------------------------------------------------------------
 
 impl Config {
-    /// The default main file, [`DEFAULT_PATH`].
-    pub fn default_path() -> &'static Path {
-        Path::new(DEFAULT_PATH)
-    }
-
     /// Read `main` and `<dir of main>/config.d/*.toml`, merge them and check everything:
     /// reads the CA certificate and the registration key file. Returns the configuration and
     /// warnings for people (a key file others can read, ignored files). Call it again to

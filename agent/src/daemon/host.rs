@@ -1,0 +1,142 @@
+//! Facts about this host for registration, and the daemon's self-protection.
+
+use std::net::{IpAddr, ToSocketAddrs};
+
+use chaos_protocol::agent::HostFacts;
+use fault_core::Registry;
+use serde_json::Value;
+
+use super::config::Config;
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn os_name() -> String {
+    let text = std::fs::read_to_string("/etc/os-release")
+        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default()
+}
+
+/// The kinds this host can run, as far as can be told without trying: service faults need
+/// systemd as the init system. (`chaos-agent doctor` will say more.)
+pub(super) fn runnable_kinds(registry: &Registry) -> Vec<String> {
+    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
+    registry
+        .kinds()
+        .map(|e| e.kind)
+        .filter(|k| systemd || !k.starts_with("service."))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What the registration tells the control plane about this host.
+pub(super) fn facts(registry: &Registry) -> HostFacts {
+    let clip = |s: String, n: usize| super::runs::clip(&s, n);
+    HostFacts {
+        hostname: clip(read_trim("/proc/sys/kernel/hostname"), 255),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        os: clip(os_name(), 255),
+        kernel: clip(read_trim("/proc/sys/kernel/osrelease"), 255),
+        arch: std::env::consts::ARCH.into(),
+        machine_id: clip(read_trim("/etc/machine-id"), 255),
+        kinds: runnable_kinds(registry),
+    }
+}
+
+/// The DNS resolvers in /etc/resolv.conf.
+fn resolvers() -> Vec<IpAddr> {
+    super::config::nameservers(
+        &std::fs::read_to_string(super::config::RESOLV_CONF).unwrap_or_default(),
+    )
+}
+
+/// The control plane's addresses (resolved now).
+fn control_plane_addrs(url: &str) -> Vec<IpAddr> {
+    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let with_port = if hostport.starts_with('[')
+        || hostport
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:443")
+    };
+    let mut out: Vec<IpAddr> = with_port
+        .to_socket_addrs()
+        .map(|it| it.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Add the control plane's addresses and the resolvers to every network fault's
+/// `exclude_destinations`, unless the experiment says `spare_control_plane = false` or the
+/// configuration turns it off. Returns the experiment to run and a line for the run's log.
+pub(super) fn spare_control_plane(experiment: &Value, config: &Config) -> (Value, Option<String>) {
+    if !config.self_protection.spare_control_plane
+        || experiment.get("spare_control_plane") == Some(&Value::Bool(false))
+    {
+        return (experiment.clone(), None);
+    }
+    let mut exp = experiment.clone();
+    let sp = &config.self_protection;
+    let dns = if sp.spare_dns_resolvers {
+        resolvers()
+    } else {
+        Vec::new()
+    };
+    let mut spared: Vec<String> = control_plane_addrs(&config.control_plane.url)
+        .into_iter()
+        .chain(dns)
+        .map(|a| a.to_string())
+        .chain(sp.extra_spared_destinations.iter().map(|d| d.to_string()))
+        .collect();
+    spared.sort();
+    spared.dedup();
+    let mut touched = 0;
+    if let Some(steps) = exp.get_mut("steps").and_then(Value::as_array_mut) {
+        for step in steps {
+            let Some(faults) = step.get_mut("faults").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for f in faults {
+                let network = f
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .is_some_and(|k| k.starts_with("network."));
+                let Some(obj) = f.as_object_mut().filter(|_| network) else {
+                    continue;
+                };
+                let list = obj
+                    .entry("exclude_destinations")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Some(list) = list.as_array_mut() {
+                    for a in &spared {
+                        if !list.iter().any(|v| v.as_str() == Some(a)) {
+                            list.push(Value::String(a.clone()));
+                        }
+                    }
+                    touched += 1;
+                }
+            }
+        }
+    }
+    if touched == 0 || spared.is_empty() {
+        return (exp, None);
+    }
+    let note = format!(
+        "{touched} network fault(s) spare the control plane and the DNS resolvers: {} (set spare_control_plane = false in the experiment to include them)",
+        spared.join(", ")
+    );
+    (exp, Some(note))
+}
