@@ -226,17 +226,22 @@ pub(crate) fn run(registry: &Registry, opts: Options) -> anyhow::Result<u8> {
         .ready(Some("recovered; connecting to the control plane"));
     tracing::info!(state_dir = %state_dir.display(), "chaos-agent daemon ready");
     let signals = install_signals()?;
-    std::thread::scope(|s| -> anyhow::Result<()> {
+    std::thread::scope(|s| {
         let d = &daemon;
         s.spawn(move || signal_loop(d, signals));
         s.spawn(move || d.supervise());
-        s.spawn(move || d.send_loop());
-        s.spawn(move || d.run_loop());
-        d.poll_loop();
-        Ok(())
-    })?;
-    tracing::info!("chaos-agent daemon stopped");
-    Ok(0)
+        s.spawn(move || d.poll_loop());
+        let sender = s.spawn(move || d.send_loop());
+        let runner = s.spawn(move || d.run_loop());
+        // Stopping ends here: the run reverted, the outbox flushed (or its time is up).
+        let _ = runner.join();
+        let _ = sender.join();
+        tracing::info!("chaos-agent daemon stopped");
+        // The poll loop may sit in a long poll for up to its wait, and the signal thread
+        // waits for signals: neither holds anything that needs closing (the journal and the
+        // outbox are on disk), so do not wait for them.
+        std::process::exit(0)
+    })
 }
 
 /// Diagnostics on stderr (the journal, under systemd): the configuration's format and
@@ -296,9 +301,6 @@ fn signal_loop(d: &Daemon<'_, '_>, mut signals: Signals) {
             d.stop.abort(format!("the agent is stopping ({name})"));
             d.queue.wake();
             d.outbox.nudge();
-        }
-        if d.runner_done.load(Ordering::SeqCst) {
-            break;
         }
     }
     drop(handle);
@@ -404,7 +406,7 @@ impl Daemon<'_, '_> {
         tracing::error!("{why}: reverting any run and waiting for a new registration key (chaos-control agents rekey NAME, then put the key in the configuration and `systemctl reload chaos-agent`)");
         *l = Some(why.clone());
         drop(l);
-        self.abort_active(None, &format!("aborted: {why}"));
+        self.abort_active(None, &why);
     }
 
     fn abort_active(&self, run_id: Option<&str>, reason: &str) -> bool {
@@ -566,6 +568,8 @@ impl Daemon<'_, '_> {
             Task::Abort(t) => {
                 let reason = if t.reason.is_empty() {
                     "aborted by the operator".to_string()
+                } else if t.reason.starts_with("aborted") {
+                    t.reason.clone()
                 } else {
                     format!("aborted by the operator: {}", t.reason)
                 };
@@ -721,9 +725,6 @@ impl Daemon<'_, '_> {
         }
         self.runner_done.store(true, Ordering::SeqCst);
         self.outbox.nudge();
-        // Unblock the signal thread, which waits for one more signal only if none came.
-        // SAFETY: raising a signal handled by signal-hook on ourselves.
-        unsafe { libc::raise(libc::SIGTERM) };
     }
 
     // ---- the sender ----
@@ -822,7 +823,7 @@ impl Daemon<'_, '_> {
                     .elapsed();
                 if silent >= a.lease && !a.abort.is_aborted() {
                     let reason = format!(
-                        "aborted: control plane unreachable for {} s (the run's lease)",
+                        "control plane unreachable for {} s (the run's lease)",
                         a.lease.as_secs()
                     );
                     tracing::error!(run_id = %a.run_id, "{reason}");
