@@ -530,6 +530,12 @@ async fn register(
             ErrorCode::RegistrationKeyUsed,
             "the registration key was already used; each key registers once (`chaos-control agents rekey` issues a new one)",
         ),
+        RegisterRefusal::MachineTaken { name, state } => ApiErr::new(
+            ErrorCode::Conflict,
+            format!(
+                "this machine (same machine id) is already registered as agent {name} ({state}): one agent per machine. Revoke it first (`chaos-control agents revoke {name}`); the key stays unused"
+            ),
+        ),
     })?;
     app.saw(&agent_id);
     tracing::info!(%agent_id, %name, hostname = %req.host.hostname, version = %req.host.agent_version, "agent registered");

@@ -200,7 +200,7 @@ const AGENT_COLS: &str = "id, name, state, state_reason, created_at_ms, register
                           last_seen_ms, token_generation, host";
 
 /// Why a registration was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegisterRefusal {
     /// Unknown key.
     Unknown,
@@ -208,6 +208,14 @@ pub enum RegisterRefusal {
     Expired,
     /// Already used.
     Used,
+    /// Another agent that is not revoked registered from the same machine (same machine
+    /// id): one agent per machine.
+    MachineTaken {
+        /// That agent's name.
+        name: String,
+        /// Its state.
+        state: String,
+    },
 }
 
 /// Who owns a run, and where it is.
@@ -405,6 +413,26 @@ impl Store {
         }
         if expires <= now {
             return Ok(Err(RegisterRefusal::Expired));
+        }
+        let machine_id = serde_json::from_str::<serde_json::Value>(host_json)
+            .ok()
+            .and_then(|h| h.get("machine_id")?.as_str().map(str::to_string))
+            .filter(|m| !m.is_empty());
+        if let Some(machine_id) = machine_id {
+            let taken: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT name, state FROM agents
+                     WHERE id != ?1 AND state IN ('active', 'lost', 'locked')
+                       AND json_extract(host, '$.machine_id') = ?2
+                     ORDER BY name LIMIT 1",
+                    params![id, machine_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((name, state)) = taken {
+                // Refused before anything is stored: the key stays unused.
+                return Ok(Err(RegisterRefusal::MachineTaken { name, state }));
+            }
         }
         tx.execute(
             "UPDATE agents SET state='active', state_reason=NULL, registered_at_ms=?2,

@@ -10,7 +10,7 @@ use chaos_protocol::run::{
     FaultState, FaultStatus, LogBatch, LogLevel, LogLine, RunResult, RunState, StatusUpdate,
 };
 use chaos_protocol::ErrorCode;
-use common::{code, experiment, Harness};
+use common::{code, experiment, register_req, Harness};
 use serde_json::json;
 
 fn lines(from: u64, to: u64) -> LogBatch {
@@ -542,4 +542,23 @@ fn the_protocol_document_names_every_error_code_and_call() {
     ] {
         assert!(doc.contains(call), "{call} is not documented");
     }
+}
+
+#[test]
+fn one_agent_per_machine_until_the_first_is_revoked() {
+    let h = Harness::new();
+    let first = h.add_agent("first");
+    let second = h.add_agent("second");
+    let mut req = register_req(&first.registration_key);
+    req.host.machine_id = "feedfacefeedfacefeedfacefeedface".into();
+    h.client().register(&req).unwrap();
+    // The same machine under another name: refused, and the key stays usable.
+    let mut req2 = register_req(&second.registration_key);
+    req2.host.machine_id = req.host.machine_id.clone();
+    let e = h.client().register(&req2).unwrap_err();
+    assert_eq!(code(&e), (409, "conflict".into()), "{e}");
+    assert!(e.to_string().contains("agents revoke first"), "{e}");
+    h.admin_post("/admin/agents/first/revoke", &json!({}))
+        .unwrap();
+    h.client().register(&req2).unwrap();
 }

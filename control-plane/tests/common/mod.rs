@@ -219,7 +219,8 @@ pub fn host() -> HostFacts {
         os: "Debian GNU/Linux 12".into(),
         kernel: "6.18.44".into(),
         arch: "x86_64".into(),
-        machine_id: "0123456789abcdef0123456789abcdef".into(),
+        // One machine per registration (the server refuses a second agent per machine).
+        machine_id: chaos_control::secrets::random_hex(16),
         kinds: vec!["disk.fill".into(), "process.stop".into()],
     }
 }
