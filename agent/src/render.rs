@@ -422,7 +422,7 @@ pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Resul
     }
     if let Some(pid) = st.live_pid {
         say!(
-            "A run is in progress: chaos-agent pid {pid} holds {}. Faults not yet reverted below are its own; it reverts them when it ends (or on SIGTERM).\n",
+            "In use: chaos-agent pid {pid} (a run, or the daemon) holds {}. Faults not yet reverted below are its own; it reverts them when its run ends (or on SIGTERM).\n",
             state_dir.display()
         );
     }
@@ -524,7 +524,7 @@ pub(crate) fn status(st: &Status, state_dir: &Path, json: bool) -> anyhow::Resul
     if st.clean() {
         say!("\nEvery fault is reverted. The host is clean.");
     } else if st.live_pid.is_some() {
-        say!("\n{pending} fault(s) are not reverted yet (the run in progress owns them).");
+        say!("\n{pending} fault(s) are not reverted yet (the agent in use owns them).");
     } else if pending == 0 {
         say!("\nThe host could not be fully checked: it is NOT KNOWN TO BE CLEAN.");
     } else {
