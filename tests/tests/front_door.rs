@@ -25,7 +25,7 @@ fn status_during_a_live_run_names_the_run_and_recover_waits_its_turn() {
     let t = text(&out);
     assert!(
         t.contains(&format!(
-            "A run is in progress: chaos-agent pid {}",
+            "In use: chaos-agent pid {} (a run, or the daemon)",
             child.id()
         )),
         "{t}"
