@@ -677,9 +677,12 @@ fn run_file(
         follow_logs(&api, &resp.runs[0].run_id)?;
         show_run(&api, &resp.runs[0].run_id)?;
     } else {
-        println!(
-            "\nwatch: chaos-control runs logs --follow RUN   details: chaos-control runs show RUN"
-        );
+        for r in &resp.runs {
+            println!(
+                "\nwatch:   chaos-control runs logs --follow {id}\ndetails: chaos-control runs show {id}\nabort:   chaos-control runs abort {id}",
+                id = r.run_id
+            );
+        }
     }
     Ok(())
 }
