@@ -86,7 +86,7 @@ impl Fault for Blackhole {
             summary: "Drops all matching traffic with an nftables table of our own (inet chaos_<fault id>, \
                       chains at postrouting/prerouting). Revert deletes that table, which cannot touch \
                       anyone else's rules.",
-            privileges: "CAP_NET_ADMIN",
+            privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![Param {
                 name: "direction",

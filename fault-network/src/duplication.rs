@@ -58,7 +58,7 @@ impl Fault for Duplication {
         KindInfo {
             summary: "Duplicates a percentage of outgoing packets (netem duplicate) under an htb root qdisc \
                       of our own. Revert deletes it and restores the previous root qdisc. Needs netem.",
-            privileges: "CAP_NET_ADMIN",
+            privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![
                 Param { name: "percent", ty: "percent", default: None, doc: "Share of packets duplicated." },

@@ -79,7 +79,7 @@ impl Fault for Latency {
         KindInfo {
             summary: "Delays outgoing packets (netem delay, jitter, correlation) under an htb root qdisc of \
                       our own. Revert deletes it and restores the previous root qdisc. Needs netem.",
-            privileges: "CAP_NET_ADMIN",
+            privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![
                 Param { name: "delay", ty: "duration", default: None, doc: "Added delay, at most 60s." },

@@ -106,7 +106,7 @@ impl Fault for Loss {
             summary: "Drops a percentage of outgoing packets: netem under an htb root qdisc of our own, or, \
                       where the kernel lacks netem, an nftables table of our own with a random-drop rule \
                       (numgen). Revert deletes our qdisc (restoring the previous root qdisc) or our table.",
-            privileges: "CAP_NET_ADMIN",
+            privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![
                 Param { name: "percent", ty: "percent", default: None, doc: "Share of packets dropped, 0..100." },

@@ -171,7 +171,7 @@ impl Fault for RateLimit {
                       root qdisc of our own; with destinations/ports/protocol only matching traffic is \
                       shaped (u32 filters). Revert deletes our root qdisc by its handle and restores the \
                       previous root qdisc.",
-            privileges: "CAP_NET_ADMIN",
+            privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![
                 Param { name: "rate", ty: "rate", default: None, doc: "Bandwidth: \"10mbit\", \"500kbit\", \"1gbit\" (bits/s) or \"1mbps\" (bytes/s)." },

@@ -83,7 +83,7 @@ impl Fault for Reorder {
             summary: "Reorders outgoing packets: netem holds packets back by a base delay and sends a \
                       percentage of them at once, under an htb root qdisc of our own. Revert deletes it \
                       and restores the previous root qdisc. Needs netem.",
-            privileges: "CAP_NET_ADMIN",
+            privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![
                 Param { name: "percent", ty: "percent", default: None, doc: "Share of packets sent out of order." },
