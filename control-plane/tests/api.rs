@@ -562,3 +562,45 @@ fn one_agent_per_machine_until_the_first_is_revoked() {
         .unwrap();
     h.client().register(&req2).unwrap();
 }
+
+/// Issue 9: `null` and over-broad process matches are refused before any agent sees them
+/// (serde would read `null` as "not given", i.e. the default: `signal = null` -> SIGKILL).
+#[test]
+fn null_numbers_and_over_broad_matches_are_refused_with_their_path() {
+    let h = Harness::new();
+    h.agent("web-01");
+    let refused = |fault: serde_json::Value, want_path: &str| {
+        let e = h
+            .admin_post(
+                "/admin/runs",
+                &json!({
+                    "experiment": {"name": "x", "steps": [{"name": "s", "faults": [fault]}]},
+                    "agents": ["web-01"],
+                }),
+            )
+            .unwrap_err();
+        assert_eq!(code(&e), (422, "invalid".into()), "{e}");
+        let chaos_protocol::client::ClientError::Api { error, .. } = &e else {
+            unreachable!()
+        };
+        assert!(
+            error.problems.iter().any(|p| p.path.ends_with(want_path)),
+            "{want_path} not in {:?}",
+            error.problems
+        );
+    };
+    refused(
+        json!({"kind": "process.kill", "duration": "1s", "pid": 4242, "signal": null}),
+        "steps[0].faults[0].signal",
+    );
+    refused(
+        json!({"kind": "disk.fill", "duration": "1s", "path": "/tmp", "percent": 50, "reserve": null}),
+        "steps[0].faults[0].reserve",
+    );
+    // The kind's own check names the field in its message.
+    refused(
+        json!({"kind": "process.kill", "duration": "1s", "cmdline": "/"}),
+        "steps[0].faults[0]",
+    );
+    assert_eq!(h.counts().1, 0, "no run was created");
+}
