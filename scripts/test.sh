@@ -22,15 +22,57 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 [ "$(id -u)" = 0 ] || echo "==> not root: privileged and end-to-end tests will print SKIPPED"
 
+# The last line is always one summary of everything: "summary: ok | ..." or
+# "summary: FAILED (what) | ...". fmt and clippy stop the run early; a failing cargo test does
+# not: every test binary runs (--no-fail-fast), then the VM suite. Exit status 1 if anything
+# failed.
+early_fail() {  # what
+    echo "summary: FAILED ($1) | cargo tests and VM suite not run"
+    exit 1
+}
 echo "==> cargo fmt --check"
-cargo fmt --all -- --check
+cargo fmt --all -- --check || early_fail "cargo fmt --check"
 echo "==> cargo clippy"
-cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
-echo "==> cargo test"
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings || early_fail "cargo clippy"
+
+failed=()
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-cargo test --workspace --all-features 2>&1 | tee "$log"
-# One closing line for the whole cargo run (its own last line is often an empty doc-test).
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "cargo tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+vm_log=$(mktemp)
+trap 'rm -f "$log" "$vm_log"' EXIT
+
+echo "==> cargo test"
+cargo_rc=0
+cargo test --workspace --all-features --no-fail-fast 2>&1 | tee "$log" || cargo_rc=$?
+# Summed over every test binary and the doc-tests (cargo's own last line is only the last one's).
+cargo_line=$(awk '/^test result:/ { p += $4; f += $6; i += $8 }
+    END { printf "cargo tests: %d passed, %d failed, %d ignored", p, f, i }' "$log")
+if [ "$cargo_rc" != 0 ]; then
+    failed+=("cargo test")
+    # cargo lists the targets that failed, also those that crashed (no "test result" line);
+    # none listed: something did not build. (The backquotes are cargo's, not the shell's.)
+    # shellcheck disable=SC2016
+    targets=$(awk '/^error: [0-9]+ targets? failed:$/ { on = 1; next }
+        on && /^ +`.*`$/ { gsub(/^ +`|`$/, ""); t = t (t == "" ? "" : "; ") $0 }
+        END { print t }' "$log")
+    if [ -n "$targets" ]; then
+        cargo_line+=" (failed targets: $targets)"
+    else
+        cargo_line+=" (cargo test exited $cargo_rc, no failed targets listed: a build error?)"
+    fi
+fi
+echo "$cargo_line"
+
 echo "==> VM suite (tests/vm/run.sh: a QEMU guest with systemd; see docs/testing.md)"
-tests/vm/run.sh
+vm_rc=0
+tests/vm/run.sh 2>&1 | tee "$vm_log" || vm_rc=$?
+vm_line=$(grep -E '^vm: [0-9]+ passed' "$vm_log" | tail -n 1 || true)
+[ -n "$vm_line" ] || vm_line="vm: no result (tests/vm/run.sh exited $vm_rc)"
+[ "$vm_rc" = 0 ] || failed+=("VM suite")
+
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "summary: ok | $cargo_line | $vm_line"
+else
+    what=$(printf '%s, ' "${failed[@]}")
+    echo "summary: FAILED (${what%, }) | $cargo_line | $vm_line"
+    exit 1
+fi

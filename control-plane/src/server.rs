@@ -11,11 +11,12 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -116,6 +117,12 @@ impl IntoResponse for ApiErr {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        // The rest of a too-large body is not read (only drained, see `linger`): this
+        // connection cannot carry another request.
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         r
     }
 }
@@ -124,22 +131,90 @@ impl IntoResponse for ApiErr {
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+/// How much of a refused body is still read and thrown away (see [`linger`]), and for how
+/// long at most.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+fn too_large(max: usize) -> ApiErr {
+    ApiErr::new(
+        ErrorCode::PayloadTooLarge,
+        format!("the body is larger than the {max} bytes this server accepts"),
+    )
+}
+
+/// The next frame of a body: its data, or `None` for a trailers frame.
+async fn next_frame(body: &mut Body) -> Option<Result<Option<Bytes>, axum::Error>> {
+    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+        .await
+        .map(|r| r.map(|f| f.into_data().ok()))
+}
+
+/// The lingering close of a refused body. The 413 goes out (with `Connection: close`) before
+/// the body has been read; if the connection were then closed with the rest of the body
+/// unread, the kernel would answer the client's next bytes with a reset, and a client that
+/// writes its whole body before reading the answer (ureq, most clients) would get EPIPE or
+/// ECONNRESET instead of the 413. So what the client still sends is read and thrown away, up
+/// to `LINGER_BYTES` and for up to `LINGER_TIME` (or until shutdown); hyper closes the
+/// connection when the body has ended or this task drops it.
+fn linger(app: &Arc<App>, mut body: Body) {
+    let app = app.clone();
+    tokio::spawn(async move {
+        let drain = async {
+            let mut n = 0;
+            while let Some(Ok(data)) = next_frame(&mut body).await {
+                n += data.map_or(0, |d| d.len());
+                if n > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = tokio::time::sleep(LINGER_TIME) => {}
+            _ = app.shutdown.wait() => {}
+        }
+    });
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
     type Rejection = ApiErr;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiErr> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiErr::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "the body is larger than the {MAX_BODY_BYTES} bytes this server accepts"
-                    ),
-                )
-            } else {
-                ApiErr::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
+    async fn from_request(req: Request, app: &Arc<App>) -> Result<Self, ApiErr> {
+        let max = app.settings.max_body;
+        let headers = req.headers();
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        // A client waiting for `100 Continue` sends no body: nothing to linger for (and
+        // reading would make hyper send the 100).
+        let sends_body = !headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let mut body = req.into_body();
+        // Refused on its Content-Length, before any of it is read.
+        if declared.is_some_and(|n| n > max as u64) {
+            if sends_body {
+                linger(app, body);
             }
-        })?;
+            return Err(too_large(max));
+        }
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = next_frame(&mut body).await {
+            let frame = frame.map_err(|e| {
+                ApiErr::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
+            })?;
+            let Some(data) = frame else {
+                continue;
+            };
+            // A chunked body has no Content-Length: refused when it passes the limit.
+            if bytes.len() + data.len() > max {
+                linger(app, body);
+                return Err(too_large(max));
+            }
+            bytes.extend_from_slice(&data);
+        }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize::<_, T>(de) {
             Ok(v) => Ok(JsonBody(v)),
@@ -1061,6 +1136,8 @@ pub fn router(app: Arc<App>) -> Router {
         .nest(chaos_protocol::API_PREFIX, api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // `JsonBody` applies the limit itself (with a lingering close); this covers axum's
+        // own body extractors, should a handler ever use one.
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(log_requests))
         .with_state(app)

@@ -3,6 +3,8 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chaos_control::server::Settings;
@@ -261,6 +263,115 @@ fn malformed_oversized_and_invalid_bodies() {
         "bad_request",
     );
     assert_eq!(h.counts(), before, "nothing stored");
+    h.client().health().unwrap();
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the harness's server, trusting its CA: raw HTTP/1.1 on top.
+fn tls(h: &Harness) -> Tls {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&h.ca).unwrap())
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), "127.0.0.1".try_into().unwrap()).unwrap();
+    let tcp = TcpStream::connect(h.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Read one response with a Content-Length body: status, lower-cased head, JSON body.
+fn read_response(s: &mut Tls) -> (u16, String, Value) {
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).expect("the response head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .expect("a Content-Length")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).expect("the response body");
+    (status, head, serde_json::from_slice(&body).unwrap())
+}
+
+/// After a 413 the rest of the body is still read (a lingering close), so a client that
+/// only reads the answer once it has sent everything gets the answer, not EPIPE or a reset.
+/// Here the client reads the answer first and sends the rest after: the server must still
+/// take all of it, then close cleanly.
+#[test]
+fn oversized_bodies_are_answered_then_drained() {
+    let h = Harness::new();
+    let a = h.agent("linger");
+    let run = h.create_run(&["linger"]).runs[0].run_id.clone();
+    let max = h.settings.max_body;
+    let head = |framing: &str| {
+        format!(
+            "POST {}/runs/{run}/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\n{framing}\r\n\r\n",
+            chaos_protocol::API_PREFIX,
+            a.token.token
+        )
+    };
+    let refused = |s: &mut Tls| {
+        let (status, head, body) = read_response(s);
+        assert_refused((status, body), 413, "payload_too_large");
+        assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    };
+    let closes_cleanly = |s: &mut Tls| {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .expect("a clean close after the body");
+        assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    };
+
+    // Refused on its Content-Length: the answer comes before any of the body is sent.
+    let body = vec![b'x'; 2 * max];
+    let mut s = tls(&h);
+    s.write_all(head(&format!("Content-Length: {}", body.len())).as_bytes())
+        .unwrap();
+    s.flush().unwrap();
+    refused(&mut s);
+    s.write_all(&body).expect("the server still reads the body");
+    s.flush().unwrap();
+    closes_cleanly(&mut s);
+
+    // Chunked: refused once past the limit, and the rest is still read.
+    let mut s = tls(&h);
+    s.write_all(head("Transfer-Encoding: chunked").as_bytes())
+        .unwrap();
+    s.write_all(format!("{:x}\r\n", max + 1).as_bytes())
+        .unwrap();
+    s.write_all(&body[..=max]).unwrap();
+    s.write_all(b"\r\n").unwrap();
+    s.flush().unwrap();
+    refused(&mut s);
+    s.write_all(format!("{:x}\r\n", max).as_bytes()).unwrap();
+    s.write_all(&body[..max])
+        .expect("the server still reads the body");
+    s.write_all(b"\r\n0\r\n\r\n").unwrap();
+    s.flush().unwrap();
+    closes_cleanly(&mut s);
+
     h.client().health().unwrap();
 }
 

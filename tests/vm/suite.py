@@ -106,18 +106,33 @@ class Guest:
         text = poll(f"start-{pid}.json", lambda: self.vm.sh(f"cat /run/chaos-vm/start-{pid}.json"), 30)
         return json.loads(text)
 
+    def idle_main(self):
+        """The pid of chaos-agent.service's main process if it is an idle one, else 0. Idle:
+        guest/agent-main has exec'd `sleep`, so it has already looked for a queued experiment,
+        and it never exits by itself (no Restart= pending)."""
+        return int(self.vm.sh("p=$(systemctl show -p MainPID --value chaos-agent); "
+                              "[ \"$(cat /proc/$p/comm 2>/dev/null)\" = sleep ] && echo $p") or 0)
+
     def queue(self, name, faults, crash_at=None):
         """Queue an experiment for chaos-agent.service's next main process and restart the
         unit (ExecStartPre recovery, then the main process runs it). Returns the fault ids
-        that existed before, for new_records()."""
+        that existed before, for new_records().
+
+        The next main process must be the one this restart starts, so first wait until the
+        current one is idle. A main process that runs (or is finishing) an experiment exits
+        when the run ends, and Restart=always starts another one a second later: that one
+        would take the queued experiment, and the restart here would stop it, maybe before it
+        journaled anything."""
+        poll("chaos-agent.service's main process to be idle (no run, no restart pending)",
+             self.idle_main, 120)
         before = self.ids()
         doc = f'name = "{name}"\n[[steps]]\nname = "{name}"\n'
         for f in faults:
             doc += "  [[steps.faults]]\n" + "".join(f"  {k} = {json.dumps(v)}\n" for k, v in f.items())
-        self.vm.check("rm -f /run/chaos-vm/running-*.toml")
-        self.vm.write("/run/chaos-vm/queued.toml", doc)
-        if crash_at:
+        self.vm.check("rm -f /run/chaos-vm/running-*.toml /run/chaos-vm/crash-at")
+        if crash_at:  # before queued.toml: whoever takes the experiment sees its crash point
             self.vm.write("/run/chaos-vm/crash-at", crash_at)
+        self.vm.write("/run/chaos-vm/queued.toml", doc)
         self.vm.check("systemctl restart chaos-agent")
         return before
 
@@ -376,7 +391,8 @@ def sc_services(g):
     expect(g.unit(victim, "ActiveState") == "active", "service.stop revert: victim not active")
     inv2 = g.unit(victim, "InvocationID")
     expect(inv2 != inv, "service.stop revert: victim was not started anew")
-    # service.restart: a new invocation, active
+    # service.restart: a new invocation, active. This run ends by itself after 2 s: its main
+    # process exits and Restart=always starts an idle one (the next queue() waits for it).
     ids = g.queue("svc-restart", [{"kind": "service.restart", "duration": "2s", "unit": victim}])
     g.wait_records(ids, 1, {"reverted"})
     expect(g.unit(victim, "ActiveState") == "active", "service.restart: victim not active")
@@ -390,6 +406,10 @@ def sc_services(g):
                       crash_at=point)
         crashed = poll("the main process that runs the experiment", g.run_pid, 30)
         new = g.wait_agent_running(not_pid=crashed)
+        # it crashed and systemd restarted it (queue's `systemctl restart` set the count to 0)
+        expect(g.unit("chaos-agent", "NRestarts") == "1",
+               f"crash at {point}: NRestarts={g.unit('chaos-agent', 'NRestarts')}, want 1 "
+               f"(main process {crashed} did not crash, or another one took the experiment)")
         [seen] = [r for r in g.start_snapshot(new) if r["fault_id"] not in ids]
         expect(seen["state"] == "reverted",
                f"crash at {point}: the restarted agent found the record {seen['state']}")
