@@ -140,3 +140,85 @@ pub(super) fn spare_control_plane(experiment: &Value, config: &Config) -> (Value
     );
     (exp, Some(note))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config(extra: &str) -> (fault_core::testing::TempDir, Config) {
+        let d = fault_core::testing::TempDir::new("host-config");
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let ca = d.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let main = d.path().join("agent.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "[control_plane]\nurl = \"https://127.0.0.9:8443\"\nca_file = \"{}\"\n{extra}",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&main, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (c, _) = Config::load(&main).unwrap();
+        (d, c)
+    }
+
+    fn experiment(spare: Option<bool>) -> Value {
+        let mut e = serde_json::json!({"name": "n", "steps": [{"name": "s", "faults": [
+            {"kind": "network.blackhole", "duration": "1s", "interface": "eth0",
+             "exclude_destinations": ["10.9.9.9"]},
+            {"kind": "process.stop", "duration": "1s", "pid": 4242},
+        ]}]});
+        if let Some(s) = spare {
+            e["spare_control_plane"] = Value::Bool(s);
+        }
+        e
+    }
+
+    #[test]
+    fn network_faults_spare_the_control_plane_unless_the_experiment_opts_out() {
+        let (_d, c) = config(
+            "[self_protection]\nspare_dns_resolvers = false\nextra_spared_destinations = [\"192.0.2.0/24\"]\n",
+        );
+        let (exp, note) = spare_control_plane(&experiment(None), &c);
+        let ex = &exp["steps"][0]["faults"][0]["exclude_destinations"];
+        assert_eq!(
+            ex,
+            &serde_json::json!(["10.9.9.9", "127.0.0.9", "192.0.2.0/24"]),
+            "{exp}"
+        );
+        assert!(exp["steps"][0]["faults"][1]
+            .get("exclude_destinations")
+            .is_none());
+        assert!(note.unwrap().contains("127.0.0.9"));
+        // What the daemon runs still validates with the kinds' own specs.
+        chaos_engine::experiment::Experiment::load_value(&exp, &chaos_kinds::registry())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (exp, note) = spare_control_plane(&experiment(Some(false)), &c);
+        assert_eq!(exp, experiment(Some(false)));
+        assert!(note.is_none());
+        let (_d2, off) = config("[self_protection]\nspare_control_plane = false\n");
+        assert_eq!(
+            spare_control_plane(&experiment(None), &off).0,
+            experiment(None)
+        );
+    }
+
+    #[test]
+    fn host_facts_name_this_machine() {
+        let reg = chaos_kinds::registry();
+        let f = facts(&reg);
+        assert!(!f.hostname.is_empty() && !f.kernel.is_empty());
+        assert!(f.kinds.contains(&"process.stop".to_string()));
+        assert_eq!(
+            f.kinds.iter().any(|k| k.starts_with("service.")),
+            std::path::Path::new("/run/systemd/system").is_dir()
+        );
+    }
+}
