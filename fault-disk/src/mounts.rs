@@ -95,28 +95,10 @@ impl Mount {
     }
 }
 
-/// Undo the octal escapes (`\040` for a space) of mountinfo fields.
-fn unescape(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
 fn path_of(s: &str) -> PathBuf {
-    PathBuf::from(OsStr::from_bytes(&unescape(s)))
+    PathBuf::from(OsStr::from_bytes(
+        &fault_core::host::fs::unescape_mountinfo(s),
+    ))
 }
 
 /// Parse mountinfo text.
@@ -143,7 +125,8 @@ pub(crate) fn parse(text: &str) -> Vec<Mount> {
             dev: (maj, min),
             mount_point: path_of(l[4]),
             fstype: r[0].to_string(),
-            source: String::from_utf8_lossy(&unescape(r[1])).into_owned(),
+            source: String::from_utf8_lossy(&fault_core::host::fs::unescape_mountinfo(r[1]))
+                .into_owned(),
             read_only: ro(l[5]) || ro(r[2]),
             super_options: r[2].to_string(),
         });

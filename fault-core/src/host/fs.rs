@@ -37,3 +37,25 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
+
+/// Undo the octal escapes of a `/proc/*/mountinfo` field (`\040` for a space, `\011` tab,
+/// `\012` newline, `\134` backslash). The bytes are the path as the kernel has it, which
+/// need not be UTF-8.
+pub fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}

@@ -309,7 +309,7 @@ pub fn paths(kind: NsKind) -> Vec<PathBuf> {
                 continue;
             }
             if let Some(mp) = left.split(' ').nth(4) {
-                out.push(PathBuf::from(unescape_mountinfo(mp)));
+                out.push(mountinfo_path(mp));
             }
         }
     }
@@ -346,24 +346,12 @@ pub enum Whereabouts {
     Unreachable,
 }
 
-/// Mount points in mountinfo escape space, tab, newline and backslash as `\NNN` octal.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// A mount point field of mountinfo as a path.
+fn mountinfo_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    PathBuf::from(std::ffi::OsString::from_vec(super::fs::unescape_mountinfo(
+        field,
+    )))
 }
 
 #[cfg(test)]
@@ -431,7 +419,14 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(unescape_mountinfo(r"/run/netns/a\040b"), "/run/netns/a b");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(
+            mountinfo_path(r"/run/netns/a\040b"),
+            Path::new("/run/netns/a b")
+        );
+        assert_eq!(mountinfo_path("/plain"), Path::new("/plain"));
+        assert_eq!(
+            crate::host::fs::unescape_mountinfo(r"a\134b\011"),
+            b"a\\b\t"
+        );
     }
 }
