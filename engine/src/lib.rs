@@ -19,6 +19,8 @@
 pub mod experiment;
 pub mod failpoint;
 pub mod journal;
+mod report;
+mod revert;
 pub mod runner;
 mod session;
 #[cfg(feature = "test-util")]

@@ -17,6 +17,8 @@ mod identity;
 pub(crate) mod notify;
 mod outbox;
 mod runs;
+mod sender;
+mod supervisor;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,56 +36,9 @@ use fault_core::Registry;
 
 use config::Config;
 use identity::Identity;
-use outbox::{Message, Outbox};
+use notify::Sd;
+use outbox::Outbox;
 use runs::{Queue, Reporter, RunStore};
-
-/// systemd notifications; failures are logged, never fatal.
-struct Sd {
-    n: notify::Notifier,
-    watchdog: Option<Duration>,
-}
-
-impl Sd {
-    fn from_env() -> Sd {
-        let n = notify::Notifier::from_env().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, kind = ?e.kind(), "NOTIFY_SOCKET is unusable: no systemd notifications");
-            notify::Notifier::disabled()
-        });
-        let watchdog = notify::watchdog_interval()
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, kind = ?e.kind(), "WATCHDOG_USEC is unusable: no watchdog pings");
-                None
-            })
-            .filter(|_| n.is_enabled());
-        Sd { n, watchdog }
-    }
-    fn log(r: Result<(), notify::NotifyError>) {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "systemd notification failed");
-        }
-    }
-    fn ready(&self, status: Option<&str>) {
-        Sd::log(match status {
-            Some(s) => self.n.ready_with_status(s),
-            None => self.n.ready(),
-        });
-    }
-    fn status(&self, s: &str) {
-        Sd::log(self.n.status(s));
-    }
-    fn stopping(&self) {
-        Sd::log(self.n.stopping());
-    }
-    fn reloading(&self) {
-        Sd::log(self.n.reloading());
-    }
-    fn watchdog(&self) {
-        Sd::log(self.n.watchdog());
-    }
-    fn extend_timeout(&self, d: Duration) {
-        Sd::log(self.n.extend_timeout(d));
-    }
-}
 
 /// Debug builds die here when `CHAOS_AGENT_CRASH_AT` names the point (crash tests).
 pub(crate) fn failpoint(point: &str) {
@@ -725,161 +680,6 @@ impl Daemon<'_, '_> {
         }
         self.runner_done.store(true, Ordering::SeqCst);
         self.outbox.nudge();
-    }
-
-    // ---- the sender ----
-
-    fn send_loop(&self) {
-        let mut backoff = Backoff::default();
-        let mut flush_until: Option<Instant> = None;
-        loop {
-            if self.runner_done.load(Ordering::SeqCst) {
-                let until = *flush_until.get_or_insert_with(|| Instant::now() + FLUSH_ON_STOP);
-                if self.outbox.is_empty() || Instant::now() >= until || self.locked_out().is_some()
-                {
-                    if !self.outbox.is_empty() {
-                        tracing::warn!("stopping with messages still in the outbox: they are sent after the next start");
-                    }
-                    return;
-                }
-            }
-            let batch = match self.outbox.next_batch() {
-                Ok(Some(b)) => b,
-                Ok(None) => {
-                    self.outbox.wait(Duration::from_millis(500));
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot read the outbox");
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            let (files, msg) = batch;
-            let run_id = msg.run_id().to_string();
-            let sent = self.call(|c, _agent, token| match &msg {
-                Message::Status { update, .. } => {
-                    c.status(&run_id, token, update).map(|r| r.abort_requested)
-                }
-                Message::Logs { lines, .. } => c
-                    .logs(
-                        &run_id,
-                        token,
-                        &chaos_protocol::run::LogBatch {
-                            lines: lines.clone(),
-                        },
-                    )
-                    .map(|r| r.abort_requested),
-                Message::Result { result, .. } => {
-                    c.result(&run_id, token, result).map(|r| r.abort_requested)
-                }
-            });
-            match sent {
-                Ok(abort_requested) => {
-                    backoff.reset();
-                    self.outbox.ack(&files);
-                    if abort_requested {
-                        self.abort_active(Some(&run_id), "aborted by the operator");
-                    }
-                }
-                Err(CallError::NoIdentity) => {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
-                Err(CallError::Retry(e)) => {
-                    let d = backoff.next();
-                    tracing::debug!(error = %e, retry_in_ms = d.as_millis() as u64, "outbox flush waits for the control plane");
-                    let until = flush_until.unwrap_or_else(|| Instant::now() + d);
-                    std::thread::sleep(
-                        d.min(until.saturating_duration_since(Instant::now()))
-                            .max(Duration::from_millis(50)),
-                    );
-                }
-                Err(CallError::Refused(e)) => {
-                    // It will be refused the same way again: drop it, say so locally.
-                    tracing::error!(run_id = %run_id, error = %e, message = ?msg_kind(&msg), "the control plane refused a message; dropped");
-                    self.outbox.ack(&files);
-                }
-            }
-        }
-    }
-
-    // ---- the supervisor ----
-
-    fn supervise(&self) {
-        let mut last_status = String::new();
-        let mut last_ping = Instant::now() - Duration::from_secs(3600);
-        while !(self.runner_done.load(Ordering::SeqCst) && self.stop.is_aborted()) {
-            // The lease: no successful call for lease_secs aborts the run.
-            if let Some(a) = self
-                .active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-            {
-                let silent = self
-                    .last_ok
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .elapsed();
-                if silent >= a.lease && !a.abort.is_aborted() {
-                    let reason = format!(
-                        "control plane unreachable for {} s (the run's lease)",
-                        a.lease.as_secs()
-                    );
-                    tracing::error!(run_id = %a.run_id, "{reason}");
-                    a.abort.abort(reason);
-                }
-            }
-            // The watchdog: only while the poll loop keeps its promise to beat again.
-            if let Some(every) = self.sd.watchdog {
-                let due = *self.beat_due.lock().unwrap_or_else(|e| e.into_inner());
-                if Instant::now() <= due && last_ping.elapsed() >= every {
-                    self.sd.watchdog();
-                    last_ping = Instant::now();
-                }
-            }
-            let status = self.status_line();
-            if status != last_status {
-                self.sd.status(&status);
-                last_status = status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn status_line(&self) -> String {
-        if self.stop.is_aborted() {
-            return "stopping: reverting and flushing the outbox".into();
-        }
-        if let Some(why) = self.locked_out() {
-            return format!("locked out: {why}; waiting for a new registration key (then systemctl reload chaos-agent)");
-        }
-        let run = self
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|a| a.run_id.clone());
-        let since = *self
-            .unreachable_since
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let link = since.map(|t| {
-            let secs = t.elapsed().map(|d| d.as_secs()).unwrap_or(0);
-            format!("; control plane unreachable for {secs} s")
-        });
-        match run {
-            Some(r) => format!("running {r}{}", link.unwrap_or_default()),
-            None => format!("idle{}", link.unwrap_or_default()),
-        }
-    }
-}
-
-fn msg_kind(m: &Message) -> &'static str {
-    match m {
-        Message::Status { .. } => "status",
-        Message::Logs { .. } => "logs",
-        Message::Result { .. } => "result",
     }
 }
 

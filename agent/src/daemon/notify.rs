@@ -284,6 +284,54 @@ pub fn watchdog_interval_from(
     Ok(Some(Duration::from_micros(usec / 2)))
 }
 
+/// systemd notifications; failures are logged, never fatal.
+pub(crate) struct Sd {
+    n: Notifier,
+    pub(crate) watchdog: Option<Duration>,
+}
+
+impl Sd {
+    pub(crate) fn from_env() -> Sd {
+        let n = Notifier::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, kind = ?e.kind(), "NOTIFY_SOCKET is unusable: no systemd notifications");
+            Notifier::disabled()
+        });
+        let watchdog = watchdog_interval()
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, kind = ?e.kind(), "WATCHDOG_USEC is unusable: no watchdog pings");
+                None
+            })
+            .filter(|_| n.is_enabled());
+        Sd { n, watchdog }
+    }
+    pub(crate) fn log(r: Result<(), NotifyError>) {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "systemd notification failed");
+        }
+    }
+    pub(crate) fn ready(&self, status: Option<&str>) {
+        Sd::log(match status {
+            Some(s) => self.n.ready_with_status(s),
+            None => self.n.ready(),
+        });
+    }
+    pub(crate) fn status(&self, s: &str) {
+        Sd::log(self.n.status(s));
+    }
+    pub(crate) fn stopping(&self) {
+        Sd::log(self.n.stopping());
+    }
+    pub(crate) fn reloading(&self) {
+        Sd::log(self.n.reloading());
+    }
+    pub(crate) fn watchdog(&self) {
+        Sd::log(self.n.watchdog());
+    }
+    pub(crate) fn extend_timeout(&self, d: Duration) {
+        Sd::log(self.n.extend_timeout(d));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
