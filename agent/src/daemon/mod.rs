@@ -485,7 +485,8 @@ impl Daemon<'_, '_> {
     }
 
     /// How long to hold the long poll: the configured (or server's) wait, and while a run
-    /// is active a third of its lease, so a healthy link never lets a lease run out.
+    /// is active a third of its lease, so a healthy link never lets a lease run out; never
+    /// past the time the token is due for rotation.
     fn poll_wait(&self) -> Duration {
         let server = *self
             .server_poll_wait
@@ -504,6 +505,13 @@ impl Daemon<'_, '_> {
             .as_ref()
         {
             w = w.min(a.lease / 3);
+        }
+        // Back in time to rotate the token: rotation happens between polls, and a poll that
+        // outlasts the token's half-life (a wait of 30 s with --token-ttl 1m) could return
+        // after the token expired, locking the agent out.
+        if let Some(id) = self.identity() {
+            let left = id.rotate_at_ms().saturating_sub(outbox::now_ms());
+            w = w.min(Duration::from_millis(left));
         }
         if let Some(wd) = self.sd.watchdog {
             w = w.min(wd);
