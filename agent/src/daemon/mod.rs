@@ -190,6 +190,7 @@ pub(crate) fn run(registry: &Registry, opts: Options) -> anyhow::Result<u8> {
     let store = RunStore::open(&state_dir)?;
     runs::report_interrupted(&session, &store, &outbox, &recovery, Instant::now());
     store.compact();
+    outbox.forget_sent(|run_id| store.get(run_id).is_some());
     let client = make_client(&config)?;
     let identity = match Identity::load(&state_dir)? {
         Some(id) if id.url() == config.control_plane.url => Some(Arc::new(id)),
@@ -785,6 +786,10 @@ impl Daemon<'_, '_> {
             match sent {
                 Ok(abort_requested) => {
                     backoff.reset();
+                    if let Message::Logs { lines, .. } = &msg {
+                        let last = lines.iter().map(|l| l.seq).max().unwrap_or(0);
+                        self.outbox.sent_logs(&run_id, last);
+                    }
                     self.outbox.ack(&files);
                     if abort_requested {
                         self.abort_active(Some(&run_id), "aborted by the operator");
