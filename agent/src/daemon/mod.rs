@@ -145,6 +145,7 @@ pub(crate) fn run(registry: &Registry, opts: Options) -> anyhow::Result<u8> {
     let store = RunStore::open(&state_dir)?;
     runs::report_interrupted(&session, &store, &outbox, &recovery, Instant::now());
     store.compact();
+    outbox.forget_sent(|run_id| store.get(run_id).is_some());
     let client = make_client(&config)?;
     let identity = match Identity::load(&state_dir)? {
         Some(id) if id.url() == config.control_plane.url => Some(Arc::new(id)),
@@ -440,7 +441,8 @@ impl Daemon<'_, '_> {
     }
 
     /// How long to hold the long poll: the configured (or server's) wait, and while a run
-    /// is active a third of its lease, so a healthy link never lets a lease run out.
+    /// is active a third of its lease, so a healthy link never lets a lease run out; never
+    /// past the time the token is due for rotation.
     fn poll_wait(&self) -> Duration {
         let server = *self
             .server_poll_wait
@@ -459,6 +461,13 @@ impl Daemon<'_, '_> {
             .as_ref()
         {
             w = w.min(a.lease / 3);
+        }
+        // Back in time to rotate the token: rotation happens between polls, and a poll that
+        // outlasts the token's half-life (a wait of 30 s with --token-ttl 1m) could return
+        // after the token expired, locking the agent out.
+        if let Some(id) = self.identity() {
+            let left = id.rotate_at_ms().saturating_sub(outbox::now_ms());
+            w = w.min(Duration::from_millis(left));
         }
         if let Some(wd) = self.sd.watchdog {
             w = w.min(wd);

@@ -25,6 +25,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
+/// How long a notification may wait for room in the socket's queue (a datagram send blocks
+/// while the reader's queue is full, `net.unix.max_dgram_qlen`): past it, the notification
+/// is dropped with an error. The threads that notify also keep the lease, handle SIGTERM and
+/// start the poll loop; none of that may wait for a reader that is slow or never reads.
+const SEND_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// What kind of notification error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotifyErrorKind {
@@ -132,13 +138,18 @@ impl Notifier {
                 ))
             }
         };
-        let socket = UnixDatagram::unbound().map_err(|e| {
-            NotifyError::new(
-                NotifyErrorKind::Io,
-                "cannot create a datagram socket for systemd notifications".into(),
-                Some(e),
-            )
-        })?;
+        let socket = UnixDatagram::unbound()
+            .and_then(|s| {
+                s.set_write_timeout(Some(SEND_TIMEOUT))?;
+                Ok(s)
+            })
+            .map_err(|e| {
+                NotifyError::new(
+                    NotifyErrorKind::Io,
+                    "cannot create a datagram socket for systemd notifications".into(),
+                    Some(e),
+                )
+            })?;
         Ok(Notifier {
             target: Some(Target { socket, addr, name }),
         })
@@ -399,6 +410,36 @@ mod tests {
         let e = n.ready().unwrap_err();
         assert_eq!(e.kind(), NotifyErrorKind::Io);
         assert!(e.to_string().contains("cannot notify systemd"), "{e}");
+    }
+
+    #[test]
+    fn a_reader_that_does_not_read_never_blocks_the_sender() {
+        let path = SocketPath(std::env::temp_dir().join(format!(
+            "chaos-agent-notify-full-{}.sock",
+            std::process::id()
+        )));
+        let _ = std::fs::remove_file(&path.0);
+        let sock = UnixDatagram::bind(&path.0).unwrap();
+        let n = Notifier::new(Some(path.0.as_os_str())).unwrap();
+        // Fill the reader's queue (max_dgram_qlen, 10 by default; 512 under systemd).
+        let start = std::time::Instant::now();
+        let mut refused = 0;
+        for i in 0..1000 {
+            if n.status(&format!("line {i}")).is_err() {
+                refused += 1;
+                if refused == 3 {
+                    break;
+                }
+            }
+        }
+        assert_eq!(refused, 3, "the queue never filled");
+        assert!(
+            start.elapsed() < SEND_TIMEOUT * 3 + Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        // The first ones are there, in order.
+        assert_eq!(recv(&sock), "STATUS=line 0");
     }
 
     #[test]

@@ -43,6 +43,9 @@ impl Message {
     }
 }
 
+/// `<outbox>/sent/<run>`: the highest log `seq` of the run the control plane accepted.
+const SENT_DIR: &str = "sent";
+
 struct State {
     next: u64,
     bytes: u64,
@@ -88,7 +91,7 @@ impl Outbox {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir.join(SENT_DIR))
             .with_context(|| format!("creating {}", dir.display()))?;
         let all = entries(&dir)?;
         let next = all.last().map_or(1, |(s, _, _)| s + 1);
@@ -149,9 +152,48 @@ impl Outbox {
         entries(&self.dir).map(|e| e.is_empty()).unwrap_or(true)
     }
 
-    /// The highest log `seq` queued for `run_id` (to continue numbering after a restart).
+    fn sent_path(&self, run_id: &str) -> PathBuf {
+        self.dir.join(SENT_DIR).join(run_id)
+    }
+
+    /// The highest log `seq` of `run_id` the control plane has accepted, as recorded by
+    /// [`sent_logs`](Outbox::sent_logs).
+    fn sent_seq(&self, run_id: &str) -> u64 {
+        std::fs::read_to_string(self.sent_path(run_id))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The control plane accepted log lines of `run_id` up to `seq`: remember it (before the
+    /// messages are acknowledged and deleted), so numbering continues after them even once
+    /// the outbox holds none of the run's lines (the server ignores a `seq` it already has).
+    pub(crate) fn sent_logs(&self, run_id: &str, seq: u64) {
+        if seq <= self.sent_seq(run_id) {
+            return;
+        }
+        let r = write_atomic(&self.sent_path(run_id), seq.to_string().as_bytes(), 0o600);
+        if let Err(e) = r {
+            tracing::error!(run_id, error = %e, "cannot remember which log lines were sent; lines written after a restart may be taken for ones already sent");
+        }
+    }
+
+    /// Forget the sent `seq` of runs `keep` says no (runs no longer remembered).
+    pub(crate) fn forget_sent(&self, keep: impl Fn(&str) -> bool) {
+        let Ok(dir) = std::fs::read_dir(self.dir.join(SENT_DIR)) else {
+            return;
+        };
+        for e in dir.flatten() {
+            if !e.file_name().to_str().is_some_and(&keep) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// The highest log `seq` of `run_id` queued or already sent (to continue numbering in
+    /// another [`Reporter`](super::runs::Reporter), e.g. after a restart).
     pub(crate) fn max_seq(&self, run_id: &str) -> u64 {
-        let mut max = 0;
+        let mut max = self.sent_seq(run_id);
         for (_, path, _) in entries(&self.dir).unwrap_or_default() {
             if let Ok(Message::Logs { run_id: r, lines }) = read(&path) {
                 if r == run_id {
@@ -347,6 +389,33 @@ mod tests {
         o.ack(&files);
         assert!(o.next_batch().unwrap().is_none());
         assert!(o.is_empty());
+    }
+
+    #[test]
+    fn numbering_continues_after_lines_already_sent() {
+        let dir = fault_core::testing::TempDir::new("outbox");
+        {
+            let o = Outbox::open(dir.path(), 1 << 20).unwrap();
+            for seq in 1..=3 {
+                o.push(Message::Logs {
+                    run_id: "r1".into(),
+                    lines: vec![line(seq, LogLevel::Info, format!("l{seq}"))],
+                })
+                .unwrap();
+            }
+            let (files, _) = o.next_batch().unwrap().unwrap();
+            o.sent_logs("r1", 3);
+            o.ack(&files);
+            assert!(o.is_empty());
+            assert_eq!(o.max_seq("r1"), 3);
+            o.sent_logs("r1", 2); // never backwards
+        }
+        // A restart: nothing queued, yet the next line of r1 is 4.
+        let o = Outbox::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(o.max_seq("r1"), 3);
+        assert_eq!(o.max_seq("r2"), 0);
+        o.forget_sent(|r| r != "r1");
+        assert_eq!(o.max_seq("r1"), 0);
     }
 
     #[test]

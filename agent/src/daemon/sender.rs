@@ -57,6 +57,10 @@ impl Daemon<'_, '_> {
             match sent {
                 Ok(abort_requested) => {
                     backoff.reset();
+                    if let Message::Logs { lines, .. } = &msg {
+                        let last = lines.iter().map(|l| l.seq).max().unwrap_or(0);
+                        self.outbox.sent_logs(&run_id, last);
+                    }
                     self.outbox.ack(&files);
                     if abort_requested {
                         self.abort_active(Some(&run_id), "aborted by the operator");

@@ -9,19 +9,31 @@ use std::time::{Duration, Instant};
 
 use fault_core::testing::{TempDir, Tmpfs, Victim};
 
+pub mod control;
+
 /// The chaos-agent binary of this target directory, built (once per test process) so that
 /// `cargo test -p chaos-tests` never runs a stale binary: this package cannot depend on a
 /// binary, so cargo would not rebuild it on its own.
 pub fn agent_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
+    built_bin(&BUILT, "chaos-agent", "chaos-agent")
+}
+
+/// The chaos-control binary (the reference control plane), built like [`agent_bin`].
+pub fn control_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    built_bin(&BUILT, "chaos-control", "chaos-control")
+}
+
+fn built_bin(once: &std::sync::Once, package: &str, bin: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/chaos-agent
+    // target/<profile>/deps/<test> -> target/<profile>/<bin>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
         .to_path_buf();
-    BUILT.call_once(|| {
+    once.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let target_dir = profile_dir.parent().expect("target dir");
         let mut cmd = Command::new(cargo);
@@ -29,26 +41,47 @@ pub fn agent_bin() -> PathBuf {
             "build",
             "--quiet",
             "-p",
-            "chaos-agent",
+            package,
             "--bin",
-            "chaos-agent",
+            bin,
             "--target-dir",
         ])
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+        // What cargo set for this test process describes this package, not the build: some
+        // dependencies' build scripts watch these (ring: CARGO_MANIFEST_DIR), and seeing
+        // them changed would rebuild them here and again in the next `cargo test`.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                ]
+                .contains(&k.as_ref())
+            {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd.status().expect("run cargo build -p chaos-agent");
-        assert!(status.success(), "cargo build -p chaos-agent failed");
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("run cargo build -p {package}: {e}"));
+        assert!(status.success(), "cargo build -p {package} failed");
     });
-    let bin = profile_dir.join("chaos-agent");
+    let path = profile_dir.join(bin);
     assert!(
-        bin.exists(),
+        path.exists(),
         "{} is missing after cargo build",
-        bin.display()
+        path.display()
     );
-    bin
+    path
 }
 
 pub struct Sandbox {
