@@ -515,6 +515,20 @@ impl Daemon<'_, '_> {
     }
 
     fn dispatch(&self, task: Task) {
+        // Run ids name files in the state directory and parts of host-side names: only
+        // what the protocol allows (8 lowercase hex digits) is accepted.
+        let run_id = match &task {
+            Task::Run(t) => &t.run_id,
+            Task::Abort(t) => &t.run_id,
+        };
+        if run_id.len() != 8
+            || !run_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            tracing::error!(run_id = %runs::short(run_id), "ignored a task with an invalid run id (the protocol's run ids are 8 lowercase hex digits)");
+            return;
+        }
         match task {
             Task::Run(t) => {
                 let active = self
