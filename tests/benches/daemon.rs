@@ -1370,6 +1370,18 @@ fn bench(bins: &Bins) -> anyhow::Result<()> {
         da.min,
         if da.p99 < 100.0 { "met" } else { "MISSED" }
     );
+    let mut slow: Vec<f64> = aborts.iter().map(|s| s.from_answer).collect();
+    slow.sort_by(|a, b| b.total_cmp(a));
+    println!(
+        "daemon: {} of {} aborts over 50 ms; slowest five: {}",
+        slow.iter().filter(|&&v| v > 50.0).count(),
+        slow.len(),
+        slow.iter()
+            .take(5)
+            .map(|v| format!("{v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("baseline poller call errors: {base_errors}");
 
     println!("\n### Lease expiry (lease {LEASE_SECS} s, control plane SIGKILLed), ms\n");
