@@ -365,6 +365,14 @@ impl Daemon<'_, '_> {
         self.abort_active(None, &why);
     }
 
+    fn is_active(&self, run_id: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|a| a.run_id == run_id)
+    }
+
     fn abort_active(&self, run_id: Option<&str>, reason: &str) -> bool {
         let a = self.active.lock().unwrap_or_else(|e| e.into_inner());
         match a.as_ref() {
@@ -531,13 +539,12 @@ impl Daemon<'_, '_> {
         }
         match task {
             Task::Run(t) => {
-                let active = self
-                    .active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                    .is_some_and(|a| a.run_id == t.run_id);
-                if active || self.queue.contains(&t.run_id) || self.store.get(&t.run_id).is_some() {
+                // Queue first, then active: the runner marks a run active before it leaves
+                // the queue's lock (`pop_then`), so a run being taken is seen in one of them.
+                if self.queue.contains(&t.run_id)
+                    || self.is_active(&t.run_id)
+                    || self.store.get(&t.run_id).is_some()
+                {
                     return; // delivered again: runs are idempotent by run id
                 }
                 tracing::info!(run_id = %t.run_id, "run received");
@@ -551,11 +558,14 @@ impl Daemon<'_, '_> {
                 } else {
                     format!("aborted by the operator: {}", t.reason)
                 };
-                if self.abort_active(Some(&t.run_id), &reason) {
+                // Queue first, then active (see above): a run the runner is taking right now
+                // is aborted, never reported as "never started" and then run anyway.
+                let queued = self.queue.remove(&t.run_id).is_some();
+                if !queued && self.abort_active(Some(&t.run_id), &reason) {
                     return;
                 }
                 let rep = Reporter::new(&t.run_id, &self.outbox);
-                if self.queue.remove(&t.run_id).is_some() {
+                if queued {
                     rep.log(
                         LogLevel::Info,
                         format!("{reason} before it started; nothing was changed"),
@@ -667,18 +677,23 @@ impl Daemon<'_, '_> {
 
     fn run_loop(&self) {
         while !self.stop.is_aborted() {
-            let Some(task) = self.queue.pop(Duration::from_millis(500)) else {
+            // Active before the queue lets go of the run (see `dispatch`).
+            let taken = self.queue.pop_then(Duration::from_millis(500), |task| {
+                let abort = self.stop.child();
+                *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(Active {
+                    run_id: task.run_id.clone(),
+                    abort: abort.clone(),
+                    lease: Duration::from_secs(task.lease_secs.max(1)),
+                });
+                abort
+            });
+            let Some((task, abort)) = taken else {
                 continue;
             };
             if self.stop.is_aborted() {
+                *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 break; // not started: the control plane hands it out again
             }
-            let abort = self.stop.child();
-            *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(Active {
-                run_id: task.run_id.clone(),
-                abort: abort.clone(),
-                lease: Duration::from_secs(task.lease_secs.max(1)),
-            });
             // The lease counts from the start of the run.
             *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let cfg = self

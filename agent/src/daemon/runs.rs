@@ -138,8 +138,14 @@ impl Queue {
         q.remove(i)
     }
 
-    /// The next run, waiting up to `timeout`.
-    pub(crate) fn pop(&self, timeout: Duration) -> Option<RunTask> {
+    /// The next run, waiting up to `timeout`, and what `taken` returns for it. `taken` runs
+    /// while the queue is still locked, so whoever looks at the queue and then at what
+    /// `taken` records (the active run) finds the run in one of the two, never in neither.
+    pub(crate) fn pop_then<T>(
+        &self,
+        timeout: Duration,
+        taken: impl FnOnce(&RunTask) -> T,
+    ) -> Option<(RunTask, T)> {
         let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if q.is_empty() {
             q = self
@@ -148,7 +154,9 @@ impl Queue {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        q.pop_front()
+        let task = q.pop_front()?;
+        let t = taken(&task);
+        Some((task, t))
     }
 
     pub(crate) fn wake(&self) {
@@ -566,5 +574,38 @@ pub(crate) fn report_interrupted(
         }
         let _ = started;
         finish(store, &mut file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(run_id: &str) -> RunTask {
+        RunTask {
+            run_id: run_id.into(),
+            experiment: Value::Null,
+            lease_secs: 120,
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn pop_then_runs_its_closure_before_anyone_sees_the_run_gone_from_the_queue() {
+        let q = Queue::default();
+        q.push(task("0000000a"));
+        let (t, locked) = q
+            .pop_then(Duration::ZERO, |t| {
+                assert_eq!(t.run_id, "0000000a");
+                // Another thread that looks at the queue now (an abort being dispatched)
+                // has to wait until the closure has recorded the run as active.
+                std::thread::scope(|s| s.spawn(|| q.tasks.try_lock().is_err()).join())
+                    .expect("probe thread")
+            })
+            .expect("a run was queued");
+        assert_eq!(t.run_id, "0000000a");
+        assert!(locked, "the queue was unlocked while the closure ran");
+        assert!(!q.contains("0000000a"));
+        assert!(q.pop_then(Duration::ZERO, |_| ()).is_none());
     }
 }
