@@ -45,6 +45,15 @@ struct AbortInner {
     flag: AtomicBool,
     reason: Mutex<Option<String>>,
     parent: Option<AbortHandle>,
+    /// Shared by a handle and all its descendants: every abort in the family rings it, so
+    /// sleepers wake at once (and re-check whether it was for them).
+    bell: Arc<Bell>,
+}
+
+#[derive(Debug, Default)]
+struct Bell {
+    rung: Mutex<u64>,
+    cv: std::sync::Condvar,
 }
 
 impl AbortHandle {
@@ -58,6 +67,7 @@ impl AbortHandle {
         AbortHandle {
             inner: Arc::new(AbortInner {
                 parent: Some(self.clone()),
+                bell: self.inner.bell.clone(),
                 ..Default::default()
             }),
         }
@@ -70,6 +80,10 @@ impl AbortHandle {
             *r = Some(reason.into());
         }
         self.inner.flag.store(true, Ordering::SeqCst);
+        drop(r);
+        let bell = &self.inner.bell;
+        *bell.rung.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        bell.cv.notify_all();
     }
 
     /// Whether this handle or an ancestor was aborted.
@@ -91,9 +105,17 @@ impl AbortHandle {
         self.inner.parent.as_ref().and_then(|p| p.reason())
     }
 
-    /// Sleep up to `d`, waking within 50 ms of an abort. Returns `true` if aborted.
+    /// Sleep up to `d`, waking as soon as this handle (or an ancestor) is aborted.
+    /// Returns `true` if aborted.
     pub fn sleep(&self, d: Duration) -> bool {
-        let end = Instant::now() + d;
+        self.sleep_until(Instant::now() + d)
+    }
+
+    /// Sleep until `end`, waking as soon as this handle (or an ancestor) is aborted.
+    /// Returns `true` if aborted.
+    pub fn sleep_until(&self, end: Instant) -> bool {
+        let bell = &self.inner.bell;
+        let mut rung = bell.rung.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.is_aborted() {
                 return true;
@@ -102,7 +124,11 @@ impl AbortHandle {
             if now >= end {
                 return false;
             }
-            std::thread::sleep((end - now).min(Duration::from_millis(50)));
+            rung = bell
+                .cv
+                .wait_timeout(rung, end - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -637,10 +663,7 @@ impl Runner<'_> {
                 if let Some(t) = next_maintain {
                     wake = wake.min(t);
                 }
-                std::thread::sleep(
-                    wake.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(50)),
-                );
+                step_abort.sleep_until(wake);
             }
             report.held_ms = start.elapsed().as_millis() as u64;
         }
@@ -794,6 +817,16 @@ mod tests {
         let start = Instant::now();
         assert!(h.sleep(Duration::from_secs(30)));
         assert!(start.elapsed() < Duration::from_secs(5));
+        // A child sleeping when its grandparent is aborted wakes too.
+        let root = AbortHandle::new();
+        let grandchild = root.child().child();
+        let r2 = root.clone();
+        let t2 = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            r2.abort("stop");
+        });
+        assert!(grandchild.sleep(Duration::from_secs(30)));
+        t2.join().unwrap();
         t.join().unwrap();
         assert!(!AbortHandle::new().sleep(Duration::from_millis(10)));
     }
