@@ -440,7 +440,9 @@ impl Daemon<'_, '_> {
     }
 
     /// How long to hold the long poll: the configured (or server's) wait, and while a run
-    /// is active a third of its lease, so a healthy link never lets a lease run out.
+    /// is active or waiting a third of its lease, so a healthy link never lets a lease run
+    /// out. A run just received counts too: the poll that follows its delivery is in flight
+    /// when the run starts, and the lease counts from then.
     fn poll_wait(&self) -> Duration {
         let server = *self
             .server_poll_wait
@@ -452,6 +454,11 @@ impl Daemon<'_, '_> {
             .unwrap_or_else(|e| e.into_inner())
             .agent
             .poll_wait(server);
+        // The queue first, then the run in progress: a run moves from one to the other under
+        // the queue's lock (Queue::pop_with), so it is seen in one of them.
+        if let Some(l) = self.queue.min_lease() {
+            w = w.min(l / 3);
+        }
         if let Some(a) = self
             .active
             .lock()
@@ -644,20 +651,25 @@ impl Daemon<'_, '_> {
 
     fn run_loop(&self) {
         while !self.stop.is_aborted() {
-            let Some(task) = self.queue.pop(Duration::from_millis(500)) else {
+            let abort = self.stop.child();
+            // Active before it leaves the queue: poll_wait() always sees its lease.
+            let start = |task: &chaos_protocol::agent::RunTask| {
+                *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(Active {
+                    run_id: task.run_id.clone(),
+                    abort: abort.clone(),
+                    lease: runs::lease(task),
+                });
+                // The lease counts from the start of the run.
+                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            };
+            let Some(task) = self.queue.pop_with(Duration::from_millis(500), start) else {
                 continue;
             };
             if self.stop.is_aborted() {
-                break; // not started: the control plane hands it out again
+                // not started: the control plane hands it out again
+                *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                break;
             }
-            let abort = self.stop.child();
-            *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(Active {
-                run_id: task.run_id.clone(),
-                abort: abort.clone(),
-                lease: Duration::from_secs(task.lease_secs.max(1)),
-            });
-            // The lease counts from the start of the run.
-            *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let cfg = self
                 .config
                 .read()

@@ -108,6 +108,12 @@ impl RunStore {
     }
 }
 
+/// A run's lease: without a successful call to the control plane for this long, it is
+/// aborted.
+pub(crate) fn lease(t: &RunTask) -> Duration {
+    Duration::from_secs(t.lease_secs.max(1))
+}
+
 /// Runs waiting for their turn.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
@@ -138,8 +144,14 @@ impl Queue {
         q.remove(i)
     }
 
-    /// The next run, waiting up to `timeout`.
-    pub(crate) fn pop(&self, timeout: Duration) -> Option<RunTask> {
+    /// The next run, waiting up to `timeout`. `start` is called with it while the queue is
+    /// still locked, so that whoever reads [`Queue::min_lease`] and then the run in progress
+    /// finds the run in one or the other, never in neither.
+    pub(crate) fn pop_with(
+        &self,
+        timeout: Duration,
+        start: impl FnOnce(&RunTask),
+    ) -> Option<RunTask> {
         let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if q.is_empty() {
             q = self
@@ -148,7 +160,19 @@ impl Queue {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        q.pop_front()
+        let t = q.pop_front()?;
+        start(&t);
+        Some(t)
+    }
+
+    /// The shortest lease of the runs waiting (none: `None`).
+    pub(crate) fn min_lease(&self) -> Option<Duration> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(lease)
+            .min()
     }
 
     pub(crate) fn wake(&self) {
@@ -566,5 +590,54 @@ pub(crate) fn report_interrupted(
         }
         let _ = started;
         finish(store, &mut file);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(run_id: &str, lease_secs: u64) -> RunTask {
+        RunTask {
+            run_id: run_id.into(),
+            experiment: Value::Null,
+            lease_secs,
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_queue_knows_the_shortest_lease_waiting() {
+        let q = Queue::default();
+        assert_eq!(q.min_lease(), None);
+        q.push(task("aaaaaaaa", 120));
+        q.push(task("bbbbbbbb", 10));
+        assert_eq!(q.min_lease(), Some(Duration::from_secs(10)));
+        // a lease of 0 is read as 1 s, never as "no lease"
+        q.push(task("cccccccc", 0));
+        assert_eq!(q.min_lease(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn pop_with_starts_the_run_before_it_leaves_the_queue() {
+        let q = Queue::default();
+        q.push(task("aaaaaaaa", 10));
+        let mut seen = None;
+        let t = q.pop_with(Duration::ZERO, |t| {
+            // under the queue's lock: nobody looks at the queue between pop and start
+            seen = Some((t.run_id.clone(), q.tasks.try_lock().is_err()));
+        });
+        assert_eq!(t.map(|t| t.run_id), Some("aaaaaaaa".into()));
+        assert_eq!(
+            seen,
+            Some(("aaaaaaaa".into(), true)),
+            "called under the lock"
+        );
+        assert_eq!(q.min_lease(), None);
+        let mut called = false;
+        assert!(q
+            .pop_with(Duration::from_millis(1), |_| called = true)
+            .is_none());
+        assert!(!called, "not called when nothing is waiting");
     }
 }
