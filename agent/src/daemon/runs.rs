@@ -510,6 +510,7 @@ pub(crate) fn report_interrupted(
             "agent restarted: the previous agent process ended during this run (crash, kill or reboot); its faults were reverted at start, before anything else",
         );
         let mut steps = Vec::new();
+        let mut statuses = Vec::new();
         let exp = Experiment::from_value(&file.experiment).ok();
         let n_steps = exp.as_ref().map_or(0, |e| e.steps.len());
         let mut clean = true;
@@ -544,6 +545,24 @@ pub(crate) fn report_interrupted(
                         rep.log(LogLevel::Error, format!("  undo by hand: {c}"));
                     }
                 }
+                // The control plane last heard "holding" (or so) from the process that
+                // died: tell it where each fault ended.
+                statuses.push(FaultStatus {
+                    fault_id: id.clone(),
+                    step: si as u32,
+                    kind: step.faults[fi].kind.clone(),
+                    state: match revert {
+                        "needs-manual" => chaos_protocol::run::FaultState::NeedsManual,
+                        "reverted" => chaos_protocol::run::FaultState::Reverted,
+                        _ => chaos_protocol::run::FaultState::Skipped,
+                    },
+                    detail: match revert {
+                        "needs-manual" => "the revert at restart failed: a person must undo it",
+                        "reverted" => "reverted at the agent's restart",
+                        _ => "not started before the agent restarted",
+                    }
+                    .into(),
+                });
                 faults.push(serde_json::json!({
                     "fault_id": id,
                     "kind": step.faults[fi].kind,
@@ -572,6 +591,14 @@ pub(crate) fn report_interrupted(
             "steps": steps,
             "elapsed_ms": now_ms().saturating_sub(file.received_at_ms),
         });
+        if !statuses.is_empty() {
+            rep.status(StatusUpdate {
+                state: RunState::Running,
+                step: None,
+                faults: statuses,
+                message: Some("agent restarted: reporting the run as aborted".into()),
+            });
+        }
         rep.log(
             if clean {
                 LogLevel::Info
