@@ -8,8 +8,9 @@ builds the agent; see docs/testing.md. The VM boots once, the agent and its unit
 installed, a snapshot "clean" is taken, and every scenario starts from that snapshot.
 Every assertion is on guest state (journal records, process states, files, units, qdiscs,
 ping measurements, chaos-control's view of runs), never on log text. The daemon-* scenarios
-swap the suite's drop-in for the packaged unit as it is, with chaos-control in the guest. On a failure the serial console and the guest
-journals (this boot and the previous one) are saved under $CHAOS_VM_ARTIFACTS.
+swap the suite's drop-in for the packaged unit as it is, with chaos-control in the guest.
+On a failure the serial console and the guest journals (this boot and the previous one)
+are saved under $CHAOS_VM_ARTIFACTS.
 
 Env: CHAOS_VM_AGENT (host path of a debug chaos-agent, required), CHAOS_VM_ARTIFACTS
 (default $CHAOS_VM_CACHE/artifacts), CHAOS_VM_NETWORK_TESTS (host path of fault-network's
