@@ -683,6 +683,8 @@ def sc_daemon_cp_cut(g):
     g.assert_run_aborted(rid, "lease", 2, timeout=90)
     log(f"link back -> result at the control plane in {time.time() - t0:.1f}s")
     g.assert_daemon_up("once the link is back", "idle")
+    # the poll loop hung in a dropped long poll did not cost the daemon its watchdog
+    expect(g.main_pid() == pid, f"the daemon was restarted during the cut (pid {pid} -> {g.main_pid()})")
 
 
 @scenario
