@@ -640,6 +640,7 @@ def sc_daemon_cp_cut(g):
     g.use_daemon()
     rid = g.submit("cut", daemon_faults(), lease=f"{lease}s")
     g.wait_run_records(rid, 2, {"applied"})
+    held_since = time.time()
     g.assert_daemon_up("holding the faults", f"running {rid}")
     # reload mid-run: the configuration is re-read, the run goes on
     pid, since = g.main_pid(), g.vm.sh("date +%s")
@@ -652,6 +653,15 @@ def sc_daemon_cp_cut(g):
     expect(g.main_pid() == pid, "reload replaced the main process")
     expect(g.worker_state() == "T" and len(g.fill_files()) == 1, "a fault ended at the reload")
     g.assert_daemon_up("after the reload", f"running {rid}")
+
+    # a healthy link keeps the run past its lease: the daemon polls at least every lease/3,
+    # also the poll already in flight when the run started
+    def past_lease():
+        expect(g.worker_state() == "T" and g.run_detail(rid)["state"] == "running",
+               f"the run ended {time.time() - held_since:.1f}s into a {lease} s lease, "
+               f"the link intact: {g.run_detail(rid).get('result')}")
+        return time.time() > held_since + lease + 3
+    poll(f"the run to outlive its lease ({lease} s + 3 s)", past_lease, lease + 30)
     cut = (f"table inet {CUT_TABLE} {{\n chain out {{\n"
            f"  type filter hook output priority 0; policy accept;\n"
            f"  oifname \"lo\" tcp dport {CONTROL_PORT} drop\n"
