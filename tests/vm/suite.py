@@ -161,8 +161,8 @@ class Guest:
     def assert_all_reverted(self, records, context):
         for r in records:
             expect(r["state"] == "reverted",
-                   f"{context}: {r['kind']} {r['fault_id']} is {r['state']} "
-                   f"(last_error: {r.get('last_error')})")
+                   f"{context}: {r.get('kind')} {r.get('fault_id')} is {r['state']} "
+                   f"(last_error: {r.get('last_error')}; {r.get('error', '')})")
 
     # --------------------------------------------------------------- the daemon
     def cc(self, args, timeout=None):
@@ -228,7 +228,15 @@ class Guest:
         return out["runs"][0]["run_id"]
 
     def run_records(self, rid):
-        return [r for r in self.records() if r["run_id"] == rid]
+        """`chaos-agent status --json` entries of run `rid`'s faults (ids `<run>-<step>-<n>`):
+        journal records, and any other entry for them (not-in-journal, corrupt), which never
+        passes as applied or reverted. Such an entry is printed: status saw something odd."""
+        rs = [r for r in self.records() if r.get("fault_id", "").startswith(f"{rid}-")
+              or "fault_id" not in r]
+        for r in rs:
+            if "run_id" not in r:
+                log(f"(chaos-agent status --json listed {json.dumps(r)})")
+        return rs
 
     def wait_run_records(self, rid, n, states, timeout=120):
         def ready():
@@ -576,7 +584,7 @@ def sc_daemon_sigkill(g):
     # reverted by ExecStartPre: before the new main process (which polls) even started
     started = int(g.vm.sh(f"date -d \"$(systemctl show -p ExecMainStartTimestamp --value chaos-agent)\" +%s"))
     recs = g.run_records(rid)
-    expect({r["fault_id"] for r in recs} == ids, f"records {recs}")
+    expect({r.get("fault_id") for r in recs} == ids, f"records {recs}")
     g.assert_all_reverted(recs, "after the restart")
     late = [r["fault_id"] for r in recs if r["updated_at"] > started]
     expect(not late, f"{late} reverted after the daemon (pid {new}) started at {started}")
