@@ -462,6 +462,10 @@ struct Search {
 /// This state directory's fault ids whose records are gone (or damaged beyond their backup
 /// copy), looked for on the host by their kind (by every kind when it is unknown).
 fn find_orphans(registry: &Registry, journal: &Journal) -> Result<Search> {
+    // The index first, then the records: a record is written before its id is indexed, so
+    // an id read here has its record in what is loaded next (a live run's new fault is
+    // never mistaken for a lost one).
+    let indexed = journal.indexed()?;
     let described: HashMap<String, bool> = journal
         .load()?
         .into_iter()
@@ -472,8 +476,7 @@ fn find_orphans(registry: &Registry, journal: &Journal) -> Result<Search> {
             } => (fault_id, backup.is_some()),
         })
         .collect();
-    let candidates: Vec<Indexed> = journal
-        .indexed()?
+    let candidates: Vec<Indexed> = indexed
         .into_iter()
         .filter(|i| !described.get(&i.fault_id).copied().unwrap_or(false))
         .collect();

@@ -5,8 +5,9 @@
 #
 # 1. QEMU, qemu-img, mmdebstrap: installed with apt-get when missing (as root).
 # 2. The guest image: reused from $CHAOS_VM_CACHE/images/<hash of build-image.sh>, else built.
-# 3. The debug chaos-agent (failpoints: CHAOS_AGENT_CRASH_AT) and fault-network's privileged
-#    test binary are built for the guest (same glibc as the host: both are Debian bookworm).
+# 3. The debug chaos-agent (failpoints: CHAOS_AGENT_CRASH_AT), chaos-control (the daemon
+#    scenarios' control plane) and fault-network's privileged test binary are built for the
+#    guest (same glibc as the host: both are Debian bookworm).
 # 4. suite.py boots one VM, snapshots it, runs each scenario from the snapshot.
 #
 # Policy: in CI (CI=true) anything that prevents the VM suite from running FAILS the stage.
@@ -98,6 +99,10 @@ TARGET=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,s
 echo "==> vm: cargo build -p chaos-agent (debug: failpoints on)"
 cargo build --quiet -p chaos-agent --bin chaos-agent
 export CHAOS_VM_AGENT="$TARGET/debug/chaos-agent"
+# the daemon scenarios' control plane, served inside the guest
+echo "==> vm: cargo build -p chaos-control"
+cargo build --quiet -p chaos-control --bin chaos-control
+export CHAOS_VM_CONTROL="$TARGET/debug/chaos-control"
 if cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; sys.exit(all(p["name"] != "fault-network" for p in json.load(sys.stdin)["packages"]))'; then
     echo "==> vm: cargo test -p fault-network --features privileged-tests --no-run"
     if exe=$(cargo test --quiet -p fault-network --features privileged-tests --no-run --message-format=json 2>/tmp/chaos-vm-fnet.log |

@@ -7,12 +7,15 @@ Normally started by tests/vm/run.sh, which installs QEMU, builds or reuses the i
 builds the agent; see docs/testing.md. The VM boots once, the agent and its unit are
 installed, a snapshot "clean" is taken, and every scenario starts from that snapshot.
 Every assertion is on guest state (journal records, process states, files, units, qdiscs,
-ping measurements), never on log text. On a failure the serial console and the guest
-journals (this boot and the previous one) are saved under $CHAOS_VM_ARTIFACTS.
+ping measurements, chaos-control's view of runs), never on log text. The daemon-* scenarios
+swap the suite's drop-in for the packaged unit as it is, with chaos-control in the guest.
+On a failure the serial console and the guest journals (this boot and the previous one)
+are saved under $CHAOS_VM_ARTIFACTS.
 
 Env: CHAOS_VM_AGENT (host path of a debug chaos-agent, required), CHAOS_VM_ARTIFACTS
 (default $CHAOS_VM_CACHE/artifacts), CHAOS_VM_NETWORK_TESTS (host path of fault-network's
-privileged test binary; the network-kernel-tests scenario skips without it).
+privileged test binary; the network-kernel-tests scenario skips without it), CHAOS_VM_CONTROL
+(host path of chaos-control; the daemon-* scenarios skip without it).
 """
 import json
 import os
@@ -32,6 +35,9 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 ARTIFACTS = os.environ.get("CHAOS_VM_ARTIFACTS", os.path.join(CACHE, "artifacts"))
 FILL_DIR = "/var/lib/chaos-fill"
 NIC, GATEWAY = "ens2", "10.0.2.2"
+# the daemon scenarios: chaos-control in the guest, on 127.0.0.1, and the agent it knows
+CONTROL_PORT, CONTROL_DIR, AGENT = 8443, "/var/lib/chaos-control", "vm-agent"
+CUT_TABLE = "chaos_vm_cut"  # the nft table that cuts the agent off its control plane
 
 
 class Skip(Exception):
@@ -61,6 +67,14 @@ def poll(what, fn, timeout=120, every=0.5):
         if time.time() > end:
             raise Fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
         time.sleep(every)
+
+
+def experiment_toml(name, faults):
+    """An experiment file: one step named like the experiment, with these faults (dicts)."""
+    doc = f'name = "{name}"\n[[steps]]\nname = "{name}"\n'
+    for f in faults:
+        doc += "  [[steps.faults]]\n" + "".join(f"  {k} = {json.dumps(v)}\n" for k, v in f.items())
+    return doc
 
 
 class Guest:
@@ -126,9 +140,7 @@ class Guest:
         poll("chaos-agent.service's main process to be idle (no run, no restart pending)",
              self.idle_main, 120)
         before = self.ids()
-        doc = f'name = "{name}"\n[[steps]]\nname = "{name}"\n'
-        for f in faults:
-            doc += "  [[steps.faults]]\n" + "".join(f"  {k} = {json.dumps(v)}\n" for k, v in f.items())
+        doc = experiment_toml(name, faults)
         self.vm.check("rm -f /run/chaos-vm/running-*.toml /run/chaos-vm/crash-at")
         if crash_at:  # before queued.toml: whoever takes the experiment sees its crash point
             self.vm.write("/run/chaos-vm/crash-at", crash_at)
@@ -149,8 +161,116 @@ class Guest:
     def assert_all_reverted(self, records, context):
         for r in records:
             expect(r["state"] == "reverted",
-                   f"{context}: {r['kind']} {r['fault_id']} is {r['state']} "
-                   f"(last_error: {r.get('last_error')})")
+                   f"{context}: {r.get('kind')} {r.get('fault_id')} is {r['state']} "
+                   f"(last_error: {r.get('last_error')}; {r.get('error', '')})")
+
+    # --------------------------------------------------------------- the daemon
+    def cc(self, args, timeout=None):
+        """`chaos-control ARGS --json` in the guest (the admin token of its state dir)."""
+        return json.loads(self.vm.check(f"chaos-control {args} --json", timeout=timeout))
+
+    def use_daemon(self):
+        """Switch chaos-agent.service to the packaged unit as it is (`chaos-agent daemon`,
+        Type=notify): drop the suite's drop-in, start a real control plane in the guest,
+        add the agent, configure it in config.d, restart the unit and wait until the agent
+        has registered and says it is idle."""
+        if not os.environ.get("CHAOS_VM_CONTROL"):
+            raise Skip("no chaos-control binary (CHAOS_VM_CONTROL; tests/vm/run.sh builds it)")
+        vm, t0 = self.vm, time.time()
+        # chaos-control.service is a real unit, enabled: it is back after a hard reset
+        vm.check(f"""set -e
+            rm -f /etc/systemd/system/chaos-agent.service.d/50-vm-test.conf
+            chaos-control init --name localhost --port {CONTROL_PORT} >/dev/null
+            systemctl daemon-reload
+            systemctl enable --now chaos-control.service""")
+        poll("chaos-control to answer", lambda: vm.exec("chaos-control agents list")[0] == 0, 60)
+        key = self.cc(f"agents add {AGENT}")["registration_key"]
+        fp = json.loads(vm.sh(f"cat {CONTROL_DIR}/init.json"))["ca_sha256"]
+        vm.check(f"install -d -m 0700 /etc/chaos-agent/config.d && "
+                 f"install -m 0644 {CONTROL_DIR}/ca.pem /etc/chaos-agent/ca.pem")
+        vm.write("/etc/chaos-agent/config.d/20-control.toml",
+                 f'[control_plane]\nurl = "https://localhost:{CONTROL_PORT}"\n'
+                 f'ca_file = "/etc/chaos-agent/ca.pem"\nca_sha256 = "{fp}"\n'
+                 f'registration_key = "{key}"\n', mode=0o600)
+        # Type=notify: `systemctl restart` returns once the daemon sent READY=1
+        vm.check("systemctl restart chaos-agent", timeout=240)
+        drop_ins = self.unit("chaos-agent", "DropInPaths")
+        expect(drop_ins == "", f"chaos-agent.service still has drop-ins: {drop_ins}")
+        expect("argv[]=/usr/local/bin/chaos-agent daemon " in self.unit("chaos-agent", "ExecStart"),
+               f"not the daemon: {self.unit('chaos-agent', 'ExecStart')}")
+        poll(f"agent {AGENT} to register",
+             lambda: self.cc(f"agents show {AGENT}")["state"] == "active", 60)
+        self.assert_daemon_up("after the first start", "idle")
+        log(f"daemon registered with chaos-control, idle: {time.time() - t0:.1f}s")
+
+    def show(self):
+        """systemctl show of chaos-agent.service: the properties the daemon scenarios check."""
+        out = self.vm.sh("systemctl show -p Type,NotifyAccess,ActiveState,SubState,StatusText,"
+                         "MainPID,NRestarts,Result,ExecMainCode,ExecMainStatus chaos-agent")
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def assert_daemon_up(self, context, status):
+        """Active and running under Type=notify (so it sent READY=1), with STATUS= `status`
+        (waited for: the daemon updates it within 100 ms of a change)."""
+        def ok():
+            p = self.show()
+            return p if p.get("StatusText") == status else None
+        p = poll(f"{context}: StatusText {status!r}", ok, 30)
+        for k, want in (("Type", "notify"), ("NotifyAccess", "main"), ("ActiveState", "active"),
+                        ("SubState", "running")):
+            expect(p[k] == want, f"{context}: {k}={p[k]}, want {want}")
+        return p
+
+    def submit(self, name, faults, lease=None):
+        """chaos-control run: the experiment for the agent; returns the run id."""
+        self.vm.write("/root/run.toml", experiment_toml(name, faults))
+        out = self.cc(f"run /root/run.toml --agent {AGENT}" + (f" --lease {lease}" if lease else ""))
+        return out["runs"][0]["run_id"]
+
+    def run_records(self, rid):
+        """`chaos-agent status --json` entries of run `rid`'s faults (ids `<run>-<step>-<n>`):
+        journal records, and any other entry for them (not-in-journal, corrupt), which never
+        passes as applied or reverted. Such an entry is printed: status saw something odd."""
+        rs = [r for r in self.records() if r.get("fault_id", "").startswith(f"{rid}-")
+              or "fault_id" not in r]
+        for r in rs:
+            if "run_id" not in r:
+                log(f"(chaos-agent status --json listed {json.dumps(r)})")
+        return rs
+
+    def wait_run_records(self, rid, n, states, timeout=120):
+        def ready():
+            rs = self.run_records(rid)
+            return rs if len(rs) == n and all(r["state"] in states for r in rs) else None
+        return poll(f"{n} journal record(s) of run {rid} in state {states}", ready, timeout)
+
+    def run_detail(self, rid):
+        return self.cc(f"runs show {rid}")
+
+    def assert_run_aborted(self, rid, why, n_faults, timeout=60):
+        """The control plane has the run's result: aborted, the reason containing `why`,
+        every fault reverted (in the result and in the run's fault states), and every log
+        line (seq 1..n, no gap, as many as the run says it holds)."""
+        d = poll(f"the result of run {rid} at the control plane",
+                 lambda: (lambda d: d if d.get("result") else None)(self.run_detail(rid)), timeout)
+        r = d["result"]
+        expect(d["state"] == "aborted" and r["outcome"] == "aborted",
+               f"run {rid}: state {d['state']}, outcome {r['outcome']}, want aborted")
+        expect(why in (r.get("abort_reason") or ""),
+               f"run {rid}: abort_reason {r.get('abort_reason')!r} does not mention {why!r}")
+        faults = [f for st in r["steps"] for f in st["faults"]]
+        expect(len(faults) == n_faults, f"run {rid}: {len(faults)} faults in the result")
+        for f in faults:
+            expect(f["revert"] == "reverted",
+                   f"run {rid}: {f['fault_id']} {f['kind']} revert {f['revert']} ({f.get('error')})")
+        states = {f["fault_id"]: f["state"] for f in d["faults"]}
+        expect(len(states) == n_faults and set(states.values()) == {"reverted"},
+               f"run {rid}: fault states at the control plane {states}, want all reverted")
+        lines = [json.loads(x) for x in self.vm.check(f"chaos-control runs logs {rid} --json").splitlines()]
+        seqs = [x["seq"] for x in lines]
+        expect(seqs == list(range(1, len(seqs) + 1)) and len(seqs) == d["log_lines"],
+               f"run {rid}: log seqs {seqs} (run holds {d['log_lines']} lines)")
+        return d
 
     # --------------------------------------------------------------- victims
     def worker_state(self):
@@ -428,6 +548,163 @@ def sc_services(g):
     expect(g.unit(victim, "InvocationID") == inv4, "a refused fault touched the victim")
 
 
+def daemon_faults():
+    """The daemon scenarios' faults: the worker stopped, a fill file on the root filesystem
+    (a persistent directory: only a revert removes it, a reboot does not)."""
+    return [{"kind": "process.stop", "duration": "10m", "name": "chaos-worker"},
+            {"kind": "disk.fill", "duration": "10m", "path": FILL_DIR, "size": "32MiB",
+             "allow_protected_filesystem": True}]
+
+
+def exec_start_pre_ok(g):
+    """The last ExecStartPre (`chaos-agent recover`) exited 0."""
+    pre = g.unit("chaos-agent", "ExecStartPre")
+    expect(re.search(r"code=exited ; status=0(/SUCCESS)? ", pre), f"recovery did not exit 0: {pre}")
+
+
+@scenario
+def sc_daemon_sigkill(g):
+    """The packaged unit running `chaos-agent daemon` against a real chaos-control: SIGKILL
+    mid-run, then `systemctl stop` mid-run."""
+    g.use_daemon()
+    rid = g.submit("sigkill", daemon_faults())
+    ids = {r["fault_id"] for r in g.wait_run_records(rid, 2, {"applied"})}
+    expect(g.worker_state() == "T" and len(g.fill_files()) == 1,
+           f"faults not in effect: worker {g.worker_state()!r}, fill {g.fill_files()}")
+    g.assert_daemon_up("holding the faults", f"running {rid}")
+    old, restarts = g.main_pid(), int(g.unit("chaos-agent", "NRestarts"))
+    t0 = time.time()
+    g.vm.check("systemctl kill --kill-who=main --signal=KILL chaos-agent")
+    # active again means READY=1, which the daemon sends only after its own recovery
+    new = g.wait_agent_running(not_pid=old)
+    log(f"SIGKILL -> a new daemon READY in {time.time() - t0:.1f}s")
+    p = g.assert_daemon_up("after the restart", "idle")
+    expect(int(p["NRestarts"]) == restarts + 1, f"NRestarts {p['NRestarts']}, want {restarts + 1}")
+    exec_start_pre_ok(g)
+    # reverted by ExecStartPre: before the new main process (which polls) even started
+    started = int(g.vm.sh(f"date -d \"$(systemctl show -p ExecMainStartTimestamp --value chaos-agent)\" +%s"))
+    recs = g.run_records(rid)
+    expect({r.get("fault_id") for r in recs} == ids, f"records {recs}")
+    g.assert_all_reverted(recs, "after the restart")
+    late = [r["fault_id"] for r in recs if r["updated_at"] > started]
+    expect(not late, f"{late} reverted after the daemon (pid {new}) started at {started}")
+    poll("the worker to run again", lambda: g.worker_state() in ("S", "R"), 30)
+    expect(g.fill_files() == [], f"fill files left: {g.fill_files()}")
+    g.assert_run_aborted(rid, "agent restarted", 2)
+    log(f"run {rid}: aborted (agent restarted) at the control plane "
+        f"{time.time() - t0:.1f}s after the SIGKILL")
+
+    # `systemctl stop` mid-run: the daemon reverts, reports and exits 0 within the stop timeout
+    rid = g.submit("stop", daemon_faults()[:1])
+    g.wait_run_records(rid, 1, {"applied"})
+    expect(g.worker_state() == "T", f"worker {g.worker_state()!r}, want T (stopped)")
+    code, out, err = g.vm.exec("t=$(date +%s%N); systemctl stop chaos-agent; "
+                               "echo $? $(( ($(date +%s%N) - t) / 1000000 ))", timeout=300)
+    rc, ms = out.split()
+    timeout_stop = g.unit("chaos-agent", "TimeoutStopUSec")
+    log(f"systemctl stop mid-run: {ms} ms (TimeoutStopSec {timeout_stop})")
+    p = g.show()
+    expect(rc == "0" and p["ActiveState"] == "inactive" and p["Result"] == "success"
+           and p["ExecMainCode"] == "1" and p["ExecMainStatus"] == "0",
+           f"stop: systemctl exit {rc}, unit {p}; want inactive, success, exited 0")
+    expect(g.worker_state() in ("S", "R"), f"worker {g.worker_state()!r} after stop")
+    g.assert_all_reverted(g.run_records(rid), "after stop")
+    # already at the control plane: the daemon flushed its outbox before it exited
+    g.assert_run_aborted(rid, "stopping", 1, timeout=0)
+
+
+@scenario
+def sc_daemon_hard_reset(g):
+    """The daemon holding faults, then a hard reset: the unit's recovery at boot, the daemon
+    starts, and chaos-control (an enabled unit) hears that the run was aborted."""
+    g.use_daemon()
+    rid = g.submit("reset", daemon_faults())
+    g.wait_run_records(rid, 2, {"applied"})
+    fill = g.fill_files()
+    expect(g.worker_state() == "T" and len(fill) == 1,
+           f"faults not in effect: worker {g.worker_state()!r}, fill {fill}")
+    g.vm.check("sync")  # the fill file (and the daemon's run file) on disk
+    t0 = time.time()
+    g.vm.reset()
+    log(f"hard reset -> ready in {time.time() - t0:.1f}s")
+    g.wait_agent_running()
+    p = g.assert_daemon_up("after boot", "idle")
+    expect(p["NRestarts"] == "0", f"NRestarts {p['NRestarts']} after boot: not a clean start")
+    exec_start_pre_ok(g)
+    expect(g.unit("chaos-control", "ActiveState") == "active", "chaos-control not back after boot")
+    expect(g.fill_files() == [], f"fill file {fill} survived the reboot's recovery: {g.fill_files()}")
+    expect(g.worker_state() is None, "the worker of the previous boot is back?")
+    g.assert_all_reverted(g.run_records(rid), "after boot")
+    g.assert_run_aborted(rid, "agent restarted", 2)
+    log(f"run {rid}: aborted (agent restarted) at the control plane {time.time() - t0:.1f}s after the reset")
+
+
+@scenario
+def sc_daemon_cp_cut(g):
+    """A run with a 10 s lease; `systemctl reload` does not disturb it; then the control plane
+    is cut off (nft drops its port on lo): the daemon reverts within the lease and says so in
+    STATUS=, and once the link is back the result and every log line arrive."""
+    lease = 10
+    g.use_daemon()
+    rid = g.submit("cut", daemon_faults(), lease=f"{lease}s")
+    g.wait_run_records(rid, 2, {"applied"})
+    held_since = time.time()
+    g.assert_daemon_up("holding the faults", f"running {rid}")
+    # reload mid-run: the configuration is re-read, the run goes on
+    pid, since = g.main_pid(), g.vm.sh("date +%s")
+    g.vm.check("systemctl reload chaos-agent")
+    # (a log line as a sync point only: what is checked below is state)
+    poll("the daemon to re-read its configuration",
+         lambda: "configuration re-read" in g.vm.sh(f"journalctl _PID={pid} --since @{since} -o cat"), 30)
+    d = g.run_detail(rid)
+    expect(d["state"] == "running" and not d.get("result"), f"after reload the run is {d['state']}")
+    expect(g.main_pid() == pid, "reload replaced the main process")
+    expect(g.worker_state() == "T" and len(g.fill_files()) == 1, "a fault ended at the reload")
+    g.assert_daemon_up("after the reload", f"running {rid}")
+
+    # a healthy link keeps the run past its lease: the daemon polls at least every lease/3,
+    # also the poll already in flight when the run started
+    def past_lease():
+        expect(g.worker_state() == "T" and g.run_detail(rid)["state"] == "running",
+               f"the run ended {time.time() - held_since:.1f}s into a {lease} s lease, "
+               f"the link intact: {g.run_detail(rid).get('result')}")
+        return time.time() > held_since + lease + 3
+    poll(f"the run to outlive its lease ({lease} s + 3 s)", past_lease, lease + 30)
+    cut = (f"table inet {CUT_TABLE} {{\n chain out {{\n"
+           f"  type filter hook output priority 0; policy accept;\n"
+           f"  oifname \"lo\" tcp dport {CONTROL_PORT} drop\n"
+           f"  oifname \"lo\" tcp sport {CONTROL_PORT} drop\n }}\n}}\n")
+    deadline = lease + 20
+    try:
+        # in the guest: cut, then time until both faults are reverted (0.1 s resolution)
+        code, out, err = g.vm.exec(
+            f"""nft -f - || exit 2
+            t=$(date +%s%N); end=$((t + {deadline} * 1000000000))
+            while [ "$(ps -C chaos-worker -o stat= | head -c1)" = T ] || [ -n "$(ls -A {FILL_DIR})" ]; do
+                [ "$(date +%s%N)" -gt "$end" ] && {{ echo timeout; exit 1; }}
+                sleep 0.1
+            done
+            echo $(( ($(date +%s%N) - t) / 1000000 ))""", stdin=cut.encode(), timeout=deadline + 30)
+        expect(code == 0, f"cut at {CONTROL_PORT}: faults not reverted within {deadline}s "
+                          f"(exit {code}: {out}{err})")
+        ms = int(out.split()[-1])
+        log(f"control plane cut -> both faults reverted in {ms} ms (lease {lease} s)")
+        expect(ms <= (lease + 5) * 1000, f"reverted {ms} ms after the cut: lease {lease} s + 5 s")
+        t0 = time.time()
+        poll("STATUS= to say the control plane is unreachable",
+             lambda: "control plane unreachable" in g.show().get("StatusText", ""), 20)
+        log(f"STATUS=: {g.show().get('StatusText')!r} ({time.time() - t0:.1f}s after the revert)")
+        expect(g.worker_state() in ("S", "R"), f"worker {g.worker_state()!r} after the revert")
+    finally:
+        g.vm.exec(f"nft delete table inet {CUT_TABLE}")
+    t0 = time.time()
+    g.assert_run_aborted(rid, "lease", 2, timeout=90)
+    log(f"link back -> result at the control plane in {time.time() - t0:.1f}s")
+    g.assert_daemon_up("once the link is back", "idle")
+    # the poll loop hung in a dropped long poll did not cost the daemon its watchdog
+    expect(g.main_pid() == pid, f"the daemon was restarted during the cut (pid {pid} -> {g.main_pid()})")
+
+
 @scenario
 def sc_network_kernel_tests(g):
     """The privileged real-kernel tests of fault-network (netns + veth + netem), in the guest."""
@@ -468,6 +745,12 @@ def install(vm):
     vm.copy(os.path.join(HERE, "guest", "agent-main"), "/usr/local/lib/chaos-vm/agent-main")
     vm.copy(os.path.join(HERE, "guest", "chaos-victim.service"),
             "/etc/systemd/system/chaos-victim.service")
+    if os.environ.get("CHAOS_VM_CONTROL"):  # the daemon scenarios' control plane (not started)
+        vm.copy(stripped(os.environ["CHAOS_VM_CONTROL"]), "/usr/local/bin/chaos-control")
+        vm.copy(os.path.join(HERE, "guest", "chaos-control.service"),
+                "/etc/systemd/system/chaos-control.service")
+    # mmdebstrap's /etc/hosts has no localhost, which the daemon's control plane URL names
+    vm.check("grep -qw localhost /etc/hosts || echo '127.0.0.1 localhost' >> /etc/hosts")
     vm.check(f"""set -e
         cp /bin/sleep /usr/local/bin/chaos-worker
         mkdir -p {FILL_DIR}

@@ -449,8 +449,10 @@ impl Daemon<'_, '_> {
     }
 
     /// How long to hold the long poll: the configured (or server's) wait, and while a run
-    /// is active a third of its lease, so a healthy link never lets a lease run out; never
-    /// past the time the token is due for rotation.
+    /// is active or waiting a third of its lease, so a healthy link never lets a lease run
+    /// out (a run just received counts too: the poll that follows its delivery is in flight
+    /// when the run starts, and the lease counts from then); never past the time the token
+    /// is due for rotation.
     fn poll_wait(&self) -> Duration {
         let server = *self
             .server_poll_wait
@@ -462,6 +464,11 @@ impl Daemon<'_, '_> {
             .unwrap_or_else(|e| e.into_inner())
             .agent
             .poll_wait(server);
+        // The queue first, then the run in progress: a run moves from one to the other under
+        // the queue's lock (Queue::pop_with), so it is seen in one of them.
+        if let Some(l) = self.queue.min_lease() {
+            w = w.min(l / 3);
+        }
         if let Some(a) = self
             .active
             .lock()
@@ -540,7 +547,7 @@ impl Daemon<'_, '_> {
         match task {
             Task::Run(t) => {
                 // Queue first, then active: the runner marks a run active before it leaves
-                // the queue's lock (`pop_then`), so a run being taken is seen in one of them.
+                // the queue's lock (`pop_with`), so a run being taken is seen in one of them.
                 if self.queue.contains(&t.run_id)
                     || self.is_active(&t.run_id)
                     || self.store.get(&t.run_id).is_some()
@@ -677,25 +684,25 @@ impl Daemon<'_, '_> {
 
     fn run_loop(&self) {
         while !self.stop.is_aborted() {
-            // Active before the queue lets go of the run (see `dispatch`).
-            let taken = self.queue.pop_then(Duration::from_millis(500), |task| {
-                let abort = self.stop.child();
+            let abort = self.stop.child();
+            // Active before it leaves the queue: poll_wait() always sees its lease.
+            let start = |task: &chaos_protocol::agent::RunTask| {
                 *self.active.lock().unwrap_or_else(|e| e.into_inner()) = Some(Active {
                     run_id: task.run_id.clone(),
                     abort: abort.clone(),
-                    lease: Duration::from_secs(task.lease_secs.max(1)),
+                    lease: runs::lease(task),
                 });
-                abort
-            });
-            let Some((task, abort)) = taken else {
+                // The lease counts from the start of the run.
+                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            };
+            let Some(task) = self.queue.pop_with(Duration::from_millis(500), start) else {
                 continue;
             };
             if self.stop.is_aborted() {
+                // not started: the control plane hands it out again
                 *self.active.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                break; // not started: the control plane hands it out again
+                break;
             }
-            // The lease counts from the start of the run.
-            *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let cfg = self
                 .config
                 .read()

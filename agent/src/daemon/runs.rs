@@ -108,6 +108,12 @@ impl RunStore {
     }
 }
 
+/// A run's lease: without a successful call to the control plane for this long, it is
+/// aborted.
+pub(crate) fn lease(t: &RunTask) -> Duration {
+    Duration::from_secs(t.lease_secs.max(1))
+}
+
 /// Runs waiting for their turn.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
@@ -138,14 +144,14 @@ impl Queue {
         q.remove(i)
     }
 
-    /// The next run, waiting up to `timeout`, and what `taken` returns for it. `taken` runs
-    /// while the queue is still locked, so whoever looks at the queue and then at what
-    /// `taken` records (the active run) finds the run in one of the two, never in neither.
-    pub(crate) fn pop_then<T>(
+    /// The next run, waiting up to `timeout`. `start` is called with it while the queue is
+    /// still locked, so that whoever reads [`Queue::min_lease`] and then the run in progress
+    /// finds the run in one or the other, never in neither.
+    pub(crate) fn pop_with(
         &self,
         timeout: Duration,
-        taken: impl FnOnce(&RunTask) -> T,
-    ) -> Option<(RunTask, T)> {
+        start: impl FnOnce(&RunTask),
+    ) -> Option<RunTask> {
         let mut q = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         if q.is_empty() {
             q = self
@@ -154,9 +160,19 @@ impl Queue {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        let task = q.pop_front()?;
-        let t = taken(&task);
-        Some((task, t))
+        let t = q.pop_front()?;
+        start(&t);
+        Some(t)
+    }
+
+    /// The shortest lease of the runs waiting (none: `None`).
+    pub(crate) fn min_lease(&self) -> Option<Duration> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(lease)
+            .min()
     }
 
     pub(crate) fn wake(&self) {
@@ -494,6 +510,7 @@ pub(crate) fn report_interrupted(
             "agent restarted: the previous agent process ended during this run (crash, kill or reboot); its faults were reverted at start, before anything else",
         );
         let mut steps = Vec::new();
+        let mut statuses = Vec::new();
         let exp = Experiment::from_value(&file.experiment).ok();
         let n_steps = exp.as_ref().map_or(0, |e| e.steps.len());
         let mut clean = true;
@@ -528,6 +545,24 @@ pub(crate) fn report_interrupted(
                         rep.log(LogLevel::Error, format!("  undo by hand: {c}"));
                     }
                 }
+                // The control plane last heard "holding" (or so) from the process that
+                // died: tell it where each fault ended.
+                statuses.push(FaultStatus {
+                    fault_id: id.clone(),
+                    step: si as u32,
+                    kind: step.faults[fi].kind.clone(),
+                    state: match revert {
+                        "needs-manual" => chaos_protocol::run::FaultState::NeedsManual,
+                        "reverted" => chaos_protocol::run::FaultState::Reverted,
+                        _ => chaos_protocol::run::FaultState::Skipped,
+                    },
+                    detail: match revert {
+                        "needs-manual" => "the revert at restart failed: a person must undo it",
+                        "reverted" => "reverted at the agent's restart",
+                        _ => "not started before the agent restarted",
+                    }
+                    .into(),
+                });
                 faults.push(serde_json::json!({
                     "fault_id": id,
                     "kind": step.faults[fi].kind,
@@ -556,6 +591,14 @@ pub(crate) fn report_interrupted(
             "steps": steps,
             "elapsed_ms": now_ms().saturating_sub(file.received_at_ms),
         });
+        if !statuses.is_empty() {
+            rep.status(StatusUpdate {
+                state: RunState::Running,
+                step: None,
+                faults: statuses,
+                message: Some("agent restarted: reporting the run as aborted".into()),
+            });
+        }
         rep.log(
             if clean {
                 LogLevel::Info
@@ -581,31 +624,47 @@ pub(crate) fn report_interrupted(
 mod tests {
     use super::*;
 
-    fn task(run_id: &str) -> RunTask {
+    fn task(run_id: &str, lease_secs: u64) -> RunTask {
         RunTask {
             run_id: run_id.into(),
             experiment: Value::Null,
-            lease_secs: 120,
+            lease_secs,
             created_at_ms: 0,
         }
     }
 
     #[test]
-    fn pop_then_runs_its_closure_before_anyone_sees_the_run_gone_from_the_queue() {
+    fn the_queue_knows_the_shortest_lease_waiting() {
         let q = Queue::default();
-        q.push(task("0000000a"));
-        let (t, locked) = q
-            .pop_then(Duration::ZERO, |t| {
-                assert_eq!(t.run_id, "0000000a");
-                // Another thread that looks at the queue now (an abort being dispatched)
-                // has to wait until the closure has recorded the run as active.
-                std::thread::scope(|s| s.spawn(|| q.tasks.try_lock().is_err()).join())
-                    .expect("probe thread")
-            })
-            .expect("a run was queued");
-        assert_eq!(t.run_id, "0000000a");
-        assert!(locked, "the queue was unlocked while the closure ran");
-        assert!(!q.contains("0000000a"));
-        assert!(q.pop_then(Duration::ZERO, |_| ()).is_none());
+        assert_eq!(q.min_lease(), None);
+        q.push(task("aaaaaaaa", 120));
+        q.push(task("bbbbbbbb", 10));
+        assert_eq!(q.min_lease(), Some(Duration::from_secs(10)));
+        // a lease of 0 is read as 1 s, never as "no lease"
+        q.push(task("cccccccc", 0));
+        assert_eq!(q.min_lease(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn pop_with_starts_the_run_before_it_leaves_the_queue() {
+        let q = Queue::default();
+        q.push(task("aaaaaaaa", 10));
+        let mut seen = None;
+        let t = q.pop_with(Duration::ZERO, |t| {
+            // under the queue's lock: nobody looks at the queue between pop and start
+            seen = Some((t.run_id.clone(), q.tasks.try_lock().is_err()));
+        });
+        assert_eq!(t.map(|t| t.run_id), Some("aaaaaaaa".into()));
+        assert_eq!(
+            seen,
+            Some(("aaaaaaaa".into(), true)),
+            "called under the lock"
+        );
+        assert_eq!(q.min_lease(), None);
+        let mut called = false;
+        assert!(q
+            .pop_with(Duration::from_millis(1), |_| called = true)
+            .is_none());
+        assert!(!called, "not called when nothing is waiting");
     }
 }

@@ -31,6 +31,15 @@ impl Daemon<'_, '_> {
                     );
                     tracing::error!(run_id = %a.run_id, "{reason}");
                     a.abort.abort(reason);
+                    // STATUS= says so from now on, not only once a call in flight times out
+                    // (up to its whole timeout later); the next successful call clears it.
+                    let since = std::time::SystemTime::now()
+                        .checked_sub(silent)
+                        .unwrap_or_else(std::time::SystemTime::now);
+                    self.unreachable_since
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(since);
                 }
             }
             // The watchdog: only while the poll loop keeps its promise to beat again.
