@@ -143,7 +143,7 @@ pub(crate) fn run(registry: &Registry, opts: Options) -> anyhow::Result<u8> {
     }
     let outbox = Outbox::open(&state_dir, config.agent.outbox_max_bytes)?;
     let store = RunStore::open(&state_dir)?;
-    runs::report_interrupted(&session, &store, &outbox, &recovery, Instant::now());
+    runs::report_interrupted(&session, &store, &outbox, &recovery);
     store.compact();
     outbox.forget_sent(|run_id| store.get(run_id).is_some());
     let client = make_client(&config)?;
@@ -237,7 +237,6 @@ fn install_signals() -> anyhow::Result<Signals> {
 
 fn signal_loop(d: &Daemon<'_, '_>, mut signals: Signals) {
     use signal_hook::consts::SIGHUP;
-    let handle = signals.handle();
     for sig in signals.forever() {
         if sig == SIGHUP {
             d.reload.store(true, Ordering::SeqCst);
@@ -259,7 +258,6 @@ fn signal_loop(d: &Daemon<'_, '_>, mut signals: Signals) {
             d.outbox.nudge();
         }
     }
-    drop(handle);
 }
 
 /// A failed call, sorted by what to do about it.

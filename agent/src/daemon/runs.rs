@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use chaos_engine::experiment::Experiment;
@@ -497,7 +497,6 @@ pub(crate) fn report_interrupted(
     store: &RunStore,
     outbox: &Outbox,
     recovery: &chaos_engine::Recovery,
-    started: Instant,
 ) {
     for mut file in store
         .all()
@@ -512,10 +511,8 @@ pub(crate) fn report_interrupted(
         let mut steps = Vec::new();
         let mut statuses = Vec::new();
         let exp = Experiment::from_value(&file.experiment).ok();
-        let n_steps = exp.as_ref().map_or(0, |e| e.steps.len());
         let mut clean = true;
-        for si in 0..n_steps {
-            let step = &exp.as_ref().unwrap().steps[si];
+        for (si, step) in exp.iter().flat_map(|e| &e.steps).enumerate() {
             let mut faults = Vec::new();
             for fi in 0..step.faults.len() {
                 let id = chaos_engine::runner::fault_id(&file.run_id, si, fi);
@@ -615,7 +612,6 @@ pub(crate) fn report_interrupted(
             Ok(r) => rep.result(r),
             Err(e) => rep.log(LogLevel::Error, format!("cannot encode the result: {e}")),
         }
-        let _ = started;
         finish(store, &mut file);
     }
 }
