@@ -129,7 +129,7 @@ impl ModuleState {
             ModuleState::Loaded => "loaded",
             ModuleState::Loadable => "installed (loaded on first use)",
             ModuleState::NotInstalled => "a module of this kernel, but not installed",
-            ModuleState::NotBuilt => "not built into this kernel (kernel config)",
+            ModuleState::NotBuilt => "not built into this kernel, per its config",
             ModuleState::Missing => "neither built in nor installed",
             ModuleState::Unknown => "unknown (no kernel config or module list to read)",
         }
@@ -165,7 +165,7 @@ pub struct Host {
     /// Whether cgroup2 offers `cgroup.kill` (Linux 5.14); `None` without cgroup2.
     pub cgroup_kill: Option<bool>,
     /// The hierarchies in which this process may create a child cgroup (write access to
-    /// its own cgroup directory), as `v1 memory` / `v2`.
+    /// its own cgroup directory): `v2`, and `v1 (cpu memory ...)` with the v1 controllers.
     pub cgroups_writable: Vec<String>,
     /// Whether a child cgroup created by this process would carry the memory controller
     /// (a v1 memory hierarchy, or `memory` in our cgroup2 `cgroup.subtree_control`).
@@ -206,14 +206,22 @@ impl Host {
                 kernel_at_least(&kernel, 5, 14).unwrap_or(false)
             }
         });
-        let cgroups_writable = hierarchies
+        let mut cgroups_writable = Vec::new();
+        if hierarchies
             .iter()
-            .filter(|h| writable(&h.own))
-            .map(|h| match h.version {
-                Version::V2 => "v2".to_string(),
-                Version::V1 => format!("v1 {}", h.controllers.join(",")),
-            })
+            .any(|h| h.version == Version::V2 && writable(&h.own))
+        {
+            cgroups_writable.push("v2".to_string());
+        }
+        let v1: Vec<&str> = hierarchies
+            .iter()
+            .filter(|h| h.version == Version::V1 && writable(&h.own))
+            .flat_map(|h| h.controllers.iter().map(String::as_str))
+            .filter(|c| is_v1_controller(c))
             .collect();
+        if !v1.is_empty() {
+            cgroups_writable.push(format!("v1 ({})", v1.join(" ")));
+        }
         let memory_controller = hierarchies
             .iter()
             .any(|h| h.controllers.iter().any(|c| c == "memory"));
