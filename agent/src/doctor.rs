@@ -287,7 +287,10 @@ fn human(r: &Report<'_>) -> anyhow::Result<()> {
         .collect();
     say!(
         "{}",
-        row("capabilities", format!("{} (uid {})", caps.join(", "), h.euid))
+        row(
+            "capabilities",
+            format!("{} (uid {})", caps.join(", "), h.euid)
+        )
     );
     say!(
         "{}",

@@ -63,7 +63,12 @@ pub(crate) fn module(a: &mut Availability, module: &str, config: &str, for_what:
 /// (`("sch_netem", "CONFIG_NET_SCH_NETEM", "the netem qdisc")`).
 pub(crate) fn qdisc(leaf: (&str, &str, &str)) -> Availability {
     let mut a = net_admin();
-    module(&mut a, "sch_htb", "CONFIG_NET_SCH_HTB", "the htb root qdisc");
+    module(
+        &mut a,
+        "sch_htb",
+        "CONFIG_NET_SCH_HTB",
+        "the htb root qdisc",
+    );
     module(
         &mut a,
         "cls_u32",
