@@ -931,7 +931,6 @@ async fn create_runs(
                     if missing.is_empty() {
                         targets.push((a.id, a.name));
                     } else {
-                        let offered = offered.unwrap_or_default();
                         problems.push(Problem {
                             path,
                             message: format!(
@@ -939,11 +938,7 @@ async fn create_runs(
                                  `chaos-agent doctor` on that host says why",
                                 a.name,
                                 missing.join(", "),
-                                if offered.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    offered.join(", ")
-                                }
+                                offered.unwrap_or_default().join(", ")
                             ),
                         });
                     }

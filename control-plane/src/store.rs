@@ -155,11 +155,12 @@ pub struct AgentRow {
 }
 
 impl AgentRow {
-    /// The fault kinds this agent offered when it registered; `None` before it registered
-    /// (or when its stored host facts do not read).
+    /// The fault kinds this agent offered when it registered; `None` when it stated none
+    /// (`kinds` is optional in the protocol: an agent that omits it is not checked), before
+    /// it registered, or when its stored host facts do not read.
     pub fn kinds(&self) -> Option<Vec<String>> {
         let host: HostFacts = serde_json::from_str(self.host.as_deref()?).ok()?;
-        Some(host.kinds)
+        (!host.kinds.is_empty()).then_some(host.kinds)
     }
 
     /// The agent as operators see it; `lost_before_ms`: last seen before this means lost.
@@ -633,11 +634,7 @@ impl Store {
                      was not sent. `chaos-agent doctor` on that host says why",
                     agent.name,
                     missing.join(", "),
-                    if offered.is_empty() {
-                        "none".to_string()
-                    } else {
-                        offered.join(", ")
-                    }
+                    offered.join(", ")
                 );
                 tx.execute(
                     "UPDATE runs SET state='failed', finished_at_ms=?2, message=?3 WHERE id=?1",
