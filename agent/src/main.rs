@@ -5,6 +5,7 @@
 //! no fault logic. See `chaos-agent --help`.
 
 mod daemon;
+mod doctor;
 mod render;
 
 use std::io::IsTerminal;
@@ -40,6 +41,7 @@ Exit status:
   130  aborted by a signal; everything applied was reverted
 
 Examples:
+  chaos-agent doctor                         what this host offers each fault kind, and why not
   chaos-agent faults                         every fault kind, its parameters and an example
   chaos-agent run --dry-run demo.toml        what the experiment would change; touches nothing
   sudo chaos-agent run demo.toml             run it; Ctrl-C reverts everything and stops
@@ -49,6 +51,23 @@ Examples:
 Environment:
   CHAOS_AGENT_STATE_DIR   the state directory (default /var/lib/chaos-agent)
   CHAOS_AGENT_LOG         diagnostics on stderr: warn, info, debug (or a tracing filter)";
+
+const DOCTOR_HELP: &str = "\
+Exit status:
+  0    the agent can run here: the state directory is usable (or will be created) and holds
+       nothing unreverted. Unavailable kinds are reported, not an error: most hosts lack
+       something (systemd, a qdisc module); the daemon simply does not offer those kinds.
+  1    the journal could not be read
+  2    the state directory is refused (not a directory, another owner, writable by group
+       or others): nothing can run until it is fixed
+  3    records are not reverted and no agent holds the directory: run `chaos-agent recover`
+  4    records are not reverted and an agent (a run, or the daemon) holds the directory:
+       they are its own, in progress
+
+Examples:
+  sudo chaos-agent doctor                          as the service user sees it
+  chaos-agent doctor --json | jq '.kinds[] | select(.level != \"available\")'
+  chaos-agent doctor --state-dir /tmp/chaos        check another state directory";
 
 /// Run chaos experiments on this host, and always put it back.
 ///
@@ -106,6 +125,26 @@ enum Command {
         /// Show only this kind.
         kind: Option<String>,
         /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check what this host offers each fault kind, and whether the state directory is usable.
+    ///
+    /// Prints the host (kernel, distribution, init system and systemd version, cgroup
+    /// layout, pidfd, effective capabilities, kernel config, this binary's libc), then every
+    /// fault kind as available, degraded (it runs, with a weaker guarantee: the reason says
+    /// which) or unavailable (plan would refuse it), each with its reasons and a fix, then
+    /// the state directory (owner and mode as the agent checks them, who holds its lock,
+    /// records not yet reverted). The daemon offers the control plane the available and
+    /// degraded kinds only.
+    ///
+    /// Changes nothing: no module is loaded, no cgroup or namespace is created, the state
+    /// lock is not taken and no journal is created. Run it as the user the agent runs as
+    /// (root for the service): capabilities and cgroup access are this process's own.
+    #[command(after_help = DOCTOR_HELP)]
+    Doctor {
+        /// Print one JSON object: host, kinds (kind, level, reasons, fixes), counts,
+        /// state_dir, exit_status.
         #[arg(long)]
         json: bool,
     },
@@ -199,6 +238,7 @@ fn run(cli: Cli, state_dir_explicit: bool) -> anyhow::Result<u8> {
                 state_dir_explicit,
             },
         ),
+        Command::Doctor { json } => doctor::run(&registry, &cli.state_dir, json),
         Command::Faults { kind, json } => render::faults(&registry, kind.as_deref(), json),
         Command::Forget { fault_id, force } => {
             let session = open(&registry, &cli.state_dir)?;

@@ -36,7 +36,8 @@ state directory; --url, --ca and --admin-token-file point them elsewhere.
 Exit status:
   0  success
   1  failure (the server refused, or cannot be reached)
-  2  invalid input: bad arguments, an invalid experiment (nothing was created)";
+  2  invalid input: bad arguments, an invalid experiment, or a fault kind an agent did
+     not register (see `chaos-agent doctor` on it); nothing was created";
 
 /// The reference control plane for chaos-agent: an HTTPS API that agents poll, an embedded
 /// store, and commands for people.

@@ -614,6 +614,13 @@ async fn register(
     })?;
     app.saw(&agent_id);
     tracing::info!(%agent_id, %name, hostname = %req.host.hostname, version = %req.host.agent_version, "agent registered");
+    let failed = app.db(|s| s.fail_unrunnable(&agent_id, now))?;
+    for (run_id, message) in &failed {
+        tracing::warn!(%run_id, %agent_id, %message, "queued run failed");
+    }
+    if !failed.is_empty() {
+        app.logs_changed.notify_waiters();
+    }
     Ok(Json(RegisterResponse {
         agent_id,
         name,
@@ -915,7 +922,27 @@ async fn create_runs(
                     path,
                     message: format!("agent {} is named twice", a.name),
                 }),
-                Some(a) => targets.push((a.id, a.name)),
+                Some(a) => {
+                    let offered = a.kinds();
+                    let missing = offered
+                        .as_deref()
+                        .map(|k| crate::store::missing_kinds(k, &exp_json))
+                        .unwrap_or_default();
+                    if missing.is_empty() {
+                        targets.push((a.id, a.name));
+                    } else {
+                        problems.push(Problem {
+                            path,
+                            message: format!(
+                                "agent {} does not offer kind(s) {} (it registered: {}); \
+                                 `chaos-agent doctor` on that host says why",
+                                a.name,
+                                missing.join(", "),
+                                offered.unwrap_or_default().join(", ")
+                            ),
+                        });
+                    }
+                }
             }
         }
     }

@@ -155,6 +155,14 @@ pub struct AgentRow {
 }
 
 impl AgentRow {
+    /// The fault kinds this agent offered when it registered; `None` when it stated none
+    /// (`kinds` is optional in the protocol: an agent that omits it is not checked), before
+    /// it registered, or when its stored host facts do not read.
+    pub fn kinds(&self) -> Option<Vec<String>> {
+        let host: HostFacts = serde_json::from_str(self.host.as_deref()?).ok()?;
+        (!host.kinds.is_empty()).then_some(host.kinds)
+    }
+
     /// The agent as operators see it; `lost_before_ms`: last seen before this means lost.
     pub fn info(&self, last_seen: Option<u64>, lost_before_ms: u64) -> AgentInfo {
         let last_seen_ms = last_seen.max(self.last_seen_ms);
@@ -180,6 +188,30 @@ impl AgentRow {
                 .and_then(|h| serde_json::from_str::<HostFacts>(h).ok()),
         }
     }
+}
+
+/// The fault kinds an experiment (its JSON form, as stored) uses, sorted, each once.
+pub fn experiment_kinds(experiment: &serde_json::Value) -> Vec<String> {
+    let mut kinds: Vec<String> = experiment
+        .get("steps")
+        .and_then(|s| s.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|step| step.get("faults")?.as_array())
+        .flatten()
+        .filter_map(|f| Some(f.get("kind")?.as_str()?.to_string()))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    kinds
+}
+
+/// The kinds of `experiment` that are not in `offered`, sorted.
+pub fn missing_kinds(offered: &[String], experiment: &serde_json::Value) -> Vec<String> {
+    experiment_kinds(experiment)
+        .into_iter()
+        .filter(|k| !offered.contains(k))
+        .collect()
 }
 
 fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
@@ -569,6 +601,50 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Fail the runs waiting for `agent_id` (never started, no abort asked) that need a
+    /// kind it no longer offers, after it registered again with fewer kinds: they would
+    /// only fail on the agent. Returns each failed run id with its message.
+    pub fn fail_unrunnable(&mut self, agent_id: &str, now: u64) -> Result<Vec<(String, String)>> {
+        let Some(agent) = self.find_agent(agent_id)? else {
+            return Ok(Vec::new());
+        };
+        let Some(offered) = agent.kinds() else {
+            return Ok(Vec::new());
+        };
+        let tx = self.conn.transaction()?;
+        let mut failed = Vec::new();
+        {
+            let mut st = tx.prepare_cached(
+                "SELECT id, experiment FROM runs
+                 WHERE agent_id=?1 AND state='pending' AND abort_requested_at_ms IS NULL",
+            )?;
+            let rows: Vec<(String, String)> = st
+                .query_map(params![agent_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            for (run_id, exp) in rows {
+                let exp: serde_json::Value = serde_json::from_str(&exp).unwrap_or_default();
+                let missing = missing_kinds(&offered, &exp);
+                if missing.is_empty() {
+                    continue;
+                }
+                let message = format!(
+                    "agent {} registered again without kind(s) {} (it now offers: {}); the run \
+                     was not sent. `chaos-agent doctor` on that host says why",
+                    agent.name,
+                    missing.join(", "),
+                    offered.join(", ")
+                );
+                tx.execute(
+                    "UPDATE runs SET state='failed', finished_at_ms=?2, message=?3 WHERE id=?1",
+                    params![run_id, now, message],
+                )?;
+                failed.push((run_id, message));
+            }
+        }
+        tx.commit()?;
+        Ok(failed)
     }
 
     /// The tasks an agent has not acknowledged, and whether any is due now (never handed

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use chaos_protocol::agent::Task;
-use chaos_protocol::client::Method;
+use chaos_protocol::client::{ClientError, Method};
 use chaos_protocol::run::{
     FaultState, FaultStatus, LogBatch, LogLevel, LogLine, RunResult, RunState, StatusUpdate,
 };
@@ -603,4 +603,74 @@ fn null_numbers_and_over_broad_matches_are_refused_with_their_path() {
         "steps[0].faults[0]",
     );
     assert_eq!(h.counts().1, 0, "no run was created");
+}
+
+#[test]
+fn runs_needing_a_kind_the_agent_did_not_register_are_refused_or_failed() {
+    let h = Harness::new();
+    let c = h.client();
+    // The harness's agents register disk.fill and process.stop.
+    let a = h.agent("only-two");
+    let kill = json!({"name": "kill", "steps": [{"name": "k", "faults": [
+        {"kind": "process.kill", "duration": "1s", "name": "worker"}
+    ]}]});
+    let e = h
+        .admin_post(
+            "/admin/runs",
+            &json!({"experiment": kill, "agents": ["only-two"]}),
+        )
+        .unwrap_err();
+    let ClientError::Api { status, error } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!((*status, error.code), (422, ErrorCode::Invalid));
+    let p = &error.problems[0];
+    assert_eq!(p.path, "agents[0]");
+    assert!(
+        p.message.contains("agent only-two")
+            && p.message.contains("process.kill")
+            && p.message.contains("disk.fill, process.stop"),
+        "{}",
+        p.message
+    );
+    // The whole message (what `chaos-control run` prints) names both.
+    assert!(e.to_string().contains("process.kill"), "{e}");
+    assert_eq!(h.counts().1, 0, "no run stored");
+
+    // A queued run that needs process.stop; then the agent registers again offering only
+    // disk.fill: the run fails, naming why, and is never sent.
+    let stop = json!({"name": "stop", "steps": [{"name": "s", "faults": [
+        {"kind": "process.stop", "duration": "1s", "name": "worker"}
+    ]}]});
+    let fill = h.create_run(&["only-two"]);
+    let queued: chaos_protocol::admin::CreateRunsResponse = serde_json::from_value(
+        h.admin_post(
+            "/admin/runs",
+            &json!({"experiment": stop, "agents": ["only-two"]}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let k = h
+        .admin_post(&format!("/admin/agents/{}/rekey", a.agent_id), &json!({}))
+        .unwrap();
+    let mut req = common::register_req(k["registration_key"].as_str().unwrap());
+    req.host.kinds = vec!["disk.fill".into()];
+    let reg = c.register(&req).unwrap();
+    let run = &queued.runs[0].run_id;
+    let d = h.admin_get(&format!("/admin/runs/{run}")).unwrap();
+    assert_eq!(d["state"], "failed", "{d}");
+    let msg = d["message"].as_str().unwrap();
+    assert!(
+        msg.contains("only-two") && msg.contains("process.stop"),
+        "{msg}"
+    );
+    // Only the disk.fill run is handed out.
+    let t = c
+        .tasks(&reg.agent_id, &reg.token.token, Duration::ZERO)
+        .unwrap();
+    let [Task::Run(r)] = t.tasks.as_slice() else {
+        panic!("{t:?}")
+    };
+    assert_eq!(r.run_id, fill.runs[0].run_id);
 }

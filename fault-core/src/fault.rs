@@ -179,6 +179,14 @@ pub trait Fault: Send + Sync + Sized + 'static {
     /// Describe the kind for people (`chaos-agent faults`).
     fn info() -> KindInfo;
 
+    /// Whether this host can run the kind, from cheap probes that change nothing
+    /// ([`crate::host::probe::host`]): unavailable kinds are not offered to a control plane,
+    /// and `chaos-agent doctor` prints every reason and fix. `plan` still checks what it
+    /// needs; this is the forecast, not the gate. The default: available.
+    fn availability() -> crate::Availability {
+        crate::Availability::available()
+    }
+
     /// One line saying what this fault will do, e.g. "stop pid 4242 (worker) with SIGSTOP".
     fn describe(&self) -> String;
 

@@ -8,7 +8,8 @@
 //! - [`Registry`]: kind strings (`"process.stop"`) to constructors, so nothing `match`es on
 //!   kinds.
 //! - [`units`]: `Duration` (`"250ms"`), `Bytes` (`"512MiB"`), `Percent` (`"40%"`).
-//! - [`host`]: process identity safe from PID reuse (pidfd), durable writes, boot id.
+//! - [`host`]: process identity safe from PID reuse (pidfd), durable writes, boot id, and
+//!   the probes behind [`Fault::availability`] ([`host::probe`]).
 //!
 //! This crate changes nothing on the host by itself; the fault crates do, through it.
 //! Whatever privilege a fault needs is stated on that fault.
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod availability;
 mod error;
 mod fault;
 pub mod host;
@@ -24,6 +26,7 @@ mod registry;
 pub mod testing;
 pub mod units;
 
+pub use availability::{Availability, Level};
 pub use error::{Error, ErrorKind, Result};
 pub use fault::{Context, Effect, Fault, KindInfo, Leftover, Observation, Param};
 pub use registry::{DynFault, KindEntry, Registry};

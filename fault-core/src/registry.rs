@@ -91,6 +91,8 @@ pub struct KindEntry {
     pub info: fn() -> KindInfo,
     /// See [`Fault::FINDS_LEFTOVERS`].
     pub finds_leftovers: bool,
+    /// Whether this host can run it (see [`Fault::availability`]).
+    pub availability: fn() -> crate::Availability,
     build: fn(&Value) -> Result<Box<dyn DynFault>>,
     verify: fn(&Value) -> Result<Observation>,
     revert: fn(&Value) -> Result<()>,
@@ -178,6 +180,7 @@ impl Registry {
                 kind: F::KIND,
                 info: F::info,
                 finds_leftovers: F::FINDS_LEFTOVERS,
+                availability: F::availability,
                 build: build::<F>,
                 verify: verify::<F>,
                 revert: revert::<F>,

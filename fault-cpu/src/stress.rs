@@ -366,6 +366,11 @@ impl Fault for CpuStress {
         }
     }
 
+    /// Degraded when the workers cannot get a cgroup of their own (or `cgroup.kill`).
+    fn availability() -> fault_core::Availability {
+        fault_core::host::probe::host().stressor_availability(false)
+    }
+
     fn describe(&self) -> String {
         let workers = match self.spec.workers {
             Some(Workers::Count(n)) => format!("{n} worker{}", if n == 1 { "" } else { "s" }),

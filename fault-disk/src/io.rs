@@ -486,6 +486,12 @@ impl Fault for DiskIo {
         }
     }
 
+    /// Degraded when the workers cannot get a cgroup of their own (or `cgroup.kill`).
+    /// Whether a directory's filesystem takes `O_DIRECT` depends on the spec: `plan` checks.
+    fn availability() -> fault_core::Availability {
+        fault_core::host::probe::host().stressor_availability(false)
+    }
+
     fn describe(&self) -> String {
         let n = self.workers();
         let mut s = format!(

@@ -256,6 +256,12 @@ impl Fault for MemoryStress {
         }
     }
 
+    /// Degraded when the stressor cannot get a cgroup of its own, `cgroup.kill`, or the
+    /// memory controller that charges its pages there.
+    fn availability() -> fault_core::Availability {
+        fault_core::host::probe::host().stressor_availability(true)
+    }
+
     fn describe(&self) -> String {
         let mut s = match self.amount {
             Amount::Size(n) => format!("hold {} of resident memory", Bytes(n).human()),

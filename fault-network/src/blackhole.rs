@@ -98,6 +98,11 @@ impl Fault for Blackhole {
         }
     }
 
+    /// Unavailable without CAP_NET_ADMIN or without a working nf_tables.
+    fn availability() -> fault_core::Availability {
+        crate::avail::nftables()
+    }
+
     fn describe(&self) -> String {
         format!(
             "drop {} ({:?}, nftables)",

@@ -90,6 +90,11 @@ impl Fault for Latency {
         }
     }
 
+    /// Unavailable without CAP_NET_ADMIN or without the htb, u32 and netem modules.
+    fn availability() -> fault_core::Availability {
+        crate::avail::netem()
+    }
+
     fn describe(&self) -> String {
         let j = self
             .spec

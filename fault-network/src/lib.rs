@@ -63,6 +63,7 @@
 
 mod spec;
 
+mod avail;
 mod blackhole;
 mod corruption;
 mod duplication;

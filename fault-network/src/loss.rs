@@ -117,6 +117,56 @@ impl Fault for Loss {
         }
     }
 
+    /// Either mechanism will do: netem (htb, u32, netem) or nftables (nf_tables, numgen).
+    /// With only one of them, specs asking for the other (`mechanism = ...`) are refused at
+    /// plan, so the kind is degraded; with neither, unavailable.
+    fn availability() -> fault_core::Availability {
+        let netem = crate::avail::netem();
+        let mut nft = crate::avail::nftables();
+        crate::avail::module(
+            &mut nft,
+            "nft_numgen",
+            "CONFIG_NFT_NUMGEN",
+            "the random numbers of the nftables drop rule",
+        );
+        match (netem.runnable(), nft.runnable()) {
+            (true, true) => {
+                let mut a = netem;
+                a.merge(nft);
+                a
+            }
+            (false, true) => {
+                let mut a = nft;
+                a.degrade(
+                    format!(
+                        "only mechanism = \"nftables\" works (the default, \"auto\", uses it); \
+                         netem: {}",
+                        netem.reasons.join("; ")
+                    ),
+                    netem.fixes.first().cloned(),
+                );
+                a
+            }
+            (true, false) => {
+                let mut a = netem;
+                a.degrade(
+                    format!(
+                        "only mechanism = \"netem\" works (the default, \"auto\", uses it); \
+                         nftables: {}",
+                        nft.reasons.join("; ")
+                    ),
+                    nft.fixes.first().cloned(),
+                );
+                a
+            }
+            (false, false) => {
+                let mut a = netem;
+                a.merge(nft);
+                a
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         let how = match self.spec.mechanism {
             LossMechanism::Auto => {

@@ -182,6 +182,15 @@ impl Fault for RateLimit {
         }
     }
 
+    /// Unavailable without CAP_NET_ADMIN or without the htb, u32 and tbf modules.
+    fn availability() -> fault_core::Availability {
+        crate::avail::qdisc((
+            "sch_tbf",
+            "CONFIG_NET_SCH_TBF",
+            "the tbf qdisc that limits the rate",
+        ))
+    }
+
     fn describe(&self) -> String {
         format!(
             "limit {} to {} (tbf)",

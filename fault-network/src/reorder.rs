@@ -95,6 +95,11 @@ impl Fault for Reorder {
         }
     }
 
+    /// Unavailable without CAP_NET_ADMIN or without the htb, u32 and netem modules.
+    fn availability() -> fault_core::Availability {
+        crate::avail::netem()
+    }
+
     fn describe(&self) -> String {
         format!(
             "reorder {} of {} (base delay {}, netem)",

@@ -181,6 +181,11 @@ impl Fault for ProcessKill {
         }
     }
 
+    /// Degraded without pidfd (signals by pid) or without CAP_KILL (own uid only).
+    fn availability() -> fault_core::Availability {
+        target::availability()
+    }
+
     fn describe(&self) -> String {
         let every = self
             .interval

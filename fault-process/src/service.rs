@@ -213,6 +213,11 @@ impl Fault for ServiceStop {
         }
     }
 
+    /// Unavailable where systemd is not the init system; degraded when not root.
+    fn availability() -> fault_core::Availability {
+        service_availability()
+    }
+
     fn describe(&self) -> String {
         format!("stop {} (systemctl start on revert)", self.unit)
     }
@@ -295,6 +300,11 @@ impl Fault for ServiceRestart {
             example: "kind = \"service.restart\"\nduration = \"1m\"\nunit = \"nginx.service\"\n\
                       interval = \"20s\"",
         }
+    }
+
+    /// Unavailable where systemd is not the init system; degraded when not root.
+    fn availability() -> fault_core::Availability {
+        service_availability()
     }
 
     fn describe(&self) -> String {
@@ -515,6 +525,44 @@ fn agent_runs_in(unit: &str, protected: &[i32]) -> Option<i32> {
             std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
                 .is_ok_and(|text| service_of_cgroup(&text).as_deref() == Some(unit))
         })
+}
+
+/// What both service kinds need: systemd as the init system (what `plan` checks), a
+/// `systemctl` that answers, and root to stop and start units.
+fn service_availability() -> fault_core::Availability {
+    let host = fault_core::host::probe::host();
+    let mut a = fault_core::Availability::available();
+    if !host.init.systemd {
+        let pid1 = if host.init.pid1.is_empty() {
+            "unreadable".to_string()
+        } else {
+            printable(&host.init.pid1).into_owned()
+        };
+        a.refuse(
+            format!(
+                "systemd is not the init system (PID 1 is {pid1}, /run/systemd/system is \
+                 missing): there are no service units to stop or restart"
+            ),
+            Some("none on this host: service faults need a system booted with systemd".into()),
+        );
+    } else if host.init.systemd_version.is_none() {
+        a.refuse(
+            "systemd is init, but `systemctl --version` did not answer: the service kinds \
+             drive units through systemctl",
+            Some("install systemctl (the systemd package) in the agent's PATH".into()),
+        );
+    }
+    if host.euid != 0 {
+        a.degrade(
+            format!(
+                "not root (uid {}): systemctl stop/start needs root or a polkit rule allowing \
+                 this user to manage units (the agent never asks for a password)",
+                host.euid
+            ),
+            Some("run the agent as root".into()),
+        );
+    }
+    a
 }
 
 /// `plan` of both kinds: systemd is there, the unit is loaded and active, and it is not the

@@ -113,6 +113,11 @@ impl Fault for ProcessStop {
         }
     }
 
+    /// Degraded without pidfd (signals by pid) or without CAP_KILL (own uid only).
+    fn availability() -> fault_core::Availability {
+        target::availability()
+    }
+
     fn describe(&self) -> String {
         format!(
             "stop {} with SIGSTOP (SIGCONT on revert)",

@@ -11,6 +11,31 @@ use fault_core::host::process::{self, ProcessId, Stat};
 use fault_core::{Context, Error, ErrorKind, Param, Result};
 use serde::{Deserialize, Serialize};
 
+/// What both process kinds need from the host: pidfds (so a reused pid is never signalled)
+/// and `CAP_KILL` to reach other users' processes.
+pub(crate) fn availability() -> fault_core::Availability {
+    let host = fault_core::host::probe::host();
+    let mut a = fault_core::Availability::available();
+    if !host.pidfd_open {
+        a.degrade(
+            "pidfd_open is missing (Linux 5.3): targets are signalled by pid after re-checking \
+             their start time immediately before; a pid reused in that window could be hit",
+            Some("boot Linux 5.3 or later".into()),
+        );
+    }
+    if !host.has_cap(fault_core::host::probe::Cap::Kill) {
+        a.degrade(
+            format!(
+                "no CAP_KILL: only processes of uid {} can be signalled (plan refuses others \
+                 before anything changes)",
+                host.euid
+            ),
+            Some("run the agent as root (or grant it CAP_KILL)".into()),
+        );
+    }
+    a
+}
+
 /// Which processes a fault acts on: exactly one of the spec's `pid`, `name` or `cmdline`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]

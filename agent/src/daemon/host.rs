@@ -24,16 +24,36 @@ fn os_name() -> String {
         .unwrap_or_default()
 }
 
-/// The kinds this host can run, as far as can be told without trying: service faults need
-/// systemd as the init system. (`chaos-agent doctor` will say more.)
+/// The kinds this host can run: those whose [`fault_core::Fault::availability`] is
+/// available or degraded (`chaos-agent doctor` shows why the others are not).
 pub(super) fn runnable_kinds(registry: &Registry) -> Vec<String> {
-    let systemd = std::path::Path::new("/run/systemd/system").is_dir();
     registry
         .kinds()
-        .map(|e| e.kind)
-        .filter(|k| systemd || !k.starts_with("service."))
-        .map(str::to_string)
+        .filter(|e| (e.availability)().runnable())
+        .map(|e| e.kind.to_string())
         .collect()
+}
+
+/// Log, once at startup, the kinds this host cannot run (not offered to the control
+/// plane) and the degraded ones, each with its reasons.
+pub(super) fn log_availability(registry: &Registry) {
+    for e in registry.kinds() {
+        let a = (e.availability)();
+        match a.level {
+            fault_core::Level::Available => {}
+            fault_core::Level::Degraded => tracing::info!(
+                kind = e.kind,
+                reasons = %a.reasons.join("; "),
+                "kind degraded on this host (offered; see chaos-agent doctor)"
+            ),
+            fault_core::Level::Unavailable => tracing::warn!(
+                kind = e.kind,
+                reasons = %a.reasons.join("; "),
+                fixes = %a.fixes.join("; "),
+                "kind unavailable on this host: not offered to the control plane (see chaos-agent doctor)"
+            ),
+        }
+    }
 }
 
 /// What the registration tells the control plane about this host.
@@ -220,5 +240,14 @@ mod tests {
             f.kinds.iter().any(|k| k.starts_with("service.")),
             std::path::Path::new("/run/systemd/system").is_dir()
         );
+        // Exactly the kinds the registry says can run here.
+        for e in reg.kinds() {
+            assert_eq!(
+                f.kinds.iter().any(|k| k == e.kind),
+                (e.availability)().runnable(),
+                "{}",
+                e.kind
+            );
+        }
     }
 }

@@ -126,6 +126,7 @@ pub(crate) fn run(registry: &Registry, opts: Options) -> anyhow::Result<u8> {
     let state_dir = config
         .agent
         .state_dir(opts.state_dir_explicit.then_some(opts.state_dir.as_path()));
+    host::log_availability(registry);
     let sd = Sd::from_env();
     sd.status("recovering what the journal holds");
     let session = Session::open(&state_dir, registry)?;

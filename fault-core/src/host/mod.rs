@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod fs;
 pub mod ns;
+pub mod probe;
 pub mod process;
 pub mod shell;
 pub mod stressor;
