@@ -235,20 +235,96 @@ unsafe fn fail(fd: i32, step: u8, index: u8, err: i32) -> ! {
     libc::_exit(127)
 }
 
-/// Close every descriptor above 2 except `keep`.
+/// Close every descriptor above 2 except `keep` (async-signal-safe: raw system calls on the
+/// stack only).
+///
+/// `close_range(2)` is Linux 5.9+; before that (ENOSYS, or EPERM from a seccomp profile that
+/// does not know it) the descriptors listed in `/proc/self/fd` are closed one by one, and
+/// without `/proc` every number below the hard `RLIMIT_NOFILE` (at most 2^20).
 unsafe fn close_fds_except(keep: i32) {
     let ranges = [(3u32, keep as u32 - 1), (keep as u32 + 1, u32::MAX)];
+    let mut done = true;
     for (lo, hi) in ranges {
-        if lo > hi {
-            continue;
-        }
-        if libc::syscall(libc::SYS_close_range, lo, hi, 0) != 0 {
-            // Linux < 5.9: close the usual range one by one.
-            for fd in lo..hi.min(65536) {
-                libc::close(fd as i32);
-            }
+        if lo <= hi && libc::syscall(libc::SYS_close_range, lo, hi, 0) != 0 {
+            done = false;
+            break;
         }
     }
+    if done || close_listed_fds(keep) {
+        return;
+    }
+    let mut rl: libc::rlimit = std::mem::zeroed();
+    let limit = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 {
+        rl.rlim_max.clamp(65536, 1 << 20)
+    } else {
+        1 << 20
+    };
+    for fd in 3..limit as i32 {
+        if fd != keep {
+            libc::close(fd);
+        }
+    }
+}
+
+/// Close the descriptors above 2 listed in `/proc/self/fd`, except `keep`, reading the
+/// directory with raw `getdents64(2)` into a stack buffer (as glibc's `closefrom` fallback
+/// does: rescan from the start until a pass closes nothing). `false` when `/proc` cannot be
+/// read (then nothing is known to be closed).
+unsafe fn close_listed_fds(keep: i32) -> bool {
+    let dir = libc::open(
+        c"/proc/self/fd".as_ptr(),
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+    );
+    if dir < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 2048];
+    loop {
+        let mut closed = false;
+        loop {
+            let n = libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), buf.len());
+            if n < 0 {
+                libc::close(dir);
+                return false;
+            }
+            if n == 0 {
+                break;
+            }
+            let n = n as usize;
+            let mut off = 0;
+            // struct linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name.
+            while off + 19 <= n {
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                if reclen == 0 || off + reclen > n {
+                    break;
+                }
+                let mut fd: i64 = 0;
+                let mut digits = 0;
+                for &c in &buf[off + 19..off + reclen] {
+                    if !c.is_ascii_digit() || fd > i32::MAX as i64 {
+                        break;
+                    }
+                    fd = fd * 10 + (c - b'0') as i64;
+                    digits += 1;
+                }
+                let is_name_end = buf.get(off + 19 + digits) == Some(&0);
+                if digits > 0 && is_name_end && fd > 2 {
+                    let fd = fd as i32;
+                    if fd != keep && fd != dir {
+                        libc::close(fd);
+                        closed = true;
+                    }
+                }
+                off += reclen;
+            }
+        }
+        if !closed {
+            break;
+        }
+        libc::lseek(dir, 0, libc::SEEK_SET);
+    }
+    libc::close(dir);
+    true
 }
 
 /// The child's setup, then its work. Never returns.
