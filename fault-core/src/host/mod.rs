@@ -2,6 +2,16 @@
 //! ([`process`]), durable file writes ([`fs`]), and machine facts ([`boot_id`]).
 //!
 //! Everything here uses system calls directly (through `libc`); nothing runs a shell.
+//!
+//! # Old kernels
+//!
+//! Everything works from Linux 3.10 on. The calls newer than 4.4 have fallbacks, taken on
+//! `ENOSYS`: `pidfd_open`/`pidfd_send_signal` (5.3; also on `EPERM` from container seccomp
+//! profiles) fall back to re-checking the process's start time, or its cgroup membership,
+//! immediately before `kill(2)`, a weaker guarantee described in [`process`];
+//! `close_range` (5.9) to closing what `/proc/self/fd` lists ([`stressor`]); `cgroup.kill`
+//! (5.14) to killing one by one ([`cgroup`]); `getrandom` (3.17) to `/dev/urandom`.
+//! docs/platforms.md lists what is degraded per distribution.
 
 pub mod cgroup;
 pub mod fs;

@@ -19,7 +19,8 @@
 //!    not the stressors), default signal dispositions and an empty signal mask (the agent's
 //!    handlers must not swallow a `SIGTERM`);
 //! 3. stdin/stdout/stderr on `/dev/null` and every other inherited descriptor closed, so a
-//!    surviving stressor holds neither the agent's state lock nor a pipe someone waits on;
+//!    surviving stressor holds neither the agent's state lock nor a pipe someone waits on
+//!    (`close_range`, or on kernels before 5.9 each descriptor listed in `/proc/self/fd`);
 //! 4. `oom_score_adj` 1000, so the OOM killer takes a stressor before anything else
 //!    ([`protect_self`] lowers the agent's own);
 //! 5. it joins the fault's cgroups (writing `0` to each `cgroup.procs`) **before** it
