@@ -1,14 +1,17 @@
 //! Hierarchy token bucket (`htb`) options: the root qdisc (`struct tc_htb_glob`) and a
 //! class (`struct tc_htb_opt`).
 //!
-//! As for tbf, rate specs say `linklayer = ethernet`, so the kernel needs no rate tables
-//! (`TCA_HTB_RTAB`/`TCA_HTB_CTAB`, which `tc` also sends and the golden test strips).
+//! As for tbf, rate specs say `linklayer = ethernet`, so kernels since 3.11 ignore the rate
+//! tables (`TCA_HTB_RTAB`/`TCA_HTB_CTAB`); they are sent anyway, as `tc` sends them, for
+//! kernels before that, which refuse a class without them.
 
 use crate::nl::Msg;
-use crate::tbf::{ratespec, xmittime, TCA_OPTIONS};
+use crate::tbf::{ratespec, rtab, xmittime, TCA_OPTIONS};
 
 const TCA_HTB_PARMS: u16 = 1;
 const TCA_HTB_INIT: u16 = 2;
+const TCA_HTB_CTAB: u16 = 3;
+const TCA_HTB_RTAB: u16 = 4;
 
 /// Append the `TCA_OPTIONS` of an htb root qdisc with default class minor `defcls`
 /// (0 = unclassified traffic bypasses shaping through htb's direct queue) and
@@ -49,5 +52,9 @@ pub(crate) fn encode_class(m: &mut Msg, rate_bytes: u32, burst: u32, quantum: u3
     o.extend_from_slice(&0u32.to_ne_bytes()); // prio
     let n = m.begin_nest(TCA_OPTIONS);
     m.attr(TCA_HTB_PARMS, &o);
+    // rate = ceil, so both tables are the same; `tc` sends them in this order.
+    let table = rtab(rate_bytes);
+    m.attr(TCA_HTB_RTAB, &table);
+    m.attr(TCA_HTB_CTAB, &table);
     m.end_nest(n);
 }

@@ -235,8 +235,25 @@ fn inject_here(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr]) -> 
     for (chain, exprs) in rules(&r.interfaces, t, dirs, tail) {
         msgs.push(nft::new_rule(&r.table, chain, &exprs));
     }
-    with_socket(|sock| nft::send_batch(sock, msgs))?
-        .map_err(|e| e.into_error(format!("create nft table inet {}", r.table)))
+    let uses_numgen = tail.iter().any(|x| matches!(x, Expr::NumgenRandom(_)));
+    with_socket(|sock| nft::send_batch(sock, msgs))?.map_err(|e| {
+        let missing = e.errno == libc::ENOENT;
+        let err = e.into_error(format!("create nft table inet {}", r.table));
+        if !missing {
+            return err;
+        }
+        // The batch is all or nothing: a kernel without a feature of the rule adds nothing.
+        let needs = if uses_numgen {
+            "the random drop's `numgen` expression (Linux 4.9+, CONFIG_NFT_NUMGEN;              use mechanism = \"netem\" on older kernels)"
+        } else {
+            "the inet family (Linux 3.14+) and the payload, meta, cmp, counter and \
+             immediate expressions"
+        };
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("{err}: this kernel lacks an nf_tables feature the rule needs: {needs}; nothing was added"),
+        )
+    })
 }
 
 fn rebooted(r: &TableReceipt) -> bool {

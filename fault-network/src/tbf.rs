@@ -1,14 +1,16 @@
-//! Token bucket filter (`tbf`) options: `struct tc_tbf_qopt` and `TCA_TBF_BURST`.
+//! Token bucket filter (`tbf`) options: `struct tc_tbf_qopt`, `TCA_TBF_BURST` and the rate
+//! table `TCA_TBF_RTAB`, byte for byte what `tc` sends (the golden test compares them).
 //!
-//! The rate spec carries `linklayer = ethernet`, so the kernel computes transmission times
-//! itself and needs no 1 KiB rate table (`TCA_TBF_RTAB`); that attribute is the only thing
-//! `tc` sends that we do not (the golden test strips it and compares the rest byte for byte).
+//! The rate spec carries `linklayer = ethernet`, so kernels since 3.11 compute transmission
+//! times themselves and ignore the 1 KiB rate table; kernels before that (upstream 3.10)
+//! refuse a tbf or htb rate without one (`EINVAL`), so it is always sent.
 
 use serde::{Deserialize, Serialize};
 
 use crate::nl::Msg;
 
 const TCA_TBF_PARMS: u16 = 1;
+const TCA_TBF_RTAB: u16 = 2;
 const TCA_TBF_BURST: u16 = 6;
 /// `TCA_OPTIONS`.
 pub(crate) const TCA_OPTIONS: u16 = 2;
@@ -40,6 +42,15 @@ pub(crate) fn ratespec(rate_bytes: u32) -> [u8; 12] {
     b
 }
 
+/// The rate table `tc` computes for `rate_bytes` (`tc_calc_rtable` with its default MTU,
+/// cell_log 3, no MPU, ethernet): the transmission time, in psched ticks, of a packet of
+/// `(i + 1) * 8` bytes for each of the 256 cells.
+pub(crate) fn rtab(rate_bytes: u32) -> Vec<u8> {
+    (0..256u64)
+        .flat_map(|i| xmittime(rate_bytes as u64, (i + 1) << 3).to_ne_bytes())
+        .collect()
+}
+
 /// Parameters of a tbf qdisc.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TbfParams {
@@ -52,7 +63,8 @@ pub struct TbfParams {
 }
 
 impl TbfParams {
-    /// Append `TCA_OPTIONS` (a nest of `TCA_TBF_PARMS` and `TCA_TBF_BURST`) to `m`.
+    /// Append `TCA_OPTIONS` (a nest of `TCA_TBF_PARMS`, `TCA_TBF_BURST` and
+    /// `TCA_TBF_RTAB`) to `m`.
     pub(crate) fn encode(&self, m: &mut Msg) {
         let mut q = Vec::with_capacity(36);
         q.extend_from_slice(&ratespec(self.rate_bytes));
@@ -63,6 +75,7 @@ impl TbfParams {
         let n = m.begin_nest(TCA_OPTIONS);
         m.attr(TCA_TBF_PARMS, &q);
         m.attr_u32(TCA_TBF_BURST, self.burst);
+        m.attr(TCA_TBF_RTAB, &rtab(self.rate_bytes));
         m.end_nest(n);
     }
 

@@ -467,7 +467,9 @@ impl FaultCgroup {
 
     /// SIGKILL every process in it: at once with `cgroup.kill` on cgroup2 (Linux 5.14+),
     /// otherwise one by one through a pidfd taken while the process is seen in this cgroup
-    /// (so a pid reused meanwhile is never hit). Returns how many were listed.
+    /// (so a pid reused meanwhile is never hit). Without pidfds (Linux < 5.3) each pid is
+    /// checked to be listed in this cgroup immediately before `kill(2)` (see [`kill_if_in`]).
+    /// Returns how many were listed.
     pub fn kill_all(&self) -> Result<usize> {
         self.check_ours()?;
         let pids = self.pids()?;
@@ -475,8 +477,9 @@ impl FaultCgroup {
             return Ok(0);
         }
         if self.version == Version::V2 {
-            match std::fs::write(self.dir.join("cgroup.kill"), "1") {
+            match write_existing(&self.dir.join("cgroup.kill"), b"1") {
                 Ok(()) => return Ok(pids.len()),
+                // Linux < 5.14 has no cgroup.kill: one by one below.
                 Err(e) if e.kind() == IoKind::NotFound => {
                     if !self.exists() {
                         return Ok(0);
@@ -655,27 +658,54 @@ pub fn find_fault_cgroups(known: &[String]) -> Vec<(String, FaultCgroup)> {
     out
 }
 
+/// Write `data` to an existing file, never creating it: a cgroup file this kernel lacks is
+/// `ENOENT`. (`std::fs::write` opens with `O_CREAT`, which cgroupfs answers with `EACCES`
+/// for a missing name, so a missing `cgroup.kill` would look like a permission error.)
+fn write_existing(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(data)
+}
+
+/// Whether `pid` is listed in cgroup directory `dir` now.
+fn listed_in(pid: i32, dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|t| t.lines().any(|l| l.trim() == pid.to_string()))
+        .unwrap_or(false)
+}
+
 /// SIGKILL `pid` if, once pinned by a pidfd, it is still in cgroup directory `dir`.
+///
+/// Without pidfds (Linux < 5.3, or a seccomp profile refusing `pidfd_open`), `cgroup.procs`
+/// is read again immediately before `kill(2)`: a pid could only be hit wrongly if our
+/// process exited and the number was reused in the microseconds between that read and the
+/// signal (and our cgroups hold only stressors, which never fork).
 fn kill_if_in(pid: i32, dir: &Path) -> Result<()> {
     // SAFETY: pidfd_open takes a pid and flags; no memory is passed.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ESRCH) => Ok(()),
-            // No pidfd (Linux < 5.3): the pid was listed in our cgroup a moment ago.
-            Some(libc::ENOSYS) => {
-                // SAFETY: kill has no memory preconditions.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                Ok(())
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        if !super::process::pidfd_unavailable(&e) {
+            return Err(Error::io(format!("pidfd_open({pid})"), e));
+        }
+        if listed_in(pid, dir) {
+            // SAFETY: kill has no memory preconditions.
+            if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(Error::io(format!("SIGKILL to pid {pid}"), e));
+                }
             }
-            _ => Err(Error::io(format!("pidfd_open({pid})"), e)),
-        };
+        }
+        return Ok(());
     }
     let fd = fd as i32;
-    let still_ours = std::fs::read_to_string(dir.join("cgroup.procs"))
-        .map(|t| t.lines().any(|l| l.trim() == pid.to_string()))
-        .unwrap_or(false);
+    let still_ours = listed_in(pid, dir);
     let r = if still_ours {
         // SAFETY: fd is a valid pidfd; a null siginfo is allowed.
         unsafe {
@@ -762,6 +792,20 @@ mod tests {
 1:cpu:/
 0::/
 ";
+
+    /// A cgroup file the kernel lacks (`cgroup.kill` before Linux 5.14) must read as
+    /// missing, not as a permission error: cgroupfs answers `O_CREAT` with `EACCES`.
+    #[test]
+    fn a_missing_cgroup_file_is_not_found_not_permission_denied() {
+        let Some(h) = hierarchies().into_iter().find(|h| h.version == Version::V2) else {
+            eprintln!("SKIPPED: no cgroup2 hierarchy mounted");
+            return;
+        };
+        let missing = h.own.join("cgroup.no-such-file-chaos-test");
+        let e = write_existing(&missing, b"1").unwrap_err();
+        assert_eq!(e.kind(), IoKind::NotFound, "{e}");
+        assert!(!missing.exists());
+    }
 
     #[test]
     fn parses_hybrid_layout() {

@@ -2,6 +2,16 @@
 //! ([`process`]), durable file writes ([`fs`]), and machine facts ([`boot_id`]).
 //!
 //! Everything here uses system calls directly (through `libc`); nothing runs a shell.
+//!
+//! # Old kernels
+//!
+//! Everything works from Linux 3.10 on. The calls newer than 4.4 have fallbacks, taken on
+//! `ENOSYS`: `pidfd_open`/`pidfd_send_signal` (5.3; also on `EPERM` from container seccomp
+//! profiles) fall back to re-checking the process's start time, or its cgroup membership,
+//! immediately before `kill(2)`, a weaker guarantee described in [`process`];
+//! `close_range` (5.9) to closing what `/proc/self/fd` lists ([`stressor`]); `cgroup.kill`
+//! (5.14) to killing one by one ([`cgroup`]); `getrandom` (3.17) to `/dev/urandom`.
+//! docs/platforms.md lists what is degraded per distribution.
 
 pub mod cgroup;
 pub mod fs;
@@ -26,7 +36,8 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Random lower-case hex of `n` bytes from the kernel's CSPRNG (`getrandom(2)`).
+/// Random lower-case hex of `n` bytes from the kernel's CSPRNG (`getrandom(2)`, or
+/// `/dev/urandom` on kernels before 3.17).
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
     let mut filled = 0;
@@ -36,7 +47,15 @@ pub fn random_hex(n: usize) -> String {
         if r > 0 {
             filled += r as usize;
         } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            // getrandom cannot fail on Linux >= 3.17 with a valid buffer; fall back to time.
+            // getrandom(2) is Linux 3.17+ (ENOSYS on CentOS 7's 3.10 before its backport):
+            // read /dev/urandom instead, and only without it fall back to time.
+            use std::io::Read;
+            if std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut buf[filled..]))
+                .is_ok()
+            {
+                break;
+            }
             let t = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()

@@ -3,8 +3,14 @@
 //! A [`ProcessId`] is `(pid, start time in clock ticks since boot, boot id)`. Before we signal,
 //! we open a pidfd for the pid, then re-read the start time: if it still matches, the pidfd
 //! refers to the process we recorded and `pidfd_send_signal` cannot reach a newcomer that
-//! took its number. Kernels without pidfd (before 5.3) fall back to a start-time check
-//! followed by `kill(2)`, which narrows the race to microseconds.
+//! took its number.
+//!
+//! **Older kernels.** Without pidfds (Linux < 5.3: CentOS 7, Ubuntu 16.04/18.04, RHEL 8's
+//! 4.18, Debian 10's 4.19; or a container seccomp profile that refuses the call) the start
+//! time is re-read immediately before `kill(2)`. The guarantee is then weaker: a signal
+//! could reach a newcomer only if our process exited, and its pid was reused by a process
+//! started in the same clock tick (10 ms), within the microseconds between that read and
+//! the `kill`.
 
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +110,11 @@ impl ProcessId {
 
     /// Send `signal` to this very process. Returns `Ok(false)` when it no longer exists (which
     /// callers treat as "already done"), `Ok(true)` when the signal was delivered.
+    ///
+    /// With pidfds (Linux 5.3+) a process that took over the pid is never signalled. Without
+    /// them ([`pidfd_unavailable`]) the start time is re-read immediately before `kill(2)`:
+    /// the pid would have to be freed and reused in the microseconds between that read and
+    /// the signal, by a process started within the same clock tick as ours.
     pub fn signal(&self, signal: i32) -> Result<bool> {
         if self.stat().is_none() {
             return Ok(false);
@@ -124,29 +135,40 @@ impl ProcessId {
                     Ok(()) if ours => Ok(true),
                     Ok(()) => Ok(false),
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+                    // pidfd_open without pidfd_send_signal: only a seccomp profile does that.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => self.kill_checked(signal),
                     Err(e) => Err(Error::io(format!("signal {signal} to pid {}", self.pid), e)),
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-                if self.stat().is_none() {
-                    return Ok(false);
-                }
-                // SAFETY: kill has no memory preconditions.
-                if unsafe { libc::kill(self.pid, signal) } == 0 {
-                    Ok(true)
-                } else {
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() == Some(libc::ESRCH) {
-                        Ok(false)
-                    } else {
-                        Err(Error::io(format!("signal {signal} to pid {}", self.pid), e))
-                    }
-                }
-            }
+            Err(e) if pidfd_unavailable(&e) => self.kill_checked(signal),
             Err(e) => Err(Error::io(format!("pidfd_open({})", self.pid), e)),
         }
     }
+
+    /// `kill(2)` right after checking the start time once more (no pidfd to pin it).
+    fn kill_checked(&self, signal: i32) -> Result<bool> {
+        if self.stat().is_none() {
+            return Ok(false);
+        }
+        // SAFETY: kill has no memory preconditions.
+        if unsafe { libc::kill(self.pid, signal) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            Ok(false)
+        } else {
+            Err(Error::io(format!("signal {signal} to pid {}", self.pid), e))
+        }
+    }
+}
+
+/// Whether an error of `pidfd_open(2)` means this kernel offers no pidfds: `ENOSYS` before
+/// Linux 5.3, and `EPERM` from container seccomp profiles that predate the call (the kernel
+/// itself never answers `EPERM` to `pidfd_open`).
+pub fn pidfd_unavailable(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM))
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<i32> {
@@ -257,6 +279,8 @@ mod tests {
         assert!(!reused.is_alive(), "a reused pid never matches");
         assert!(!reused.signal(0).unwrap());
         assert!(me.signal(0).unwrap());
+        assert!(!reused.kill_checked(0).unwrap(), "the fallback checks too");
+        assert!(me.kill_checked(0).unwrap());
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //!    not the stressors), default signal dispositions and an empty signal mask (the agent's
 //!    handlers must not swallow a `SIGTERM`);
 //! 3. stdin/stdout/stderr on `/dev/null` and every other inherited descriptor closed, so a
-//!    surviving stressor holds neither the agent's state lock nor a pipe someone waits on;
+//!    surviving stressor holds neither the agent's state lock nor a pipe someone waits on
+//!    (`close_range`, or on kernels before 5.9 each descriptor listed in `/proc/self/fd`);
 //! 4. `oom_score_adj` 1000, so the OOM killer takes a stressor before anything else
 //!    ([`protect_self`] lowers the agent's own);
 //! 5. it joins the fault's cgroups (writing `0` to each `cgroup.procs`) **before** it
@@ -57,6 +58,8 @@ use std::time::{Duration, Instant};
 use super::cgroup::FaultCgroup;
 use super::process::ProcessId;
 use crate::{Error, ErrorKind, Result};
+
+mod child;
 
 /// The `oom_score_adj` every stressor sets for itself: the OOM killer's first choice.
 pub const STRESSOR_OOM_SCORE_ADJ: i32 = 1000;
@@ -182,133 +185,11 @@ fn fork_child(p: &Prepared) -> std::io::Result<(i32, OwnedFd)> {
     }
     if pid == 0 {
         // SAFETY: we are the freshly forked child.
-        unsafe { child_main(p, fds[1], fds[0]) }
+        unsafe { child::child_main(p, fds[1], fds[0]) }
     }
     // SAFETY: fds[1] came from pipe2 and is closed once; fds[0] is owned from here on.
     unsafe { libc::close(fds[1]) };
     Ok((pid, unsafe { OwnedFd::from_raw_fd(fds[0]) }))
-}
-
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-/// Write all of `buf` to `fd` (async-signal-safe).
-fn write_all_raw(fd: i32, buf: &[u8]) -> std::result::Result<(), i32> {
-    let mut off = 0;
-    while off < buf.len() {
-        // SAFETY: the pointer and length describe the unwritten tail of `buf`.
-        let n = unsafe { libc::write(fd, buf[off..].as_ptr().cast(), buf.len() - off) };
-        if n < 0 {
-            let e = errno();
-            if e == libc::EINTR {
-                continue;
-            }
-            return Err(e);
-        }
-        off += n as usize;
-    }
-    Ok(())
-}
-
-/// Write `data` to the file `path` (async-signal-safe).
-fn write_file_raw(path: &std::ffi::CStr, data: &[u8]) -> std::result::Result<(), i32> {
-    // SAFETY: path is NUL-terminated.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(errno());
-    }
-    let r = write_all_raw(fd, data);
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    r
-}
-
-fn report(fd: i32, step: u8, index: u8, err: i32) {
-    let e = err.to_le_bytes();
-    let _ = write_all_raw(fd, &[step, index, 0, 0, e[0], e[1], e[2], e[3]]);
-}
-
-/// Report a failed setup step and exit.
-unsafe fn fail(fd: i32, step: u8, index: u8, err: i32) -> ! {
-    report(fd, step, index, err);
-    libc::_exit(127)
-}
-
-/// Close every descriptor above 2 except `keep`.
-unsafe fn close_fds_except(keep: i32) {
-    let ranges = [(3u32, keep as u32 - 1), (keep as u32 + 1, u32::MAX)];
-    for (lo, hi) in ranges {
-        if lo > hi {
-            continue;
-        }
-        if libc::syscall(libc::SYS_close_range, lo, hi, 0) != 0 {
-            // Linux < 5.9: close the usual range one by one.
-            for fd in lo..hi.min(65536) {
-                libc::close(fd as i32);
-            }
-        }
-    }
-}
-
-/// The child's setup, then its work. Never returns.
-unsafe fn child_main(p: &Prepared, w: i32, r: i32) -> ! {
-    libc::close(r);
-    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-        fail(w, STEP_PDEATHSIG, 0, errno());
-    }
-    if libc::getppid() != p.parent {
-        // The agent died between fork and prctl: its death signal will never come.
-        libc::_exit(1);
-    }
-    PARENT.store(p.parent, Ordering::Relaxed);
-    libc::setpgid(0, 0);
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    for sig in 1..=64 {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            libc::signal(sig, libc::SIG_DFL);
-        }
-    }
-    libc::prctl(libc::PR_SET_NAME, p.name.as_ptr(), 0, 0, 0);
-    // Keep the status pipe clear of 0..=2 before stdio is replaced.
-    let w = if w <= 2 {
-        libc::fcntl(w, libc::F_DUPFD_CLOEXEC, 3)
-    } else {
-        w
-    };
-    let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-    if null < 0 {
-        fail(w, STEP_STDIO, 0, errno());
-    }
-    for fd in 0..3 {
-        if null != fd {
-            libc::dup2(null, fd);
-        }
-    }
-    // Closes `null` too when it is above 2.
-    close_fds_except(w);
-    if let Err(e) = write_file_raw(c"/proc/self/oom_score_adj", b"1000") {
-        fail(w, STEP_OOM, 0, e);
-    }
-    for (i, procs) in p.procs.iter().enumerate() {
-        if let Err(e) = write_file_raw(procs, b"0") {
-            fail(w, STEP_CGROUP, i as u8, e);
-        }
-    }
-    if let Some(set) = &p.cpuset {
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) != 0 {
-            fail(w, STEP_AFFINITY, 0, errno());
-        }
-    }
-    if let Err(e) = p.work.prepare() {
-        fail(w, STEP_PREPARE, 0, e);
-    }
-    report(w, STEP_OK, 0, 0);
-    libc::close(w);
-    let code = p.work.run();
-    libc::_exit(code)
 }
 
 /// Start a stressor running `work` (see the module docs for what the child does first).
@@ -493,7 +374,7 @@ fn reap_pid(pid: i32, block: bool) -> Option<Exit> {
         if r == pid {
             return Some(decode_status(status));
         }
-        if r < 0 && errno() == libc::EINTR {
+        if r < 0 && child::errno() == libc::EINTR {
             continue;
         }
         return None;

@@ -556,7 +556,9 @@ impl Daemon {
         assert!(self.child.is_none(), "already running");
         self.lives += 1;
         let log = std::fs::File::create(self.log_path(self.lives)).expect("create daemon log");
-        let child = Command::new(agent_bin())
+        let mut cmd = Command::new(agent_bin());
+        super::on_configured_kernel(&mut cmd);
+        let child = cmd
             .arg("--state-dir")
             .arg(&self.state)
             .arg("daemon")

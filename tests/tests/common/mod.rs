@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use fault_core::testing::{TempDir, Tmpfs, Victim};
 
 pub mod control;
+pub mod netns;
 
 /// The chaos-agent binary of this target directory, built (once per test process) so that
 /// `cargo test -p chaos-tests` never runs a stale binary: this package cannot depend on a
@@ -84,6 +85,21 @@ fn built_bin(once: &std::sync::Once, package: &str, bin: &str) -> PathBuf {
     path
 }
 
+/// With `CHAOS_E2E_KERNEL=X.Y` in the environment (e.g. `4.4`), every agent the e2e tests
+/// start runs under the old-kernel filter ([`chaos_tests::oldkernel`]): system calls newer
+/// than Linux X.Y answer `ENOSYS`. `CHAOS_E2E_KERNEL=4.4 cargo test -p chaos-tests` runs the
+/// whole suite as on Ubuntu 16.04's kernel.
+pub fn on_configured_kernel(cmd: &mut Command) {
+    let Some(v) = std::env::var_os("CHAOS_E2E_KERNEL") else {
+        return;
+    };
+    let v = v.to_string_lossy();
+    let k = chaos_tests::oldkernel::Kernel::parse(&v)
+        .unwrap_or_else(|| panic!("CHAOS_E2E_KERNEL={v:?}: want a version such as 4.4"));
+    chaos_tests::oldkernel::restrict(cmd, k)
+        .unwrap_or_else(|e| panic!("CHAOS_E2E_KERNEL={v}: {e}"));
+}
+
 pub struct Sandbox {
     pub state: TempDir,
     pub fs: Tmpfs,
@@ -114,6 +130,7 @@ impl Sandbox {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(agent_bin());
+        on_configured_kernel(&mut c);
         c.arg("--state-dir")
             .arg(self.state.path())
             .env_remove("CHAOS_AGENT_CRASH_AT");
