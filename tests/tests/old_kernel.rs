@@ -411,3 +411,39 @@ name = "net"
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ns.state(), before, "recover left something behind");
 }
+
+/// `chaos-agent doctor` on "Linux 4.4": without pidfds the process kinds are degraded, and
+/// the reason says what that weakens; the daemon would still offer them (degraded is
+/// offered). Needs no root: doctor changes nothing.
+#[test]
+fn doctor_reports_the_degraded_guarantees_on_linux_4_4() {
+    let test = "doctor_reports_the_degraded_guarantees_on_linux_4_4";
+    if supported(test).is_none() {
+        return;
+    }
+    let state = TempDir::new("chaos-oldkernel-doctor");
+    let mut c = Command::new(common::agent_bin());
+    restrict(&mut c, Kernel::V4_4).expect("checked by supported()");
+    let out = c
+        .args(["doctor", "--json", "--state-dir"])
+        .arg(state.path().join("state"))
+        .env_remove("CHAOS_AGENT_STATE_DIR")
+        .output()
+        .expect("run chaos-agent doctor");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json is not JSON ({e}): {}", text(&out)));
+    assert_eq!(out.status.code(), Some(0), "{v:#}");
+    assert_eq!(v["host"]["pidfd_open"], false, "{v:#}");
+    for name in ["process.stop", "process.kill"] {
+        let k = v["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {v:#}"));
+        assert_eq!(k["level"], "degraded", "{k}");
+        let reasons = k["reasons"].to_string();
+        assert!(reasons.contains("pidfd"), "{k}");
+        assert!(reasons.contains("start time"), "{k}");
+    }
+}
