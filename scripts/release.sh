@@ -23,6 +23,8 @@
 #                   a digit; no '-' (the rpm release and the deb revision use it).
 #   --out DIR       where to write (default: dist/ in the repository); files of the same names
 #                   are replaced, others are left alone.
+#   --formats LIST  what to write, comma-separated from tar, deb, rpm (default: all three);
+#                   e.g. `--formats deb` for the VM suite's upgrade test.
 #
 # Needs: dpkg-deb, rpmbuild, readelf, strip (installed with apt-get as root when missing:
 # dpkg, rpm, binutils). Not root: the packages get root ownership from dpkg-deb
@@ -40,27 +42,29 @@
 set -euo pipefail
 
 main() {
-    local repo out bin_dir="" version="" target=x86_64-unknown-linux-musl
+    local v repo out bin_dir="" version="" formats=tar,deb,rpm target=x86_64-unknown-linux-musl
     repo=$(cd "$(dirname "$0")/.." && pwd)
     out=$repo/dist
     while [ $# -gt 0 ]; do
         case $1 in
-        --bin-dir | --version | --out)
+        --bin-dir | --version | --out | --formats)
             [ $# -ge 2 ] && [ -n "$2" ] || usage_error "$1 needs a value"
             case $1 in
             --bin-dir) bin_dir=$2 ;;
             --version) version=$2 ;;
             --out) out=$2 ;;
+            --formats) formats=$2 ;;
             esac
             shift 2
             ;;
-        --bin-dir=* | --version=* | --out=*)
-            local v=${1#*=}
+        --bin-dir=* | --version=* | --out=* | --formats=*)
+            v=${1#*=}
             [ -n "$v" ] || usage_error "${1%%=*} needs a value"
             case $1 in
             --bin-dir=*) bin_dir=$v ;;
             --version=*) version=$v ;;
             --out=*) out=$v ;;
+            --formats=*) formats=$v ;;
             esac
             shift
             ;;
@@ -74,10 +78,21 @@ main() {
     if [ -n "$version" ] && ! [[ $version =~ ^[0-9][0-9A-Za-z.+~]*$ ]]; then
         usage_error "--version $(quote "$version"): use digits, letters, '.', '+', '~', starting with a digit (no '-')"
     fi
+    local f v want_tar=no want_deb=no want_rpm=no
+    IFS=, read -ra f <<<"$formats"
+    [ ${#f[@]} -gt 0 ] || usage_error "--formats: empty"
+    for v in "${f[@]}"; do
+        case $v in
+        tar) want_tar=yes ;;
+        deb) want_deb=yes ;;
+        rpm) want_rpm=yes ;;
+        *) usage_error "--formats: unknown format $(quote "$v") (tar, deb, rpm)" ;;
+        esac
+    done
     mkdir -p "$out" || die "cannot create $out"
     out=$(cd "$out" && pwd)
 
-    need_tools
+    need_tools "$want_deb" "$want_rpm"
     if [ -z "$bin_dir" ]; then
         build_release "$repo" "$target"
         bin_dir=$(target_dir "$repo")/$target/release
@@ -115,10 +130,12 @@ main() {
     package_unit "$repo" "$TMP/chaos-agent.service"
 
     local built=()
-    built+=("$(tarball_agent "$repo" "$version" "$target" "$out")")
-    built+=("$(tarball_control "$repo" "$version" "$target" "$out")")
-    built+=("$(build_deb "$repo" "$version" "$out")")
-    built+=("$(build_rpm "$repo" "$version" "$out")")
+    if [ "$want_tar" = yes ]; then
+        built+=("$(tarball_agent "$repo" "$version" "$target" "$out")")
+        built+=("$(tarball_control "$repo" "$version" "$target" "$out")")
+    fi
+    [ "$want_deb" = no ] || built+=("$(build_deb "$repo" "$version" "$out")")
+    [ "$want_rpm" = no ] || built+=("$(build_rpm "$repo" "$version" "$out")")
     (cd "$out" && sha256sum "${built[@]}" >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
     echo "==> $out"
     (cd "$out" && ls -l "${built[@]}" SHA256SUMS)
@@ -143,8 +160,10 @@ as_root_apt() { # packages...
         { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
 }
 
-need_tools() {
-    local -A pkg=([dpkg-deb]=dpkg [rpmbuild]=rpm [readelf]=binutils [strip]=binutils [sha256sum]=coreutils [tar]=tar [gzip]=gzip)
+need_tools() { # want_deb want_rpm
+    local -A pkg=([readelf]=binutils [strip]=binutils [sha256sum]=coreutils [tar]=tar [gzip]=gzip)
+    [ "$1" = no ] || pkg[dpkg-deb]=dpkg
+    [ "$2" = no ] || pkg[rpmbuild]=rpm
     local missing=() t
     for t in "${!pkg[@]}"; do
         command -v "$t" >/dev/null 2>&1 || missing+=("${pkg[$t]}")

@@ -68,24 +68,35 @@ stop_agent() { # why
         say "systemd is not running here: no service to stop"
         return 0
     fi
-    if systemctl is-active --quiet "$unit"; then
+    # active, reloading, or activating (e.g. waiting to restart): stop it; the daemon, if it
+    # runs, reverts every fault it holds before it exits.
+    st=$(systemctl is-active "$unit" 2>/dev/null || true)
+    case $st in
+    active | reloading | activating | deactivating) ;;
+    *) return 0 ;;
+    esac
+    # (deactivating: someone is stopping it already; it is not started again afterwards)
+    if [ "$st" != deactivating ]; then
         : >"$was_active" 2>/dev/null || true
     fi
-    # Also when it is not active: a unit waiting to restart (activating) is stopped too.
-    if systemctl cat "$unit" >/dev/null 2>&1; then
-        say "stopping $unit ($1; the daemon reverts every fault it holds)"
-        systemctl stop "$unit" ||
-            warn "stopping $unit failed; the next start's recovery (ExecStartPre) reverts what is left"
-    fi
+    say "stopping $unit ($1; the daemon reverts every fault it holds)"
+    systemctl stop "$unit" ||
+        warn "stopping $unit failed; the next start's recovery (ExecStartPre) reverts what is left"
 }
 
 start_agent() {
-    if command -v deb-systemd-invoke >/dev/null 2>&1; then
-        # Honours policy-rc.d (e.g. images that must not start services).
-        deb-systemd-invoke start "$unit"
-    else
-        systemctl start "$unit"
+    # Debian's policy-rc.d (e.g. in images that must not start services): 101 = forbidden.
+    # (deb-systemd-invoke would honour it too, but starts only enabled units: an agent that
+    # was started by hand, not enabled, would not come back after an upgrade.)
+    if [ -x /usr/sbin/policy-rc.d ]; then
+        prc=0
+        /usr/sbin/policy-rc.d "$unit" start || prc=$?
+        if [ "$prc" = 101 ]; then
+            say "policy-rc.d forbids starting $unit: not started"
+            return 0
+        fi
     fi
+    systemctl start "$unit"
 }
 
 next_steps() {

@@ -589,6 +589,8 @@ fn release_sh_packages_prebuilt_static_binaries() {
         eprintln!("(rpm2archive not installed: the rpm's unit and binary not read back)");
     }
 
+    rpm_scriptlets_in_a_chroot(&rpm, out.path());
+
     // ---- tarballs
     let t = tar_listing(&stdout(Command::new("tar").arg("tzvf").arg(&tar_agent)));
     let top = format!("chaos-agent-{version}-{MUSL}");
@@ -611,6 +613,133 @@ fn release_sh_packages_prebuilt_static_binaries() {
         t.contains_key(&format!("chaos-control-{version}-{MUSL}/chaos-control")),
         "{t:?}"
     );
+}
+
+/// The rpm's scriptlets for real, where systemd is not running: `rpm --root` runs them
+/// chrooted into a directory holding only dash, the few coreutils they use and /dev/null.
+/// Install, upgrade (`-U --replacepkgs`: the %pre/%post of an upgrade), a refused erase (the
+/// agent cannot check the host: its state directory is writable by others), a forced erase,
+/// a reinstall, an erase that keeps the state. Needs root (chroot, mknod).
+fn rpm_scriptlets_in_a_chroot(rpm: &Path, tmp: &Path) {
+    if !fault_core::host::is_root() || !have("ldd") {
+        eprintln!("SKIPPED rpm scriptlets in a chroot: needs root (chroot, mknod) and ldd");
+        return;
+    }
+    let root = tmp.join("chroot");
+    for tool in ["dash", "install", "rm", "cat", "date", "uname"] {
+        let exe = Path::new("/usr/bin").join(tool);
+        let libs = stdout(Command::new("ldd").arg(&exe));
+        let files = std::iter::once(exe.clone()).chain(
+            libs.split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from),
+        );
+        for f in files {
+            let dest = root.join(f.strip_prefix("/").unwrap());
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(&f, &dest).unwrap();
+        }
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        let link = root
+            .join("bin")
+            .join(if tool == "dash" { "sh" } else { tool });
+        std::os::unix::fs::symlink(&exe, link).unwrap();
+    }
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    run(Command::new("mknod")
+        .args(["-m", "666"])
+        .arg(root.join("dev/null"))
+        .args(["c", "1", "3"]));
+    let rpm_cmd = |args: &[&str]| {
+        let o = Command::new("rpm")
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    };
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(root.join(p)).unwrap().permissions(),
+        ) & 0o7777
+    };
+    let rpm_s = rpm.to_str().unwrap();
+    assert!(rpm_cmd(&["--initdb"]).0);
+
+    let (ok, text) = rpm_cmd(&["-i", "--nodeps", rpm_s]);
+    assert!(ok, "rpm -i in a chroot:\n{text}");
+    assert!(text.contains("systemctl not found"), "{text}");
+    assert_eq!(mode("var/lib/chaos-agent"), 0o700);
+    assert_eq!(mode("etc/chaos-agent/config.d"), 0o700);
+
+    let (ok, text) = rpm_cmd(&["-U", "--replacepkgs", "--nodeps", rpm_s]);
+    assert!(ok, "rpm -U in a chroot:\n{text}");
+    assert!(
+        text.contains("systemd is not running here: no service to stop"),
+        "%pre of an upgrade: {text}"
+    );
+
+    // the agent refuses a state directory others can write: the host cannot be checked
+    let state = root.join("var/lib/chaos-agent");
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let (ok, text) = rpm_cmd(&["-e", "chaos-agent"]);
+    assert!(!ok, "rpm -e went on although recovery failed:\n{text}");
+    assert!(
+        text.contains("chaos-agent recover failed (exit 2)") && text.contains("NOT removed"),
+        "{text}"
+    );
+    assert!(
+        rpm_cmd(&["-q", "chaos-agent"]).0,
+        "refused, yet not installed any more"
+    );
+    assert!(root.join("usr/bin/chaos-agent").exists());
+
+    let o = Command::new("rpm")
+        .arg("--root")
+        .arg(&root)
+        .args(["-e", "chaos-agent"])
+        .env("CHAOS_AGENT_REMOVE_ANYWAY", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success(),
+        "CHAOS_AGENT_REMOVE_ANYWAY=1 rpm -e:\n{text}"
+    );
+    assert!(
+        state.join("REMOVED-WITH-FAULTS-LEFT").exists(),
+        "no marker: {text}"
+    );
+    assert!(!root.join("usr/bin/chaos-agent").exists());
+
+    // reinstalled: the marker goes; erased with a clean host: the state stays (no purge)
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let (ok, text) = rpm_cmd(&["-i", "--nodeps", rpm_s]);
+    assert!(ok, "rpm -i again:\n{text}");
+    assert!(!state.join("REMOVED-WITH-FAULTS-LEFT").exists());
+    let (ok, text) = rpm_cmd(&["-e", "chaos-agent"]);
+    assert!(
+        ok && text.contains("recovery: the host is clean"),
+        "rpm -e:\n{text}"
+    );
+    assert!(state.join("journal").is_dir(), "rpm -e deleted the journal");
+    for gone in [
+        "usr/bin/chaos-agent",
+        "usr/lib/systemd/system/chaos-agent.service",
+        "etc/chaos-agent",
+    ] {
+        assert!(!root.join(gone).exists(), "{gone} left after rpm -e");
+    }
 }
 
 /// The packages' unit: the repository's with /usr/bin paths, and nothing 219 cannot read.
