@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the release artefacts of chaos-agent into dist/:
 #
-#   scripts/release.sh [--bin-dir DIR] [--version V] [--out DIR]
+#   scripts/release.sh [--bin-dir DIR] [--version V] [--out DIR] [--formats tar,deb,rpm]
 #
 #   chaos-agent-V-x86_64-unknown-linux-musl.tar.gz    the static binary, the unit, the sample
 #                                                     configuration, install.sh/uninstall.sh, docs
