@@ -15,7 +15,9 @@ are saved under $CHAOS_VM_ARTIFACTS.
 Env: CHAOS_VM_AGENT (host path of a debug chaos-agent, required), CHAOS_VM_ARTIFACTS
 (default $CHAOS_VM_CACHE/artifacts), CHAOS_VM_NETWORK_TESTS (host path of fault-network's
 privileged test binary; the network-kernel-tests scenario skips without it), CHAOS_VM_CONTROL
-(host path of chaos-control; the daemon-* scenarios skip without it).
+(host path of chaos-control; the daemon-* scenarios skip without it), CHAOS_VM_DEB and
+CHAOS_VM_DEB_UPGRADE (two .deb files of increasing versions; the packages scenario skips
+without them, see tests/vm/packages.py).
 """
 import json
 import os
@@ -169,11 +171,12 @@ class Guest:
         """`chaos-control ARGS --json` in the guest (the admin token of its state dir)."""
         return json.loads(self.vm.check(f"chaos-control {args} --json", timeout=timeout))
 
-    def use_daemon(self):
+    def use_daemon(self, agent_bin="/usr/local/bin/chaos-agent"):
         """Switch chaos-agent.service to the packaged unit as it is (`chaos-agent daemon`,
         Type=notify): drop the suite's drop-in, start a real control plane in the guest,
         add the agent, configure it in config.d, restart the unit and wait until the agent
-        has registered and says it is idle."""
+        has registered and says it is idle. `agent_bin`: where the unit runs the agent from
+        (the .deb installs /usr/bin/chaos-agent)."""
         if not os.environ.get("CHAOS_VM_CONTROL"):
             raise Skip("no chaos-control binary (CHAOS_VM_CONTROL; tests/vm/run.sh builds it)")
         vm, t0 = self.vm, time.time()
@@ -196,7 +199,7 @@ class Guest:
         vm.check("systemctl restart chaos-agent", timeout=240)
         drop_ins = self.unit("chaos-agent", "DropInPaths")
         expect(drop_ins == "", f"chaos-agent.service still has drop-ins: {drop_ins}")
-        expect("argv[]=/usr/local/bin/chaos-agent daemon " in self.unit("chaos-agent", "ExecStart"),
+        expect(f"argv[]={agent_bin} daemon " in self.unit("chaos-agent", "ExecStart"),
                f"not the daemon: {self.unit('chaos-agent', 'ExecStart')}")
         poll(f"agent {AGENT} to register",
              lambda: self.cc(f"agents show {AGENT}")["state"] == "active", 60)
@@ -717,6 +720,11 @@ def sc_network_kernel_tests(g):
     summary = [line for line in out.splitlines() if line.startswith("test result")]
     log(summary[-1] if summary else out[-2000:])
     expect(code == 0, f"fault-network privileged tests failed (exit {code}):\n{out[-6000:]}{err}")
+
+
+import packages  # noqa: E402  (tests/vm/packages.py: the .deb install/upgrade/remove/purge)
+
+scenario(packages.scenario_for(sys.modules[__name__]))
 
 
 # ------------------------------------------------------------------ suite
