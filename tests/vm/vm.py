@@ -393,6 +393,9 @@ class Vm:
         for fname, cmd in (("journal-this-boot.txt", "journalctl -b 0 --no-pager -o short-precise"),
                            ("journal-previous-boot.txt", "journalctl -b -1 --no-pager -o short-precise"),
                            ("chaos-agent-status.json", "chaos-agent status --json"),
+                           # the output of the experiments the suite's agent-main ran
+                           ("agent-runs.txt", "for f in /run/chaos-vm/run-*.jsonl; do "
+                                              "[ -e \"$f\" ] && echo \"== $f\" && tail -n 40 \"$f\"; done"),
                            ("units.txt", "systemctl list-units --all --no-pager; "
                                          "systemctl status chaos-agent --no-pager -l")):
             try:
