@@ -3,6 +3,7 @@ cgroup under chaos-agent.service, reverted by the agent and by the recovery afte
 
 Registered into suite.py's scenario list on import (suite.py imports this module).
 """
+import json
 import time
 
 from suite import Fail, expect, log, poll, scenario
@@ -43,6 +44,15 @@ def assert_stressors_held(g, records):
     return ids, rss
 
 
+def run_report(g, pid):
+    """The report of the experiment main process `pid` ran (its run-finished event)."""
+    out = g.vm.sh(f"cat /run/chaos-vm/run-{pid}.jsonl")
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = [e["report"] for e in events if e.get("event") == "run-finished"]
+    expect(done, f"no run-finished event from pid {pid}:\n{out[-3000:]}")
+    return done[-1]
+
+
 def assert_stressors_gone(g, context):
     for comm in ("chaos-cpu", "chaos-memory", STRAY):
         left = procs(g, comm)
@@ -75,11 +85,17 @@ def sc_stressors(g):
         echo $p > {cg}/cgroup.procs
         grep -qx $p {cg}/cgroup.procs""")
     log(f"held: 2 CPU workers, memory stressor at {rss // 1024} MiB; {STRAY} moved into {cg}")
+    pid = poll("the main process that runs the experiment", g.run_pid, 30)
     t0 = time.time()
     g.end_run()
     g.assert_all_reverted(g.wait_records(before, 2, {"reverted", "needs-manual"}),
                           "after the agent's revert")
-    log(f"reverted in {time.time() - t0:.1f}s (systemctl restart: revert, recovery, idle main)")
+    # reverted by the agent itself on SIGTERM, not left to systemd and the next recovery
+    report = run_report(g, pid)
+    for f in (f for st in report["steps"] for f in st["faults"]):
+        expect(f["revert"] == "reverted",
+               f"the agent's own revert of {f['kind']}: {f['revert']} ({f.get('error')})")
+    log(f"reverted by the agent in {time.time() - t0:.1f}s (then recovery, idle main)")
     assert_stressors_gone(g, "after the agent's revert")
 
     # 2. kill -9 of the agent holding them: systemd (KillMode=mixed) and the workers' parent
