@@ -287,8 +287,12 @@ impl Store {
         }
         let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // synchronous=FULL: every commit is on disk before the request that made it is
+        // answered. An agent deletes what the control plane acknowledged (log lines, results);
+        // with NORMAL a power loss of this host could roll back the last acknowledged commits,
+        // and those lines would be lost for good (the VM suite's daemon-hard-reset saw it).
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
         )?;
         conn.execute_batch(SCHEMA)?;
         let version: Option<i64> = conn
@@ -993,4 +997,34 @@ fn summary_row(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
         finished_at_ms: r.get(8)?,
         abort_requested: r.get(9)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_is_on_disk_before_it_is_acknowledged() {
+        let dir = std::env::temp_dir().join(format!("chaos-control-store-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&dir.join("store.db")).unwrap();
+        let q = |pragma: &str| -> String {
+            store
+                .conn
+                .query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+        };
+        let (journal, sync) = (q("journal_mode"), q("synchronous"));
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // 2 = FULL: WAL commits are fsync'd (NORMAL, 1, may lose the last ones on power loss)
+        assert_eq!((journal.as_str(), sync.as_str()), ("wal", "2"));
+    }
 }

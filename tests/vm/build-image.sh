@@ -1,8 +1,11 @@
 #!/bin/bash
-# Build the Debian bookworm guest image the VM suite boots (docs/testing.md).
+# Build a Debian guest image the VM suite boots (docs/testing.md).
 #
-#   tests/vm/build-image.sh OUT_DIR
+#   tests/vm/build-image.sh OUT_DIR [SUITE]      SUITE: bookworm (default) | bullseye
 #
+# bookworm: Debian 12, kernel 6.1, glibc 2.36, systemd 252, merged /usr.
+# bullseye: Debian 11, kernel 5.10, glibc 2.31, systemd 247, cgroup v2 only; its root is not
+#           merged-/usr (modules in /lib/modules) and it has no dpkg-db-backup.timer.
 # Writes OUT_DIR/{rootfs.ext4,vmlinuz,initrd.img}. Needs root, mmdebstrap, e2fsprogs and the
 # Debian mirror of this machine's apt sources (~30 s idle, ~1 min under load). tests/vm/run.sh
 # calls it only when the cache has no image for the hash of this file: change anything here
@@ -10,13 +13,19 @@
 # are copied in at the start of every suite, so a code change never forces a rebuild.
 set -euo pipefail
 
-OUT=${1:?usage: build-image.sh OUT_DIR}
+OUT=${1:?usage: build-image.sh OUT_DIR [bookworm|bullseye]}
+SUITE=${2:-bookworm}
+case $SUITE in
+  bookworm|bullseye) ;;
+  *) echo "build-image: unknown Debian suite '$SUITE' (bookworm or bullseye)" >&2; exit 2 ;;
+esac
 # The Debian mirror this machine already uses (first URIs line of its apt sources).
 MIRROR=${MIRROR:-$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)}
 [ -n "$MIRROR" ] || MIRROR=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
 [ -n "$MIRROR" ] || { echo "build-image: no Debian mirror in the apt sources; set MIRROR" >&2; exit 1; }
 # e2fsprogs: chattr for the needs-manual scenario; iputils-ping/iproute2/nftables: measuring
 # and inspecting network faults; qemu-guest-agent: the harness's control channel.
+# Both suites have every one of these packages.
 PKGS=systemd,systemd-sysv,udev,kmod,e2fsprogs,iproute2,nftables,procps,iputils-ping,qemu-guest-agent,linux-image-amd64,initramfs-tools,zstd
 
 ROOTFS=$OUT/rootfs
@@ -50,12 +59,14 @@ mmdebstrap --variant=minbase --mode=root --quiet \
     # persistent journal: a test reads the log of the boot before a hard reset
     mkdir -p "$1/var/log/journal"
     # fewer moving parts at boot, and no timer firing in the middle of a test
+    # (masking a unit a suite does not have, like dpkg-db-backup.timer on bullseye, is harmless)
     chroot "$1" systemctl mask e2scrub_reap.service getty-static.service getty@tty1.service \
       apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer \
       systemd-tmpfiles-clean.timer
     # drop kernel modules a virtio VM never loads (~250 MiB); net/sched (sch_netem, htb, u32),
-    # netfilter and drivers/net/veth.ko stay
-    kdir=$(echo "$1"/usr/lib/modules/*)
+    # netfilter and drivers/net/veth.ko stay. /lib/modules: bullseye is not merged-/usr (on
+    # bookworm /lib points to /usr/lib)
+    kdir=$(echo "$1"/lib/modules/*)
     for d in sound net/wireless net/mac80211 net/bluetooth drivers/gpu drivers/media \
         drivers/infiniband drivers/iio drivers/staging drivers/usb drivers/bluetooth \
         drivers/hid drivers/isdn drivers/input drivers/video drivers/scsi drivers/target \
@@ -65,7 +76,7 @@ mmdebstrap --variant=minbase --mode=root --quiet \
     chroot "$1" depmod -a "$(basename "$kdir")"
     rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin
   ' \
-  bookworm "$ROOTFS" "$MIRROR"
+  "$SUITE" "$ROOTFS" "$MIRROR"
 
 cp -L "$ROOTFS/vmlinuz" "$OUT/vmlinuz"
 cp -L "$ROOTFS/initrd.img" "$OUT/initrd.img"
@@ -77,4 +88,4 @@ rm -f "$OUT/rootfs.ext4"
 mkfs.ext4 -q -F -L root -d "$ROOTFS" "$OUT/rootfs.ext4" "${size_mb}M"
 rm -rf "$ROOTFS"
 
-echo "build-image: $(($(date +%s) - start))s; rootfs ${used_mb} MiB; $(du -sh --apparent-size "$OUT/rootfs.ext4" | cut -f1) image"
+echo "build-image: $SUITE in $(($(date +%s) - start))s; rootfs ${used_mb} MiB; $(du -sh --apparent-size "$OUT/rootfs.ext4" | cut -f1) image"

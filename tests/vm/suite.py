@@ -1,18 +1,28 @@
 #!/usr/bin/env python3
 """The VM scenarios: chaos-agent under a real systemd, kill -9, hard resets, netem.
 
-  suite.py [SCENARIO...]        run all scenarios, or only the named ones
+  suite.py [SCENARIO...]        on the guest $CHAOS_VM_GUEST (default bookworm): all
+                                scenarios, or only the named ones (NAME or GUEST/NAME)
+  suite.py --list               the scenario names
+  suite.py --plan [SEL...]      what tests/vm/run.sh runs: GUEST/NAME lines; SEL is NAME (on
+                                every guest of $CHAOS_VM_GUESTS) or GUEST/NAME
 
-Normally started by tests/vm/run.sh, which installs QEMU, builds or reuses the image and
-builds the agent; see docs/testing.md. The VM boots once, the agent and its unit are
-installed, a snapshot "clean" is taken, and every scenario starts from that snapshot.
+Normally started by tests/vm/run.sh, once per guest, which installs QEMU, builds or reuses
+the images and builds the agent; see docs/testing.md. The VM boots once, the agent and its
+unit are installed, a snapshot "clean" is taken, and every scenario starts from that snapshot.
+A scenario is a function decorated with @scenario (registered in file order); it gets a Guest
+(g.vm: the Vm, g.suite: bookworm or bullseye, g.kinds: the registered fault kinds) and raises
+Fail, Skip or VmError, or returns (passed). Another module can register more: import suite
+and decorate.
 Every assertion is on guest state (journal records, process states, files, units, qdiscs,
 ping measurements, chaos-control's view of runs), never on log text. The daemon-* scenarios
 swap the suite's drop-in for the packaged unit as it is, with chaos-control in the guest.
 On a failure the serial console and the guest journals (this boot and the previous one)
 are saved under $CHAOS_VM_ARTIFACTS.
 
-Env: CHAOS_VM_AGENT (host path of a debug chaos-agent, required), CHAOS_VM_ARTIFACTS
+Env: CHAOS_VM_GUEST (bookworm | bullseye), CHAOS_VM_RESULTS (a file: one line "GUEST/NAME
+PASS|FAIL|SKIP" is appended per scenario, for run.sh's sum over the guests),
+CHAOS_VM_AGENT (host path of a debug chaos-agent, required; static musl for bullseye), CHAOS_VM_ARTIFACTS
 (default $CHAOS_VM_CACHE/artifacts), CHAOS_VM_NETWORK_TESTS (host path of fault-network's
 privileged test binary; the network-kernel-tests scenario skips without it), CHAOS_VM_CONTROL
 (host path of chaos-control; the daemon-* scenarios skip without it), CHAOS_VM_DEB and
@@ -31,7 +41,7 @@ import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from vm import CACHE, Vm, VmError  # noqa: E402
+from vm import CACHE, GUESTS, Vm, VmError, guest  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(HERE))
 ARTIFACTS = os.environ.get("CHAOS_VM_ARTIFACTS", os.path.join(CACHE, "artifacts"))
@@ -82,8 +92,9 @@ def experiment_toml(name, faults):
 class Guest:
     """Scenario helpers over a Vm: the agent's journal, its unit, the test's victims."""
 
-    def __init__(self, vm):
+    def __init__(self, vm, suite="bookworm"):
         self.vm = vm
+        self.suite = suite  # the guest's Debian suite: bookworm | bullseye
         self.kinds = set()
 
     # --------------------------------------------------------------- the agent
@@ -673,7 +684,8 @@ def sc_daemon_cp_cut(g):
                f"the link intact: {g.run_detail(rid).get('result')}")
         return time.time() > held_since + lease + 3
     poll(f"the run to outlive its lease ({lease} s + 3 s)", past_lease, lease + 30)
-    cut = (f"table inet {CUT_TABLE} {{\n chain out {{\n"
+    # (chain "cp_cut": nftables 0.9.8 on bullseye takes "out" for a keyword)
+    cut = (f"table inet {CUT_TABLE} {{\n chain cp_cut {{\n"
            f"  type filter hook output priority 0; policy accept;\n"
            f"  oifname \"lo\" tcp dport {CONTROL_PORT} drop\n"
            f"  oifname \"lo\" tcp sport {CONTROL_PORT} drop\n }}\n}}\n")
@@ -721,6 +733,13 @@ def sc_network_kernel_tests(g):
     log(summary[-1] if summary else out[-2000:])
     expect(code == 0, f"fault-network privileged tests failed (exit {code}):\n{out[-6000:]}{err}")
 
+
+# ------------------------------------------------------------------ more scenarios
+# Scenario modules next to this file register theirs with @scenario when imported (after the
+# ones above, in import order). They import what they need from `suite`, which is this very
+# module also when it runs as a script, so there is one SCENARIOS list.
+sys.modules.setdefault("suite", sys.modules[__name__])
+import stressors  # noqa: E402,F401
 
 import packages  # noqa: E402  (tests/vm/packages.py: the .deb install/upgrade/remove/purge)
 
@@ -770,21 +789,54 @@ def install(vm):
         sync""")
 
 
+def plan(selection, guests):
+    """[(guest, name)] that `selection` (NAME: on every guest of `guests`; GUEST/NAME: on
+    that guest) selects, in guest order then scenario order; all of them when empty.
+    Raises ValueError naming what is unknown."""
+    names = [n for n, _ in SCENARIOS]
+    bad = [g for g in guests if g not in GUESTS]
+    if bad:
+        raise ValueError(f"unknown guest(s) {bad} (CHAOS_VM_GUESTS); known: {list(GUESTS)}")
+    if not guests:
+        raise ValueError("no guest (CHAOS_VM_GUESTS is empty)")
+    picked = set()
+    for sel in selection:
+        g, _, n = sel.rpartition("/")
+        if (g and g not in GUESTS) or n not in names:
+            raise ValueError(f"unknown scenario {sel!r}; known: {names}, each on a guest of "
+                             f"{list(GUESTS)} as GUEST/NAME")
+        picked |= {(g, n)} if g else {(x, n) for x in guests}
+    order = list(guests) + [g for g in GUESTS if g not in guests]
+    return [(g, n) for g in order for n in names if not selection and g in guests or (g, n) in picked]
+
+
+def record(name, res):
+    """Append this scenario's result for run.sh's sum over the guests."""
+    if os.environ.get("CHAOS_VM_RESULTS"):
+        with open(os.environ["CHAOS_VM_RESULTS"], "a") as f:
+            f.write(f"{name} {res}\n")
+
+
 def main(argv):
     if argv == ["--list"]:
         print("\n".join(n for n, _ in SCENARIOS))
         return 0
+    try:
+        if argv[:1] == ["--plan"]:
+            guests = os.environ.get("CHAOS_VM_GUESTS", " ".join(GUESTS)).split()
+            print("\n".join(f"{g}/{n}" for g, n in plan(argv[1:], guests)))
+            return 0
+        suite = guest()
+        todo_names = [n for g, n in plan(argv, [suite]) if g == suite]
+    except (ValueError, VmError) as e:
+        sys.exit(f"vm: {e}")
     # SIGTERM (CI's timeout, run.sh's trap) unwinds like Ctrl-C, so the VM is taken down
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    only = set(argv)
-    unknown = only - {n for n, _ in SCENARIOS}
-    if unknown:
-        sys.exit(f"vm: unknown scenario(s) {sorted(unknown)}; known: {[n for n, _ in SCENARIOS]}")
-    todo = [(n, f) for n, f in SCENARIOS if not only or n in only]
-    vm = Vm(os.environ.get("VM_NAME", f"suite-{os.getpid()}"))
-    g = Guest(vm)
+    todo = [(f"{suite}/{n}", f) for n, f in SCENARIOS if n in todo_names]
+    vm = Vm(os.environ.get("VM_NAME", f"suite-{os.getpid()}"), suite=suite)
+    g = Guest(vm, suite)
     results, t_suite = [], time.time()
-    run_dir = os.path.join(ARTIFACTS, time.strftime("%Y%m%d-%H%M%S"))
+    run_dir = os.path.join(ARTIFACTS, time.strftime("%Y%m%d-%H%M%S") + f"-{suite}")
     if os.path.isdir(ARTIFACTS):  # keep the logs of the last 10 runs
         for old in sorted(os.listdir(ARTIFACTS))[:-10]:
             shutil.rmtree(os.path.join(ARTIFACTS, old), ignore_errors=True)
@@ -793,18 +845,22 @@ def main(argv):
         t0 = time.time()
         try:
             vm.up()
-            print(f"vm: booted in {time.time() - t0:.1f}s", flush=True)
+            print(f"vm: {suite}: booted in {time.time() - t0:.1f}s "
+                  f"({vm.sh('uname -r')}, systemd {vm.sh('systemctl --version | head -n1').split()[1]})",
+                  flush=True)
             t1 = time.time()
             install(vm)
             g.kinds = {k["kind"] for k in json.loads(vm.sh("chaos-agent faults --json"))}
             vm.save("clean")
-            print(f"vm: agent installed, snapshot 'clean' taken in {time.time() - t1:.1f}s", flush=True)
+            print(f"vm: {suite}: agent installed, snapshot 'clean' taken in {time.time() - t1:.1f}s", flush=True)
         except Exception as e:  # noqa: BLE001 - any setup failure fails every scenario loudly
             dest = vm.collect_logs(os.path.join(run_dir, "setup")) if vm.pid() else None
-            print(f"vm: FAILED to boot or set up the VM: {e}", flush=True)
+            print(f"vm: {suite}: FAILED to boot or set up the VM: {e}", flush=True)
             if dest:
-                print(f"vm: logs in {dest}", flush=True)
-            print(f"vm: 0 passed, {len(todo)} failed")
+                print(f"vm: {suite}: logs in {dest}", flush=True)
+            for name, _ in todo:
+                record(name, "FAIL")
+            print(f"vm: {suite}: 0 passed, {len(todo)} failed")
             return 1
         for name, fn in todo:
             t0 = time.time()
@@ -821,7 +877,7 @@ def main(argv):
                 detail = str(e) if isinstance(e, (Fail, VmError)) else traceback.format_exc()
                 print(f"    FAIL: {detail}", flush=True)
                 try:
-                    dest = vm.collect_logs(os.path.join(run_dir, name))
+                    dest = vm.collect_logs(os.path.join(run_dir, name.split("/")[-1]))
                     tail = vm.sh("journalctl -b 0 -u chaos-agent -n 25 --no-pager -o short-precise")
                     print("    last lines of the agent's unit journal:\n      "
                           + tail.replace("\n", "\n      "), flush=True)
@@ -829,6 +885,7 @@ def main(argv):
                 except Exception as le:  # noqa: BLE001
                     print(f"    (could not collect logs: {le})", flush=True)
             results.append((name, res))
+            record(name, res)
             print(f"vm: {name}: {res} in {time.time() - t0:.1f}s", flush=True)
     except (KeyboardInterrupt, SystemExit):
         interrupted = True
@@ -836,16 +893,14 @@ def main(argv):
     finally:
         vm.down()
         shutil.rmtree(vm_tmp(), ignore_errors=True)
-    if interrupted:
-        print(f"vm: total {time.time() - t_suite:.1f}s")
-        print(f"vm: {sum(r == 'PASS' for _, r in results)} passed, {len(todo) - sum(r == 'PASS' for _, r in results)} failed")
-        return 1
+    # (not "vm: N passed": that line is run.sh's, the sum over the guests)
     passed = sum(r == "PASS" for _, r in results)
-    failed = sum(r == "FAIL" for _, r in results)
     skipped = sum(r == "SKIP" for _, r in results)
-    print(f"vm: total {time.time() - t_suite:.1f}s")
-    print(f"vm: {passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-    return 1 if failed else 0
+    failed = len(todo) - passed - skipped  # an interrupted run's missing ones failed
+    print(f"vm: {suite}: {passed} passed, {failed} failed"
+          + (f", {skipped} skipped" if skipped else "") + f" in {time.time() - t_suite:.1f}s"
+          + (" (interrupted)" if interrupted else ""))
+    return 1 if failed or interrupted else 0
 
 
 if __name__ == "__main__":

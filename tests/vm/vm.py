@@ -17,14 +17,18 @@ Command line (by hand; one VM per VM_NAME, default "dev"):
   vm.py logs DIR           write serial.log, journal-this-boot.txt, journal-previous-boot.txt
   vm.py log                print the serial console
   vm.py down [--keep]      stop the VM and delete its overlay (--keep: keep the run dir)
-  vm.py image-dir          print where the image for this build-image.sh is (or would be)
+  vm.py guests             print the guests an image can be built of (bookworm bullseye)
+  vm.py image-dir [GUEST]  print where the image of GUEST (default $CHAOS_VM_GUEST, else
+                           bookworm) for this build-image.sh is (or would be)
 
 Commands run through qemu-guest-agent over virtio-serial, not the network, so a scenario can
 break guest networking (tc/nft) without losing control of the VM. Networking is slirp with
 restrict=on: the guest reaches its gateway 10.0.2.2 and nothing else.
 
 Env: CHAOS_VM_CACHE (default /var/tmp/chaos-agent-vm: images/<key>/ and run/<name>/),
-     CHAOS_VM_IMAGE (an image dir; default the cached one for the hash of build-image.sh),
+     CHAOS_VM_GUEST (bookworm | bullseye, default bookworm: which cached image to boot),
+     CHAOS_VM_IMAGE (an image dir; default the cached one of the guest for the hash of
+     build-image.sh),
      VM_NAME, VM_ACCEL (tcg|kvm, default tcg), VM_MEM (MiB, 1024), VM_CPUS (2),
      VM_TIMEOUT (s, default 300: boot/reset/command deadline), VM_KARGS, VM_CPU.
 """
@@ -62,14 +66,30 @@ class VmError(Exception):
     """The VM did not do what was asked (boot, command, snapshot, ...)."""
 
 
-def image_key():
-    """Cache key of the image: a hash of its recipe (build-image.sh, the only input)."""
+# The Debian suites build-image.sh can build a guest of (docs/testing.md: what each proves).
+GUESTS = ("bookworm", "bullseye")
+
+
+def guest():
+    """The guest this process works with: $CHAOS_VM_GUEST, default bookworm."""
+    g = os.environ.get("CHAOS_VM_GUEST") or "bookworm"
+    if g not in GUESTS:
+        raise VmError(f"unknown guest {g!r} (CHAOS_VM_GUEST): one of {', '.join(GUESTS)}")
+    return g
+
+
+def image_key(suite=None):
+    """Cache key of a guest's image: the suite and a hash of its recipe (build-image.sh and
+    the suite, its only inputs), so the images of every guest are cached side by side."""
+    suite = suite or guest()
     with open(os.path.join(HERE, "build-image.sh"), "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()[:16]
+        recipe = f.read()
+    digest = hashlib.sha256(recipe + b"\0" + suite.encode()).hexdigest()[:16]
+    return f"{suite}-{digest}"
 
 
-def image_dir():
-    return os.environ.get("CHAOS_VM_IMAGE") or os.path.join(CACHE, "images", image_key())
+def image_dir(suite=None):
+    return os.environ.get("CHAOS_VM_IMAGE") or os.path.join(CACHE, "images", image_key(suite))
 
 
 # ------------------------------------------------------------------ QMP / guest agent
@@ -127,9 +147,9 @@ class _Qga:
 class Vm:
     """One throw-away VM: a qcow2 overlay over the cached image, state in run/<name>/."""
 
-    def __init__(self, name=None, image=None):
+    def __init__(self, name=None, image=None, suite=None):
         self.name = name or os.environ.get("VM_NAME", "dev")
-        self.image = image or image_dir()
+        self.image = image or image_dir(suite)
         self.run = os.path.join(CACHE, "run", self.name)
         self.qga_sock = os.path.join(self.run, "qga.sock")
         self.qmp_sock = os.path.join(self.run, "qmp.sock")
@@ -373,6 +393,9 @@ class Vm:
         for fname, cmd in (("journal-this-boot.txt", "journalctl -b 0 --no-pager -o short-precise"),
                            ("journal-previous-boot.txt", "journalctl -b -1 --no-pager -o short-precise"),
                            ("chaos-agent-status.json", "chaos-agent status --json"),
+                           # the output of the experiments the suite's agent-main ran
+                           ("agent-runs.txt", "for f in /run/chaos-vm/run-*.jsonl; do "
+                                              "[ -e \"$f\" ] && echo \"== $f\" && tail -n 40 \"$f\"; done"),
                            ("units.txt", "systemctl list-units --all --no-pager; "
                                          "systemctl status chaos-agent --no-pager -l")):
             try:
@@ -388,11 +411,19 @@ class Vm:
 # ------------------------------------------------------------------ command line
 def main(argv):
     if not argv or argv[0] not in ("up", "exec", "copy", "reset", "save", "restore", "wait",
-                                   "down", "log", "logs", "image-dir"):
+                                   "down", "log", "logs", "image-dir", "guests"):
         sys.exit(__doc__)
     cmd, args = argv[0], argv[1:]
+    if cmd == "guests":
+        print(" ".join(GUESTS))
+        return 0
     if cmd == "image-dir":
-        print(image_dir())
+        if args and args[0] not in GUESTS:
+            sys.exit(f"vm: unknown guest {args[0]!r}: one of {', '.join(GUESTS)}")
+        try:
+            print(image_dir(args[0] if args else None))
+        except VmError as e:
+            sys.exit(f"vm: {e}")
         return 0
     vm = Vm()
     t0 = time.time()
