@@ -151,10 +151,27 @@ for b in "$CHAOS_VM_AGENT" "$CHAOS_VM_CONTROL" ${CHAOS_VM_NETWORK_TESTS:+"$CHAOS
     fi
 done
 
+# The packages scenario's two .deb files: these same static binaries packaged by
+# scripts/release.sh (--bin-dir: no second build), the second with a higher version.
+pkgs=$CHAOS_VM_CACHE/tmp/pkgs-$$
+if grep -q '/packages$' <<<"$plan"; then
+    v=$("$CHAOS_VM_AGENT" --version | awk '{print $2}')
+    echo "==> vm: scripts/release.sh --bin-dir ... --formats deb (versions $v and $v+vmupgrade)"
+    mkdir -p "$CHAOS_VM_CACHE/tmp"
+    if scripts/release.sh --bin-dir "$TARGET/$MUSL/debug" --formats deb --out "$pkgs/v1" >/tmp/chaos-vm-pkg.log 2>&1 &&
+       scripts/release.sh --bin-dir "$TARGET/$MUSL/debug" --formats deb --version "$v+vmupgrade" --out "$pkgs/v2" >>/tmp/chaos-vm-pkg.log 2>&1; then
+        export CHAOS_VM_DEB=$pkgs/v1/chaos-agent_${v}_amd64.deb
+        export CHAOS_VM_DEB_UPGRADE=$pkgs/v2/chaos-agent_${v}+vmupgrade_amd64.deb
+    else
+        tail -30 /tmp/chaos-vm-pkg.log
+        build_failed "scripts/release.sh could not package the static binaries (see /tmp/chaos-vm-pkg.log)"
+    fi
+fi
+
 # ---- 4. the scenarios: one guest after the other (2 cores, TCG), one VM each
 results=$(mktemp)
 vm_name=""
-trap '[ -z "$vm_name" ] || VM_NAME=$vm_name python3 "$HERE/vm.py" down >/dev/null 2>&1 || true; rm -f "$results"' EXIT
+trap '[ -z "$vm_name" ] || VM_NAME=$vm_name python3 "$HERE/vm.py" down >/dev/null 2>&1 || true; rm -rf "$results" "$pkgs"' EXIT
 export CHAOS_VM_RESULTS=$results
 # one budget for the scenarios of every guest
 deadline=$(($(date +%s) + ${CHAOS_VM_STAGE_TIMEOUT:-1500}))

@@ -740,6 +740,7 @@ def sc_network_kernel_tests(g):
 # module also when it runs as a script, so there is one SCENARIOS list.
 sys.modules.setdefault("suite", sys.modules[__name__])
 import stressors  # noqa: E402,F401
+import doctor  # noqa: E402,F401
 
 import packages  # noqa: E402  (tests/vm/packages.py: the .deb install/upgrade/remove/purge)
 
