@@ -326,8 +326,10 @@ impl Host {
                  memory is not in our cgroup2 cgroup.subtree_control): the stressor's pages \
                  are charged to the agent's cgroup and OOM kills among them are not counted",
                 Some(
-                    "v2: enable memory for the agent's cgroup (systemd: Delegate=yes); v1: \
-                     mount the memory controller"
+                    "v1: mount the memory controller. v2: the agent's cgroup must list memory \
+                     in cgroup.subtree_control, which cgroup v2 allows only in a cgroup with no \
+                     process of its own: a parent that enables it for an empty child cgroup the \
+                     agent runs in (this version does not move itself into one under systemd)"
                         .into(),
                 ),
             );
