@@ -64,34 +64,21 @@ pub struct Hierarchy {
 
 /// One line of `/proc/self/mountinfo` that mounts a cgroup filesystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct CgroupMount {
-    version: Version,
+pub(crate) struct CgroupMount {
+    pub(crate) version: Version,
     /// The mount's root inside the hierarchy (not `/` in containers).
     root: String,
-    mount: PathBuf,
+    pub(crate) mount: PathBuf,
     /// v1 super options (controllers and `name=`), empty for v2.
-    options: Vec<String>,
+    pub(crate) options: Vec<String>,
 }
 
 /// Undo the octal escapes (`\040` for a space) of `/proc/self/mountinfo`.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 4 <= b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8_lossy(&super::fs::unescape_mountinfo(s)).into_owned()
 }
 
-fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
     let mut out = Vec::new();
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -214,7 +201,7 @@ fn resolve(mounts: &[CgroupMount], own: &[(String, Vec<String>, String)]) -> Vec
 }
 
 /// Whether a v1 mount option names a controller (rather than a flag such as `xattr`).
-fn is_controller(o: &str) -> bool {
+pub(crate) fn is_controller(o: &str) -> bool {
     matches!(
         o,
         "cpu"

@@ -217,7 +217,7 @@ impl Host {
             .iter()
             .filter(|h| h.version == Version::V1 && writable(&h.own))
             .flat_map(|h| h.controllers.iter().map(String::as_str))
-            .filter(|c| is_v1_controller(c))
+            .filter(|c| super::cgroup::is_controller(c))
             .collect();
         if !v1.is_empty() {
             cgroups_writable.push(format!("v1 ({})", v1.join(" ")));
@@ -421,29 +421,17 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
 
 /// The cgroup mounts of a `/proc/self/mountinfo` text.
 pub fn parse_cgroup_layout(mountinfo: &str) -> CgroupLayout {
-    let mut v2_mount = None;
-    let mut v1 = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let l: Vec<&str> = left.split_whitespace().collect();
-        let r: Vec<&str> = right.split_whitespace().collect();
-        if l.len() < 5 || r.len() < 3 {
-            continue;
-        }
-        match r[0] {
-            "cgroup2" => {
-                v2_mount.get_or_insert_with(|| PathBuf::from(unescape(l[4])));
-            }
-            "cgroup" => v1.extend(
-                r[2].split(',')
-                    .filter(|o| is_v1_controller(o))
-                    .map(String::from),
-            ),
-            _ => {}
-        }
-    }
+    use super::cgroup::{is_controller, parse_mountinfo, Version};
+    let mounts = parse_mountinfo(mountinfo);
+    let v2_mount = mounts
+        .iter()
+        .find(|m| m.version == Version::V2)
+        .map(|m| m.mount.clone());
+    let mut v1: Vec<String> = mounts
+        .iter()
+        .filter(|m| m.version == Version::V1)
+        .flat_map(|m| m.options.iter().filter(|o| is_controller(o)).cloned())
+        .collect();
     v1.sort();
     v1.dedup();
     let layout = match (v2_mount.is_some(), !v1.is_empty()) {
@@ -457,46 +445,6 @@ pub fn parse_cgroup_layout(mountinfo: &str) -> CgroupLayout {
         v2_mount,
         v1_controllers: v1,
     }
-}
-
-fn is_v1_controller(o: &str) -> bool {
-    matches!(
-        o,
-        "cpu"
-            | "cpuacct"
-            | "cpuset"
-            | "memory"
-            | "devices"
-            | "freezer"
-            | "net_cls"
-            | "net_prio"
-            | "blkio"
-            | "perf_event"
-            | "hugetlb"
-            | "pids"
-            | "rdma"
-            | "misc"
-    )
-}
-
-/// Undo the octal escapes (`\040` for a space) of `/proc/self/mountinfo`.
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The version in `systemctl --version` output: `252 (252.39-1~deb12u1)` from
