@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # command -> Debian package
-declare -A tools=([ip]=iproute2 [mkfs.ext4]=e2fsprogs [nft]=nftables [ping]=iputils-ping)
+# (rpmbuild, dpkg-deb, musl-gcc, readelf: the package test, tests/tests/packaging.rs, builds
+# and reads back the .deb and .rpm of the static musl binaries)
+declare -A tools=([ip]=iproute2 [mkfs.ext4]=e2fsprogs [nft]=nftables [ping]=iputils-ping
+    [rpmbuild]=rpm [dpkg-deb]=dpkg [musl-gcc]=musl-tools [readelf]=binutils)
 missing=()
 for cmd in "${!tools[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${tools[$cmd]}")
@@ -21,6 +24,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
 fi
 [ "$(id -u)" = 0 ] || echo "==> not root: privileged and end-to-end tests will print SKIPPED"
+# The shipped binaries are static musl builds: the package test and the VM suite build them.
+musl=x86_64-unknown-linux-musl
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx "$musl"; then
+    echo "==> rustup target add $musl"
+    rustup target add "$musl" >/dev/null 2>&1 || echo "==> rustup target add $musl failed: the package test will skip"
+fi
 
 # The last line is always one summary of everything: "summary: ok | ..." or
 # "summary: FAILED (what) | ...". fmt and clippy stop the run early; a failing cargo test does
