@@ -17,12 +17,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::{DefaultBodyLimit, FromRequest, Path as UrlPath, RawQuery, Request, State};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, Path as UrlPath, RawQuery, Request, State,
+};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use chaos_engine::experiment::Experiment;
 use chaos_protocol::admin::{
     AbortRequest, AddAgentRequest, AgentInfo, AgentList, CreateRunsRequest, CreateRunsResponse,
@@ -286,9 +288,77 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// An authenticated agent call (set by [`agent_gate`]).
+#[derive(Debug, Clone)]
 struct Authed {
     agent_id: String,
     generation: u64,
+}
+
+/// An admin call that presented the admin token (set by [`admin_gate`]).
+#[derive(Debug, Clone, Copy)]
+struct AdminOk;
+
+/// The client's address, for logs ("-" when unknown, e.g. in a test without connect info).
+#[derive(Debug, Clone, Copy)]
+struct Peer(Option<SocketAddr>);
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => write!(f, "{a}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+fn peer_of(req: &Request) -> Peer {
+    Peer(
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+    )
+}
+
+/// A refused call whose body is not read: the client may still be sending it (it writes the
+/// whole body before reading the answer), so what it sends is drained (see [`linger`]) and
+/// the connection is closed after the answer.
+fn refuse_unread(app: &Arc<App>, req: Request, err: ApiErr) -> Response {
+    let sends_body = !req
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if sends_body && !req.body().is_end_stream() {
+        linger(app, req.into_body());
+    }
+    let mut r = err.into_response();
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Agent calls authenticate before anything else is looked at: the body of a call without
+/// a valid token is never parsed (docs/protocol.md, "Authentication").
+async fn agent_gate(State(app): Shared, mut req: Request, next: Next) -> Response {
+    let peer = peer_of(&req);
+    match app.agent(req.headers(), peer) {
+        Ok(auth) => {
+            req.extensions_mut().insert(auth);
+            next.run(req).await
+        }
+        Err(e) => refuse_unread(&app, req, e),
+    }
+}
+
+/// Admin calls present the admin token before their body is read.
+async fn admin_gate(State(app): Shared, mut req: Request, next: Next) -> Response {
+    match app.admin(req.headers()) {
+        Ok(()) => {
+            req.extensions_mut().insert(AdminOk);
+            next.run(req).await
+        }
+        Err(e) => refuse_unread(&app, req, e),
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiErr {
@@ -396,7 +466,7 @@ impl App {
         Ok(())
     }
 
-    fn agent(&self, headers: &HeaderMap) -> Result<Authed, ApiErr> {
+    fn agent(&self, headers: &HeaderMap, peer: Peer) -> Result<Authed, ApiErr> {
         let t = bearer(headers)?;
         if !secrets::well_formed(t, ACCESS_PREFIX) {
             return Err(ApiErr::new(
@@ -439,6 +509,7 @@ impl App {
             self.db(|s| s.lock(&row.agent_id, &reason))?;
             tracing::warn!(
                 agent_id = %row.agent_id,
+                %peer,
                 presented = row.generation,
                 newest = row.agent_generation,
                 "identity locked: an old token generation was used after a newer one"
@@ -636,10 +707,9 @@ async fn register(
 async fn rotate(
     State(app): Shared,
     UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(auth): Extension<Authed>,
     JsonBody(_): JsonBody<RotateRequest>,
 ) -> Result<Json<AccessToken>, ApiErr> {
-    let auth = app.agent(&headers)?;
     if auth.agent_id != id {
         return Err(ApiErr::new(
             ErrorCode::Forbidden,
@@ -660,9 +730,8 @@ async fn tasks(
     State(app): Shared,
     UrlPath(id): UrlPath<String>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Extension(auth): Extension<Authed>,
 ) -> Result<Json<TasksResponse>, ApiErr> {
-    let auth = app.agent(&headers)?;
     if auth.agent_id != id {
         return Err(ApiErr::new(
             ErrorCode::Forbidden,
@@ -694,10 +763,9 @@ async fn tasks(
 async fn status(
     State(app): Shared,
     UrlPath(run): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(auth): Extension<Authed>,
     JsonBody(up): JsonBody<StatusUpdate>,
 ) -> Result<Json<StatusResponse>, ApiErr> {
-    let auth = app.agent(&headers)?;
     app.own_run(&auth, &run)?;
     up.validate()
         .map_err(|e| ApiErr::from_invalid("status", e))?;
@@ -714,10 +782,9 @@ async fn status(
 async fn logs(
     State(app): Shared,
     UrlPath(run): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(auth): Extension<Authed>,
     JsonBody(batch): JsonBody<LogBatch>,
 ) -> Result<Json<LogsResponse>, ApiErr> {
-    let auth = app.agent(&headers)?;
     app.own_run(&auth, &run)?;
     batch
         .validate()
@@ -739,10 +806,9 @@ async fn logs(
 async fn result(
     State(app): Shared,
     UrlPath(run): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(auth): Extension<Authed>,
     JsonBody(res): JsonBody<RunResult>,
 ) -> Result<Json<StatusResponse>, ApiErr> {
-    let auth = app.agent(&headers)?;
     app.own_run(&auth, &run)?;
     res.validate()
         .map_err(|e| ApiErr::from_invalid("result", e))?;
@@ -776,10 +842,9 @@ fn key_for(app: &App, ttl: Option<u64>) -> (String, Vec<u8>, u64) {
 
 async fn add_agent(
     State(app): Shared,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
     JsonBody(req): JsonBody<AddAgentRequest>,
 ) -> Result<(StatusCode, Json<RegistrationKey>), ApiErr> {
-    app.admin(&headers)?;
     req.validate()
         .map_err(|e| ApiErr::from_invalid("request", e))?;
     let id = secrets::random_hex(8);
@@ -797,8 +862,10 @@ async fn add_agent(
     ))
 }
 
-async fn list_agents(State(app): Shared, headers: HeaderMap) -> Result<Json<AgentList>, ApiErr> {
-    app.admin(&headers)?;
+async fn list_agents(
+    State(app): Shared,
+    Extension(AdminOk): Extension<AdminOk>,
+) -> Result<Json<AgentList>, ApiErr> {
     let rows = app.db(|s| s.list_agents())?;
     Ok(Json(AgentList {
         agents: rows.iter().map(|r| app.agent_info(r)).collect(),
@@ -819,9 +886,8 @@ fn find_agent(app: &App, key: &str) -> Result<crate::store::AgentRow, ApiErr> {
 async fn show_agent(
     State(app): Shared,
     UrlPath(key): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
 ) -> Result<Json<AgentInfo>, ApiErr> {
-    app.admin(&headers)?;
     let row = find_agent(&app, &key)?;
     Ok(Json(app.agent_info(&row)))
 }
@@ -836,10 +902,9 @@ struct RekeyRequest {
 async fn rekey_agent(
     State(app): Shared,
     UrlPath(key): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
     JsonBody(req): JsonBody<RekeyRequest>,
 ) -> Result<Json<RegistrationKey>, ApiErr> {
-    app.admin(&headers)?;
     let row = find_agent(&app, &key)?;
     if let Some(t) = req.key_ttl_secs {
         AddAgentRequest {
@@ -864,10 +929,9 @@ async fn rekey_agent(
 async fn revoke_agent(
     State(app): Shared,
     UrlPath(key): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
     JsonBody(req): JsonBody<AbortRequest>,
 ) -> Result<Json<AgentInfo>, ApiErr> {
-    app.admin(&headers)?;
     req.validate()
         .map_err(|e| ApiErr::from_invalid("request", e))?;
     let row = find_agent(&app, &key)?;
@@ -883,10 +947,9 @@ async fn revoke_agent(
 
 async fn create_runs(
     State(app): Shared,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
     JsonBody(req): JsonBody<CreateRunsRequest>,
 ) -> Result<(StatusCode, Json<CreateRunsResponse>), ApiErr> {
-    app.admin(&headers)?;
     let mut problems = req.validate().err().map(|e| e.0).unwrap_or_default();
     let (exp_json, name) = match Experiment::load_value(&req.experiment, &app.registry) {
         Ok(p) => (p.experiment.to_value(), p.experiment.name.clone()),
@@ -996,9 +1059,8 @@ async fn create_runs(
 async fn list_runs(
     State(app): Shared,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
 ) -> Result<Json<RunList>, ApiErr> {
-    app.admin(&headers)?;
     let limit = query_u64(&q, "limit", 50)?.clamp(1, 10_000) as u32;
     let agent_id = match query_str(&q, "agent") {
         Some(a) => Some(find_agent(&app, a)?.id),
@@ -1034,9 +1096,8 @@ fn check_run_id(run: &str) -> Result<(), ApiErr> {
 async fn show_run(
     State(app): Shared,
     UrlPath(run): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
 ) -> Result<Json<RunDetail>, ApiErr> {
-    app.admin(&headers)?;
     check_run_id(&run)?;
     app.db(|s| s.run_detail(&run))?
         .map(Json)
@@ -1047,9 +1108,8 @@ async fn run_logs(
     State(app): Shared,
     UrlPath(run): UrlPath<String>,
     RawQuery(q): RawQuery,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
 ) -> Result<Json<LogPage>, ApiErr> {
-    app.admin(&headers)?;
     check_run_id(&run)?;
     let after = query_u64(&q, "after", 0)?;
     let wait = Duration::from_secs(query_u64(&q, "wait", 0)?.min(MAX_WAIT_SECS));
@@ -1086,10 +1146,9 @@ async fn run_logs(
 async fn abort_run(
     State(app): Shared,
     UrlPath(run): UrlPath<String>,
-    headers: HeaderMap,
+    Extension(AdminOk): Extension<AdminOk>,
     JsonBody(req): JsonBody<AbortRequest>,
 ) -> Result<Json<RunDetail>, ApiErr> {
-    app.admin(&headers)?;
     check_run_id(&run)?;
     req.validate()
         .map_err(|e| ApiErr::from_invalid("request", e))?;
@@ -1121,6 +1180,7 @@ async fn method_not_allowed() -> ApiErr {
 }
 
 async fn log_requests(req: Request, next: Next) -> Response {
+    let peer = peer_of(&req);
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let start = Instant::now();
@@ -1128,13 +1188,13 @@ async fn log_requests(req: Request, next: Next) -> Response {
     let status = resp.status().as_u16();
     let ms = start.elapsed().as_millis() as u64;
     if path.ends_with("/tasks") && status < 400 {
-        tracing::debug!(%method, %path, status, ms, "request");
+        tracing::debug!(%peer, %method, %path, status, ms, "request");
     } else if status >= 500 {
-        tracing::error!(%method, %path, status, ms, "request");
+        tracing::error!(%peer, %method, %path, status, ms, "request");
     } else if status >= 400 {
-        tracing::warn!(%method, %path, status, ms, "request refused");
+        tracing::warn!(%peer, %method, %path, status, ms, "request refused");
     } else {
-        tracing::info!(%method, %path, status, ms, "request");
+        tracing::info!(%peer, %method, %path, status, ms, "request");
     }
     resp
 }
@@ -1142,14 +1202,14 @@ async fn log_requests(req: Request, next: Next) -> Response {
 /// The router, with body limits, JSON fallbacks and request logs.
 pub fn router(app: Arc<App>) -> Router {
     let max_body = app.settings.max_body;
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/agents/register", post(register))
+    let agent = Router::new()
         .route("/agents/{id}/token", post(rotate))
         .route("/agents/{id}/tasks", get(tasks))
         .route("/runs/{run}/status", post(status))
         .route("/runs/{run}/logs", post(logs))
         .route("/runs/{run}/result", post(result))
+        .route_layer(middleware::from_fn_with_state(app.clone(), agent_gate));
+    let admin = Router::new()
         .route("/admin/agents", post(add_agent).get(list_agents))
         .route("/admin/agents/{key}", get(show_agent))
         .route("/admin/agents/{key}/rekey", post(rekey_agent))
@@ -1158,6 +1218,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/admin/runs/{run}", get(show_run))
         .route("/admin/runs/{run}/logs", get(run_logs))
         .route("/admin/runs/{run}/abort", post(abort_run))
+        .route_layer(middleware::from_fn_with_state(app.clone(), admin_gate));
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/agents/register", post(register))
+        .merge(agent)
+        .merge(admin)
         .method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest(chaos_protocol::API_PREFIX, api)

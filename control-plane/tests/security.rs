@@ -529,3 +529,70 @@ fn secrets_are_stored_only_as_hashes_and_files_are_private() {
         assert_eq!(mode, 0o600, "{}", p.display());
     }
 }
+
+/// A caller without a valid token learns nothing about a call's schema: the token is checked
+/// before the body is read, so a large, schema-wrong body gets 401 (not a 422 naming the
+/// expected fields), on agent and admin calls alike, and the answer arrives although the
+/// client writes its whole body first.
+#[test]
+fn tokens_are_checked_before_bodies_are_parsed() {
+    let h = Harness::new();
+    let a = h.agent("gate");
+    let run = h.create_run(&["gate"]).runs[0].run_id.clone();
+    let before = h.counts();
+    // Just under the body limit, valid JSON of the wrong shape.
+    let filler = "z".repeat(h.settings.max_body - 64);
+    let wrong = serde_json::to_vec(&json!({ "unexpected": filler })).unwrap();
+    assert!(wrong.len() < h.settings.max_body);
+    let forged = format!("cca_{}", "cd".repeat(32));
+    let agent_calls = [
+        format!("/runs/{run}/status"),
+        format!("/runs/{run}/logs"),
+        format!("/runs/{run}/result"),
+        format!("/agents/{}/token", a.agent_id),
+    ];
+    for path in &agent_calls {
+        assert_refused(
+            h.raw(Method::POST, path, None, &wrong),
+            401,
+            "missing_token",
+        );
+        assert_refused(
+            h.raw(Method::POST, path, Some(&forged), &wrong),
+            401,
+            "invalid_token",
+        );
+        // The admin token is not an agent token either.
+        assert_refused(
+            h.raw(Method::POST, path, Some(&h.admin), &wrong),
+            401,
+            "invalid_token",
+        );
+    }
+    for path in [
+        "/admin/agents",
+        "/admin/runs",
+        &format!("/admin/runs/{run}/abort"),
+    ] {
+        assert_refused(
+            h.raw(Method::POST, path, None, &wrong),
+            401,
+            "missing_token",
+        );
+        assert_refused(
+            h.raw(Method::POST, path, Some(a.token.token.as_str()), &wrong),
+            401,
+            "invalid_token",
+        );
+    }
+    assert_eq!(h.counts(), before, "nothing stored");
+    // With the right token the same body is parsed, and refused for its shape.
+    let (s, b) = h.raw(
+        Method::POST,
+        &format!("/runs/{run}/logs"),
+        Some(a.token.token.as_str()),
+        &wrong,
+    );
+    assert_refused((s, b), 422, "invalid");
+    h.client().health().unwrap();
+}
