@@ -361,6 +361,11 @@ async fn admin_gate(State(app): Shared, mut req: Request, next: Next) -> Respons
     }
 }
 
+/// At most 64 characters of what a client sent, for an error message.
+fn clip_for_message(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiErr {
     tracing::error!(error = %e, "storage failure");
     ApiErr::new(
@@ -563,6 +568,62 @@ impl App {
                 format!("run {run_id} belongs to another agent"),
             )),
             Some(_) => Ok(()),
+        }
+    }
+
+    /// Faults an agent reports must be the run's own: a fault id the run's experiment makes,
+    /// at its step, with its kind. Anything else (another run's id, `../../etc/passwd`, an
+    /// invented kind) is refused with 422 and nothing is stored.
+    fn check_faults<'a>(
+        &self,
+        run_id: &str,
+        what: &str,
+        reported: impl Iterator<Item = (&'a str, u32, &'a str)>,
+    ) -> Result<(), ApiErr> {
+        let exp = self.db(|s| s.run_experiment(run_id))?.unwrap_or_default();
+        let known = crate::store::experiment_faults(run_id, &exp);
+        let mut problems = Vec::new();
+        for (i, (id, step, kind)) in reported.enumerate() {
+            let path = format!("{what}[{i}]");
+            match known.iter().find(|(k, _, _)| k == id) {
+                None => problems.push(Problem {
+                    path: format!("{path}.fault_id"),
+                    message: format!(
+                        "{:?} is not a fault of run {run_id} (its faults: {})",
+                        clip_for_message(id),
+                        known
+                            .iter()
+                            .map(|k| k.0.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }),
+                Some((_, s, k)) => {
+                    if *s != step {
+                        problems.push(Problem {
+                            path: format!("{path}.step"),
+                            message: format!("fault {id} is in step {s}, not {step}"),
+                        });
+                    }
+                    if k != kind {
+                        problems.push(Problem {
+                            path: format!("{path}.kind"),
+                            message: format!(
+                                "fault {id} is a {k} fault, not {:?}",
+                                clip_for_message(kind)
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiErr::invalid(
+                "the faults reported are not this run's",
+                problems,
+            ))
         }
     }
 
@@ -769,6 +830,11 @@ async fn status(
     app.own_run(&auth, &run)?;
     up.validate()
         .map_err(|e| ApiErr::from_invalid("status", e))?;
+    let reported = up
+        .faults
+        .iter()
+        .map(|f| (f.fault_id.as_str(), f.step, f.kind.as_str()));
+    app.check_faults(&run, "faults", reported)?;
     let (state, abort) = app.db(|s| s.update_status(&run, &up, now_ms()))?;
     app.logs_changed.notify_waiters();
     tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), "run status");
@@ -821,6 +887,12 @@ async fn result(
             }],
         ));
     }
+    let reported = res.steps.iter().enumerate().flat_map(|(si, st)| {
+        st.faults
+            .iter()
+            .map(move |f| (f.fault_id.as_str(), si as u32, f.kind.as_str()))
+    });
+    app.check_faults(&run, "steps[].faults", reported)?;
     let (state, abort) = app.db(|s| s.store_result(&run, &res, now_ms()))?;
     app.logs_changed.notify_waiters();
     tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), host_clean = res.host_clean(), "run result");

@@ -206,6 +206,29 @@ pub fn experiment_kinds(experiment: &serde_json::Value) -> Vec<String> {
     kinds
 }
 
+/// Every fault of an experiment (its JSON form, as stored) as the agent reports it:
+/// (fault id, 0-based step, kind). Fault ids are `<run>-<step>-<fault>`, 1-based, as
+/// `chaos_engine::runner::fault_id` makes them.
+pub fn experiment_faults(
+    run_id: &str,
+    experiment: &serde_json::Value,
+) -> Vec<(String, u32, String)> {
+    let mut out = Vec::new();
+    let steps = experiment.get("steps").and_then(|s| s.as_array());
+    for (si, step) in steps.into_iter().flatten().enumerate() {
+        let faults = step.get("faults").and_then(|f| f.as_array());
+        for (fi, f) in faults.into_iter().flatten().enumerate() {
+            let kind = f.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+            out.push((
+                chaos_engine::runner::fault_id(run_id, si, fi),
+                si as u32,
+                kind.to_string(),
+            ));
+        }
+    }
+    out
+}
+
 /// The kinds of `experiment` that are not in `offered`, sorted.
 pub fn missing_kinds(offered: &[String], experiment: &serde_json::Value) -> Vec<String> {
     experiment_kinds(experiment)
@@ -722,6 +745,15 @@ impl Store {
                 })
             })
             .optional()?)
+    }
+
+    /// The stored experiment of a run (its JSON form), if the run exists.
+    pub fn run_experiment(&self, run_id: &str) -> Result<Option<serde_json::Value>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT experiment FROM runs WHERE id=?1")?;
+        let exp: Option<String> = st.query_row(params![run_id], |r| r.get(0)).optional()?;
+        Ok(exp.map(|e| serde_json::from_str(&e).unwrap_or_default()))
     }
 
     /// Apply a status update. A terminal state is final: repeating it is fine, changing it is

@@ -596,3 +596,62 @@ fn tokens_are_checked_before_bodies_are_parsed() {
     assert_refused((s, b), 422, "invalid");
     h.client().health().unwrap();
 }
+
+/// An agent may only report its run's own faults: fault ids the run's experiment makes, at
+/// their step, with their kind. Path-like ids, another run's ids and invented kinds are
+/// refused (422, the offending field named) and nothing is stored.
+#[test]
+fn status_and_result_report_only_the_runs_own_faults() {
+    let h = Harness::new();
+    let a = h.agent("owner");
+    let runs = h.create_run(&["owner"]);
+    let run = runs.runs[0].run_id.clone();
+    let other = h.create_run(&["owner"]).runs[0].run_id.clone();
+    let tok = Some(a.token.token.as_str());
+    let status = |fault_id: &str, step: u32, kind: &str| {
+        serde_json::to_vec(&json!({
+            "state": "running",
+            "faults": [{"fault_id": fault_id, "step": step, "kind": kind, "state": "holding"}]
+        }))
+        .unwrap()
+    };
+    let path = format!("/runs/{run}/status");
+    let own = format!("{run}-1-1");
+    for (id, step, kind, field) in [
+        ("../../etc/passwd", 0, "disk.fill", "faults[0].fault_id"),
+        (&format!("{other}-1-1")[..], 0, "disk.fill", "faults[0].fault_id"),
+        (&format!("{run}-1-2")[..], 0, "disk.fill", "faults[0].fault_id"),
+        (&own[..], 0, "evil.kind", "faults[0].kind"),
+        (&own[..], 3, "disk.fill", "faults[0].step"),
+    ] {
+        let (s, b) = h.raw(Method::POST, &path, tok, &status(id, step, kind));
+        assert_refused((s, b.clone()), 422, "invalid");
+        assert_eq!(b["error"]["problems"][0]["path"], field, "{b}");
+    }
+    let shown = h.admin_get(&format!("/admin/runs/{run}")).unwrap();
+    assert_eq!(shown["state"], "pending", "{shown}");
+    assert!(
+        shown["faults"].as_array().is_none_or(|f| f.is_empty()),
+        "{shown}"
+    );
+    // The run's own fault is taken.
+    let (s, b) = h.raw(Method::POST, &path, tok, &status(&own, 0, "disk.fill"));
+    assert_eq!(s, 200, "{b}");
+
+    // A result naming a fault of another run is refused the same way.
+    let result = json!({
+        "run_id": run, "name": "fill-tmp", "outcome": "completed", "elapsed_ms": 5,
+        "steps": [{"name": "fill", "outcome": "completed", "faults": [{
+            "fault_id": "../x", "kind": "disk.fill", "description": "d", "injected": true,
+            "held_ms": 1, "revert": "reverted", "manual_undo": []
+        }]}]
+    });
+    let (s, b) = h.raw(
+        Method::POST,
+        &format!("/runs/{run}/result"),
+        tok,
+        &serde_json::to_vec(&result).unwrap(),
+    );
+    assert_refused((s, b.clone()), 422, "invalid");
+    assert_eq!(b["error"]["problems"][0]["path"], "steps[].faults[0].fault_id", "{b}");
+}
