@@ -19,6 +19,37 @@ use chaos_protocol::client::{Client, ClientConfig, ClientError};
 use chaos_protocol::{now_ms, ErrorCode};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// Text from the server (names, messages, log lines, host facts an agent reported) made
+/// safe for a terminal: control characters other than line breaks and tabs are printed
+/// escaped (`\u{1b}`), so nothing stored through the API can drive the operator's terminal.
+fn terminal_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && !matches!(c, '\n' | '\t') {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `println!` through [`terminal_safe`]: every line this program prints goes through it.
+macro_rules! say {
+    () => {
+        println!()
+    };
+    ($($t:tt)*) => {
+        println!("{}", terminal_safe(&format!($($t)*)))
+    };
+}
+
 const AFTER_HELP: &str = "\
 Getting started (one machine, one minute):
   chaos-control init --state-dir ./cc --name $(hostname)
@@ -268,7 +299,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chaos-control: error: {e:#}");
+            eprintln!("chaos-control: error: {}", terminal_safe(&format!("{e:#}")));
             let code = if let Some(x) = e.downcast_ref::<Exit>() {
                 x.0
             } else if let Some(c) = e.downcast_ref::<ClientError>() {
@@ -301,7 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 port,
                 force,
             })?;
-            print!("{}", report.render());
+            print!("{}", terminal_safe(&report.render()));
             Ok(())
         }
         Command::Serve(args) => serve(&state, args),
@@ -478,7 +509,7 @@ impl Api {
     }
 
     fn print_json<T: serde::Serialize>(&self, v: &T) -> anyhow::Result<()> {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        say!("{}", serde_json::to_string_pretty(v)?);
         Ok(())
     }
 }
@@ -535,16 +566,21 @@ fn agents(state: &Path, cmd: AgentsCmd) -> anyhow::Result<()> {
                 return api.print_json(&list);
             }
             if list.agents.is_empty() {
-                println!("no agents yet; add one with `chaos-control agents add NAME`");
+                say!("no agents yet; add one with `chaos-control agents add NAME`");
                 return Ok(());
             }
-            println!(
+            say!(
                 "{:<20} {:<16} {:<8} {:<10} {:<10} {:<20} KERNEL",
-                "NAME", "ID", "STATE", "LAST SEEN", "VERSION", "HOST"
+                "NAME",
+                "ID",
+                "STATE",
+                "LAST SEEN",
+                "VERSION",
+                "HOST"
             );
             for a in &list.agents {
                 let h = a.host.as_ref();
-                println!(
+                say!(
                     "{:<20} {:<16} {:<8} {:<10} {:<10} {:<20} {}",
                     a.name,
                     a.agent_id,
@@ -556,7 +592,7 @@ fn agents(state: &Path, cmd: AgentsCmd) -> anyhow::Result<()> {
                 );
             }
             for a in list.agents.iter().filter(|a| a.state_reason.is_some()) {
-                println!(
+                say!(
                     "\n{} is {}: {}",
                     a.name,
                     a.state.as_str(),
@@ -599,46 +635,46 @@ fn agents(state: &Path, cmd: AgentsCmd) -> anyhow::Result<()> {
             if api.json {
                 return api.print_json(&a);
             }
-            println!("agent {} ({}) revoked", a.name, a.agent_id);
+            say!("agent {} ({}) revoked", a.name, a.agent_id);
             Ok(())
         }
     }
 }
 
 fn print_key(k: &RegistrationKey, what: &str) {
-    println!("agent {} ({}) {what}", k.name, k.agent_id);
-    println!();
-    println!(
+    say!("agent {} ({}) {what}", k.name, k.agent_id);
+    say!();
+    say!(
         "registration key (one use, expires {}):",
         format_ms(k.expires_at_ms)
     );
-    println!("  {}", k.registration_key);
-    println!();
-    println!("Put it in the agent's configuration as `registration_key`; the agent trades it");
-    println!("for its own rotating token at first start. Keep it secret until then.");
+    say!("  {}", k.registration_key);
+    say!();
+    say!("Put it in the agent's configuration as `registration_key`; the agent trades it");
+    say!("for its own rotating token at first start. Keep it secret until then.");
 }
 
 fn print_agent(a: &AgentInfo) {
-    println!("name          {}", a.name);
-    println!("id            {}", a.agent_id);
-    println!("state         {}", a.state.as_str());
+    say!("name          {}", a.name);
+    say!("id            {}", a.agent_id);
+    say!("state         {}", a.state.as_str());
     if let Some(r) = &a.state_reason {
-        println!("reason        {r}");
+        say!("reason        {r}");
     }
-    println!("added         {}", format_ms(a.created_at_ms));
+    say!("added         {}", format_ms(a.created_at_ms));
     if let Some(t) = a.registered_at_ms {
-        println!("registered    {}", format_ms(t));
+        say!("registered    {}", format_ms(t));
     }
-    println!("last seen     {}", ago(a.last_seen_ms));
-    println!("token gen.    {}", a.token_generation);
+    say!("last seen     {}", ago(a.last_seen_ms));
+    say!("token gen.    {}", a.token_generation);
     if let Some(h) = &a.host {
-        println!("hostname      {}", h.hostname);
-        println!("version       {}", h.agent_version);
-        println!("os            {}", h.os);
-        println!("kernel        {}", h.kernel);
-        println!("arch          {}", h.arch);
-        println!("machine id    {}", h.machine_id);
-        println!("kinds         {}", h.kinds.join(", "));
+        say!("hostname      {}", h.hostname);
+        say!("version       {}", h.agent_version);
+        say!("os            {}", h.os);
+        say!("kernel        {}", h.kernel);
+        say!("arch          {}", h.arch);
+        say!("machine id    {}", h.machine_id);
+        say!("kinds         {}", h.kinds.join(", "));
     }
 }
 
@@ -672,14 +708,14 @@ fn run_file(
         return api.print_json(&resp);
     }
     for r in &resp.runs {
-        println!("run {} created for agent {}", r.run_id, r.agent_name);
+        say!("run {} created for agent {}", r.run_id, r.agent_name);
     }
     if follow {
         follow_logs(&api, &resp.runs[0].run_id)?;
         show_run(&api, &resp.runs[0].run_id)?;
     } else {
         for r in &resp.runs {
-            println!(
+            say!(
                 "\nwatch:   chaos-control runs logs --follow {id}\ndetails: chaos-control runs show {id}\nabort:   chaos-control runs abort {id}",
                 id = r.run_id
             );
@@ -709,15 +745,19 @@ fn runs(state: &Path, cmd: RunsCmd) -> anyhow::Result<()> {
                 return api.print_json(&list);
             }
             if list.runs.is_empty() {
-                println!("no runs");
+                say!("no runs");
                 return Ok(());
             }
-            println!(
+            say!(
                 "{:<9} {:<20} {:<24} {:<10} {:<10} ABORT",
-                "RUN", "AGENT", "EXPERIMENT", "STATE", "CREATED"
+                "RUN",
+                "AGENT",
+                "EXPERIMENT",
+                "STATE",
+                "CREATED"
             );
             for r in &list.runs {
-                println!(
+                say!(
                     "{:<9} {:<20} {:<24} {:<10} {:<10} {}",
                     r.run_id,
                     r.agent_name,
@@ -764,9 +804,9 @@ fn runs(state: &Path, cmd: RunsCmd) -> anyhow::Result<()> {
                 return api.print_json(&d);
             }
             if d.summary.state.is_terminal() {
-                println!("run {} {}", run, d.summary.state.as_str());
+                say!("run {} {}", run, d.summary.state.as_str());
             } else {
-                println!(
+                say!(
                     "abort of run {run} requested; agent {} will revert and report",
                     d.summary.agent_name
                 );
@@ -779,10 +819,10 @@ fn runs(state: &Path, cmd: RunsCmd) -> anyhow::Result<()> {
 fn print_lines(api: &Api, p: &LogPage) -> anyhow::Result<()> {
     for l in &p.lines {
         if api.json {
-            println!("{}", serde_json::to_string(l)?);
+            say!("{}", serde_json::to_string(l)?);
         } else {
             let level = serde_json::to_value(l.level)?;
-            println!(
+            say!(
                 "{} {:<5} {}",
                 format_ms(l.at_ms),
                 level.as_str().unwrap_or(""),
@@ -811,44 +851,44 @@ fn follow_logs(api: &Api, run: &str) -> anyhow::Result<()> {
 fn show_run(api: &Api, run: &str) -> anyhow::Result<()> {
     let d: RunDetail = api.get(&format!("/admin/runs/{}", enc(run)))?;
     let s = &d.summary;
-    println!("run           {}", s.run_id);
-    println!("experiment    {}", s.name);
-    println!("agent         {} ({})", s.agent_name, s.agent_id);
-    println!("state         {}", s.state.as_str());
-    println!("created       {}", format_ms(s.created_at_ms));
+    say!("run           {}", s.run_id);
+    say!("experiment    {}", s.name);
+    say!("agent         {} ({})", s.agent_name, s.agent_id);
+    say!("state         {}", s.state.as_str());
+    say!("created       {}", format_ms(s.created_at_ms));
     for (label, t) in [
         ("delivered", s.delivered_at_ms),
         ("started", s.started_at_ms),
         ("finished", s.finished_at_ms),
     ] {
         if let Some(t) = t {
-            println!("{label:<13} {}", format_ms(t));
+            say!("{label:<13} {}", format_ms(t));
         }
     }
-    println!("lease         {}s", d.lease_secs);
+    say!("lease         {}s", d.lease_secs);
     if s.abort_requested {
-        println!(
+        say!(
             "abort         requested: {}",
             d.abort_reason.as_deref().unwrap_or("")
         );
     }
     if let Some(m) = &d.message {
-        println!("message       {m}");
+        say!("message       {m}");
     }
-    println!("log lines     {}", d.log_lines);
+    say!("log lines     {}", d.log_lines);
     let steps = d.experiment["steps"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    println!("\nsteps:");
+    say!("\nsteps:");
     for (i, st) in steps.iter().enumerate() {
-        println!(
+        say!(
             "  {}. {}",
             i + 1,
             st["name"].as_str().unwrap_or("(unnamed)")
         );
         for f in st["faults"].as_array().into_iter().flatten() {
-            println!(
+            say!(
                 "       {} for {}",
                 f["kind"].as_str().unwrap_or("?"),
                 f["duration"].as_str().unwrap_or("?")
@@ -856,10 +896,10 @@ fn show_run(api: &Api, run: &str) -> anyhow::Result<()> {
         }
     }
     if !d.faults.is_empty() {
-        println!("\nfaults:");
+        say!("\nfaults:");
         for f in &d.faults {
             let st = serde_json::to_value(f.state)?;
-            println!(
+            say!(
                 "  {:<16} {:<16} {:<13} {}",
                 f.fault_id,
                 f.kind,
@@ -870,24 +910,24 @@ fn show_run(api: &Api, run: &str) -> anyhow::Result<()> {
     }
     if let Some(r) = &d.result {
         let outcome = serde_json::to_value(r.outcome)?;
-        println!(
+        say!(
             "\nresult: {} in {} ms; host clean: {}",
             outcome.as_str().unwrap_or(""),
             r.elapsed_ms,
             if r.host_clean() { "yes" } else { "NO" }
         );
         if let Some(a) = &r.abort_reason {
-            println!("  aborted: {a}");
+            say!("  aborted: {a}");
         }
         for (i, st) in r.steps.iter().enumerate() {
             let o = serde_json::to_value(st.outcome)?;
-            println!("  step {} {}: {}", i + 1, st.name, o.as_str().unwrap_or(""));
+            say!("  step {} {}: {}", i + 1, st.name, o.as_str().unwrap_or(""));
             if let Some(e) = &st.error {
-                println!("    error: {e}");
+                say!("    error: {e}");
             }
             for f in &st.faults {
                 let rv = serde_json::to_value(f.revert)?;
-                println!(
+                say!(
                     "    {} {} held {} ms, revert {}{}",
                     f.fault_id,
                     f.kind,
@@ -899,10 +939,28 @@ fn show_run(api: &Api, run: &str) -> anyhow::Result<()> {
                         .unwrap_or_default()
                 );
                 for u in &f.manual_undo {
-                    println!("      undo by hand: {u}");
+                    say!("      undo by hand: {u}");
                 }
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_characters_are_printed_escaped() {
+        assert_eq!(
+            terminal_safe("plain text\tand\nlines"),
+            "plain text\tand\nlines"
+        );
+        assert_eq!(
+            terminal_safe("\u{1b}[2J\u{1b}]0;owned\u{7}x\ry"),
+            "\\u{1b}[2J\\u{1b}]0;owned\\u{7}x\\u{d}y"
+        );
+        assert_eq!(terminal_safe("\u{9b}31m"), "\\u{9b}31m");
+    }
 }

@@ -1017,12 +1017,58 @@ async fn revoke_agent(
     Ok(Json(app.agent_info(&row)))
 }
 
+/// Every string of an experiment (names, descriptions, fault parameters, and keys) is free
+/// of control characters: they would reach operators' terminals (`runs list`, `runs show`)
+/// and agents' logs. Only a `description` may hold tabs and line breaks.
+fn control_chars(v: &serde_json::Value, path: &str, problems: &mut Vec<Problem>) {
+    fn bad(s: &str, multiline: bool) -> Option<char> {
+        s.chars()
+            .find(|c| c.is_control() && !(*c == '\t' || multiline && matches!(c, '\n' | '\r')))
+    }
+    fn say(c: char) -> String {
+        format!(
+            "must not contain control characters (found U+{:04X})",
+            c as u32
+        )
+    }
+    match v {
+        serde_json::Value::String(s) => {
+            let multiline = path.ends_with(".description");
+            if let Some(c) = bad(s, multiline) {
+                problems.push(Problem {
+                    path: path.into(),
+                    message: say(c),
+                });
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                control_chars(x, &format!("{path}[{i}]"), problems);
+            }
+        }
+        serde_json::Value::Object(o) => {
+            for (k, x) in o {
+                if let Some(c) = bad(k, false) {
+                    problems.push(Problem {
+                        path: format!("{path} (a key)"),
+                        message: say(c),
+                    });
+                    continue;
+                }
+                control_chars(x, &format!("{path}.{k}"), problems);
+            }
+        }
+        _ => {}
+    }
+}
+
 async fn create_runs(
     State(app): Shared,
     Extension(AdminOk): Extension<AdminOk>,
     JsonBody(req): JsonBody<CreateRunsRequest>,
 ) -> Result<(StatusCode, Json<CreateRunsResponse>), ApiErr> {
     let mut problems = req.validate().err().map(|e| e.0).unwrap_or_default();
+    control_chars(&req.experiment, "experiment", &mut problems);
     let (exp_json, name) = match Experiment::load_value(&req.experiment, &app.registry) {
         Ok(p) => (p.experiment.to_value(), p.experiment.name.clone()),
         Err(inv) => {

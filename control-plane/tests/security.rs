@@ -619,8 +619,18 @@ fn status_and_result_report_only_the_runs_own_faults() {
     let own = format!("{run}-1-1");
     for (id, step, kind, field) in [
         ("../../etc/passwd", 0, "disk.fill", "faults[0].fault_id"),
-        (&format!("{other}-1-1")[..], 0, "disk.fill", "faults[0].fault_id"),
-        (&format!("{run}-1-2")[..], 0, "disk.fill", "faults[0].fault_id"),
+        (
+            &format!("{other}-1-1")[..],
+            0,
+            "disk.fill",
+            "faults[0].fault_id",
+        ),
+        (
+            &format!("{run}-1-2")[..],
+            0,
+            "disk.fill",
+            "faults[0].fault_id",
+        ),
         (&own[..], 0, "evil.kind", "faults[0].kind"),
         (&own[..], 3, "disk.fill", "faults[0].step"),
     ] {
@@ -653,5 +663,53 @@ fn status_and_result_report_only_the_runs_own_faults() {
         &serde_json::to_vec(&result).unwrap(),
     );
     assert_refused((s, b.clone()), 422, "invalid");
-    assert_eq!(b["error"]["problems"][0]["path"], "steps[].faults[0].fault_id", "{b}");
+    assert_eq!(
+        b["error"]["problems"][0]["path"], "steps[].faults[0].fault_id",
+        "{b}"
+    );
+}
+
+/// Control characters (an ANSI escape in an experiment name, a bell in a step name, a NUL in
+/// a fault parameter) are refused on admin calls, each field named; nothing is created.
+#[test]
+fn control_characters_are_refused_in_experiments() {
+    let h = Harness::new();
+    h.agent("term");
+    let before = h.counts();
+    let mut exp = common::experiment();
+    exp["name"] = json!("\u{1b}[31mred\u{1b}[0m");
+    exp["steps"][0]["name"] = json!("ring\u{7}");
+    exp["steps"][0]["faults"][0]["path"] = json!("/tmp\u{0}x");
+    let body = serde_json::to_vec(&json!({"experiment": exp, "agents": ["term"]})).unwrap();
+    let (s, b) = h.raw(Method::POST, "/admin/runs", Some(&h.admin), &body);
+    assert_refused((s, b.clone()), 422, "invalid");
+    let paths: Vec<&str> = b["error"]["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    for want in [
+        "experiment.name",
+        "experiment.steps[0].name",
+        "experiment.steps[0].faults[0].path",
+    ] {
+        assert!(paths.contains(&want), "{want} not in {paths:?}: {b}");
+    }
+    // The abort reason is free text too.
+    let run = h.create_run(&["term"]).runs[0].run_id.clone();
+    let (s, b) = h.raw(
+        Method::POST,
+        &format!("/admin/runs/{run}/abort"),
+        Some(&h.admin),
+        br#"{"reason": "\u001b]0;title\u0007"}"#,
+    );
+    assert_refused((s, b), 422, "invalid");
+    // A description may span lines.
+    let mut ok = common::experiment();
+    ok["description"] = json!("first line\nsecond\tline");
+    let body = serde_json::to_vec(&json!({"experiment": ok, "agents": ["term"]})).unwrap();
+    let (s, b) = h.raw(Method::POST, "/admin/runs", Some(&h.admin), &body);
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(h.counts().1, before.1 + 2);
 }
