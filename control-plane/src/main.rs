@@ -222,6 +222,10 @@ enum AgentsCmd {
     Rekey {
         /// Name or id.
         agent: String,
+        /// Let a revoked agent back in (refused without it: a revoked agent stays revoked
+        /// until the operator says otherwise).
+        #[arg(long)]
+        unrevoke: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -610,12 +614,19 @@ fn agents(state: &Path, cmd: AgentsCmd) -> anyhow::Result<()> {
             print_agent(&a);
             Ok(())
         }
-        AgentsCmd::Rekey { agent, conn } => {
+        AgentsCmd::Rekey {
+            agent,
+            unrevoke,
+            conn,
+        } => {
             let api = Api::open(state, &conn)?;
-            let k: RegistrationKey = api.post(
-                &format!("/admin/agents/{}/rekey", enc(&agent)),
-                &serde_json::json!({}),
-            )?;
+            let body = if unrevoke {
+                serde_json::json!({ "unrevoke": true })
+            } else {
+                serde_json::json!({})
+            };
+            let k: RegistrationKey =
+                api.post(&format!("/admin/agents/{}/rekey", enc(&agent)), &body)?;
             if api.json {
                 return api.print_json(&k);
             }

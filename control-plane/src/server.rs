@@ -969,6 +969,9 @@ async fn show_agent(
 struct RekeyRequest {
     #[serde(default)]
     key_ttl_secs: Option<u64>,
+    /// Rekeying a revoked agent lets it back in: the operator must say so.
+    #[serde(default)]
+    unrevoke: bool,
 }
 
 async fn rekey_agent(
@@ -978,6 +981,16 @@ async fn rekey_agent(
     JsonBody(req): JsonBody<RekeyRequest>,
 ) -> Result<Json<RegistrationKey>, ApiErr> {
     let row = find_agent(&app, &key)?;
+    if row.state == "revoked" && !req.unrevoke {
+        return Err(ApiErr::new(
+            ErrorCode::Conflict,
+            format!(
+                "agent {} is revoked; a new key would let it register again. Say so explicitly: `chaos-control agents rekey {} --unrevoke` (API: \"unrevoke\": true)",
+                row.name, row.name
+            ),
+        ));
+    }
+    let was_revoked = row.state == "revoked";
     if let Some(t) = req.key_ttl_secs {
         AddAgentRequest {
             name: row.name.clone(),
@@ -989,7 +1002,11 @@ async fn rekey_agent(
     let (k, hash, expires) = key_for(&app, req.key_ttl_secs);
     app.db(|s| s.rekey(&row.id, &hash, expires))?;
     app.wake(&row.id);
-    tracing::info!(agent_id = %row.id, name = %row.name, "agent rekeyed: tokens dropped, new registration key issued");
+    if was_revoked {
+        tracing::warn!(agent_id = %row.id, name = %row.name, "revoked agent un-revoked and rekeyed: it may register again with the new key");
+    } else {
+        tracing::info!(agent_id = %row.id, name = %row.name, "agent rekeyed: tokens dropped, new registration key issued");
+    }
     Ok(Json(RegistrationKey {
         agent_id: row.id,
         name: row.name,

@@ -713,3 +713,30 @@ fn control_characters_are_refused_in_experiments() {
     assert_eq!(s, 201, "{b}");
     assert_eq!(h.counts().1, before.1 + 2);
 }
+
+/// A revoked agent stays revoked: rekeying it is refused (409) unless the operator says
+/// `unrevoke`; then the new key registers it again.
+#[test]
+fn rekey_does_not_silently_unrevoke() {
+    let h = Harness::new();
+    let a = h.agent("banned");
+    h.admin_post(
+        &format!("/admin/agents/{}/revoke", a.agent_id),
+        &json!({"reason": "compromised"}),
+    )
+    .unwrap();
+    let rekey = format!("/admin/agents/{}/rekey", a.agent_id);
+    let e = h.admin_post(&rekey, &json!({})).unwrap_err();
+    assert_eq!(code(&e), (409, "conflict".into()));
+    assert!(e.to_string().contains("--unrevoke"), "{e}");
+    let shown = h
+        .admin_get(&format!("/admin/agents/{}", a.agent_id))
+        .unwrap();
+    assert_eq!(shown["state"], "revoked", "{shown}");
+    let k = h.admin_post(&rekey, &json!({"unrevoke": true})).unwrap();
+    let reg = h
+        .client()
+        .register(&register_req(k["registration_key"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(reg.agent_id, a.agent_id);
+}
