@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+pub mod limits;
 pub mod pki;
 pub mod secrets;
 pub mod server;

@@ -168,6 +168,21 @@ struct ServeArgs {
     /// Default lease of a run.
     #[arg(long, value_name = "DURATION", default_value = "2m")]
     lease: fault_core::Duration,
+    /// Connections held at most (a new one over it is closed at once). Default: the
+    /// open-files limit (raised to its hard limit at start) minus 256.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections held at most from one client address (raise it when many agents
+    /// reach the server through one NAT or proxy address).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections_per_peer: usize,
+    /// Time a client has for its TLS handshake, then for each request head (also the
+    /// longest a kept-alive connection may sit idle).
+    #[arg(long, value_name = "DURATION", default_value = "10s")]
+    header_timeout: fault_core::Duration,
+    /// Time a client has to send a request body once its head is in.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    body_timeout: fault_core::Duration,
     /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -380,7 +395,25 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
             "--lost-after must be longer than --poll-wait, or every agent looks lost".into()
         ));
     }
+    for (flag, d) in [
+        ("--header-timeout", a.header_timeout.0),
+        ("--body-timeout", a.body_timeout.0),
+    ] {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(600) {
+            bail!(Exit(2, format!("{flag} must be 1s to 10m")));
+        }
+    }
+    if a.max_connections == Some(0) || a.max_connections_per_peer == 0 {
+        bail!(Exit(
+            2,
+            "--max-connections and --max-connections-per-peer must be at least 1".into()
+        ));
+    }
     let settings = Settings {
+        header_timeout: a.header_timeout.0,
+        body_timeout: a.body_timeout.0,
+        max_connections: a.max_connections,
+        max_connections_per_peer: a.max_connections_per_peer,
         token_ttl: a.token_ttl.0,
         key_ttl: a.key_ttl.0,
         lost_after: a.lost_after.0,

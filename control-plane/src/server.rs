@@ -67,6 +67,16 @@ pub struct Settings {
     pub max_body: usize,
     /// How long in-flight requests may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// How long a client may take for its TLS handshake, and then for each request head
+    /// (also the longest a kept-alive connection may sit idle between requests).
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request body, once its head is in.
+    pub body_timeout: Duration,
+    /// Connections held at most, in all; `None`: below the open-files limit by
+    /// [`crate::limits::RESERVED_FDS`].
+    pub max_connections: Option<usize>,
+    /// Connections held at most from one client address.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for Settings {
@@ -80,6 +90,10 @@ impl Default for Settings {
             redeliver_after: Duration::from_secs(10),
             max_body: MAX_BODY_BYTES,
             shutdown_grace: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: None,
+            max_connections_per_peer: 1024,
         }
     }
 }
@@ -203,7 +217,22 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for JsonBody<T> {
             return Err(too_large(max));
         }
         let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        while let Some(frame) = next_frame(&mut body).await {
+        let deadline = tokio::time::Instant::now() + app.settings.body_timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, next_frame(&mut body)).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(ApiErr::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "the body did not arrive within {} s (read {} bytes)",
+                            app.settings.body_timeout.as_secs(),
+                            bytes.len()
+                        ),
+                    ))
+                }
+            };
             let frame = frame.map_err(|e| {
                 ApiErr::new(ErrorCode::BadRequest, format!("cannot read the body: {e}"))
             })?;
@@ -278,6 +307,7 @@ pub struct App {
     seen: Mutex<HashMap<String, u64>>,
     lost: Mutex<HashSet<String>>,
     shutdown: Shutdown,
+    limits: Mutex<Option<Arc<crate::limits::Limits>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -421,6 +451,7 @@ impl App {
             seen: Mutex::new(HashMap::new()),
             lost: Mutex::new(HashSet::new()),
             shutdown: Shutdown::default(),
+            limits: Mutex::new(None),
         })
     }
 
@@ -1469,9 +1500,36 @@ impl Server {
             .map_err(|e| Error(format!("listener: {e}")))?;
         let handle: axum_server::Handle<SocketAddr> = axum_server::Handle::new();
         let rustls = axum_server::tls_rustls::RustlsConfig::from_config(self.tls.clone());
-        let server = axum_server::from_tcp_rustls(listener, rustls)
+        let settings = &self.app.settings;
+        let limits = crate::limits::Limits::new(
+            settings
+                .max_connections
+                .unwrap_or_else(|| crate::limits::default_max_connections(raise_nofile())),
+            settings.max_connections_per_peer,
+        );
+        // Connections are counted (and refused over a limit) before their TLS handshake.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+            .handshake_timeout(settings.header_timeout)
+            .acceptor(crate::limits::LimitAcceptor(limits.clone()));
+        let mut server = axum_server::from_tcp(listener)
             .map_err(|e| Error(format!("listener: {e}")))?
-            .handle(handle.clone());
+            .acceptor(acceptor)
+            .handle(handle.clone())
+            // HTTP/1.1 only (as ALPN says): no un-timed protocol detection.
+            .http1_only()
+            .first_request_timeout(settings.header_timeout);
+        server
+            .http_builder()
+            .http1()
+            .header_read_timeout(settings.header_timeout);
+        tracing::info!(
+            max_connections = limits.max_total(),
+            max_connections_per_peer = settings.max_connections_per_peer,
+            header_timeout_s = settings.header_timeout.as_secs(),
+            body_timeout_s = settings.body_timeout.as_secs(),
+            "connection limits"
+        );
+        *self.app.limits.lock().unwrap_or_else(|p| p.into_inner()) = Some(limits);
         let app = self.app.clone();
         let sweeper = {
             let app = app.clone();
@@ -1523,6 +1581,15 @@ impl Server {
 }
 
 impl App {
+    /// Connections held now and refused since start (zero before the server runs).
+    pub fn connections(&self) -> (usize, u64) {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or((0, 0), |l| (l.held(), l.refused()))
+    }
+
     /// Counts of (agents, runs, log lines) in the store.
     pub fn counts(&self) -> Result<(u64, u64, u64)> {
         Ok(self

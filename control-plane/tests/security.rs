@@ -740,3 +740,129 @@ fn rekey_does_not_silently_unrevoke() {
         .unwrap();
     assert_eq!(reg.agent_id, a.agent_id);
 }
+
+/// A plain TCP connection from `src` (any 127.0.0.0/8 address is this machine) to `dst`.
+fn connect_from(src: &str, dst: std::net::SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let s = rt.block_on(async {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+        sock.connect(dst).await.unwrap().into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// The server closed the connection: a read ends (EOF or reset) instead of waiting until
+/// the 10 s read timeout.
+fn assert_closed_by_server(s: &mut impl Read, what: &str) {
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue, // an answer (e.g. 408/400) before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) => panic!("{what}: still open after 10 s ({e})"),
+        }
+    }
+}
+
+/// Clients that never finish: a TCP connection that never starts TLS, a request head sent
+/// halfway, a body announced and never sent. Each is closed by the server once its time
+/// is up (1 s here), not held forever.
+#[test]
+fn slow_clients_are_cut_off() {
+    let h = Harness::with(Settings {
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        ..Settings::default()
+    });
+    let a = h.agent("slowpoke");
+    let run = h.create_run(&["slowpoke"]).runs[0].run_id.clone();
+
+    let mut no_tls = connect_from("127.0.0.1", h.addr);
+    let mut half_heads: Vec<Tls> = (0..5)
+        .map(|_| {
+            let mut s = tls(&h);
+            s.write_all(b"POST /api/v1/agents/register HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+                .unwrap();
+            s.flush().unwrap();
+            s
+        })
+        .collect();
+    let mut no_body = tls(&h);
+    write!(
+        no_body,
+        "POST /api/v1/runs/{run}/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"lines\": [",
+        a.token.token
+    )
+    .unwrap();
+    no_body.flush().unwrap();
+
+    assert_closed_by_server(&mut no_tls, "a connection that never started TLS");
+    for (i, s) in half_heads.iter_mut().enumerate() {
+        assert_closed_by_server(s, &format!("half-sent head {i}"));
+    }
+    let (status, _, body) = read_response(&mut no_body);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive"),
+        "{body}"
+    );
+    assert_closed_by_server(&mut no_body, "a body never sent");
+    // The server serves on.
+    h.client().health().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.app.connections().0 > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.app.connections().0, 0, "every connection was given back");
+}
+
+/// One address cannot hold more than its share: past the per-peer limit its new
+/// connections are closed at once, while an agent on another address keeps its long poll
+/// and gets its run.
+#[test]
+fn one_address_cannot_starve_the_others() {
+    let h = Harness::with(Settings {
+        header_timeout: Duration::from_secs(60),
+        max_connections_per_peer: 5,
+        ..Settings::default()
+    });
+    let a = h.agent("patient");
+    // Five connections from 127.0.0.2 that never start TLS: held (their handshake has
+    // 60 s).
+    let held: Vec<TcpStream> = (0..5).map(|_| connect_from("127.0.0.2", h.addr)).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.app.connections().0 < 5 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(h.app.connections(), (5, 0));
+    // The sixth from that address is closed at once.
+    let mut sixth = connect_from("127.0.0.2", h.addr);
+    assert_closed_by_server(&mut sixth, "a connection over the per-peer limit");
+    assert_eq!(h.app.connections().1, 1, "one refused");
+    // An agent on 127.0.0.1 long-polls and gets the run created meanwhile.
+    let agent_id = a.agent_id.clone();
+    let token = a.token.token.clone();
+    let client = h.client();
+    let poll = std::thread::spawn(move || client.tasks(&agent_id, &token, Duration::from_secs(20)));
+    // (Created before or during the poll: either way the poll hands it out.)
+    let run = h.create_run(&["patient"]).runs[0].run_id.clone();
+    let got = poll.join().unwrap().unwrap();
+    assert_eq!(got.tasks.len(), 1, "{got:?}");
+    match &got.tasks[0] {
+        chaos_protocol::agent::Task::Run(t) => assert_eq!(t.run_id, run),
+        other => panic!("expected the run, got {other:?}"),
+    }
+    drop(held);
+}

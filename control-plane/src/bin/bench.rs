@@ -196,6 +196,9 @@ fn round(args: &Args, bin: &Path, n: usize) -> anyhow::Result<String> {
             "60s",
             "--lost-after",
             "10m",
+            // Every simulated agent comes from 127.0.0.1.
+            "--max-connections-per-peer",
+            "1000000",
             "--listen",
         ])
         .arg(format!("127.0.0.1:{port}"))
