@@ -15,6 +15,7 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod limits;
+pub mod metrics;
 pub mod pki;
 pub mod secrets;
 pub mod server;

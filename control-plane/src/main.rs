@@ -183,6 +183,10 @@ struct ServeArgs {
     /// Time a client has to send a request body once its head is in.
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     body_timeout: fault_core::Duration,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (plain HTTP, no token: keep it
+    /// on a private address). Off by default.
+    #[arg(long, value_name = "ADDR:PORT", env = "CHAOS_CONTROL_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -437,6 +441,18 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let listener = listen_on(listen).with_context(|| format!("cannot listen on {listen}"))?;
+        if let Some(m) = a.metrics_listen {
+            let ml = tokio::net::TcpListener::bind(m)
+                .await
+                .with_context(|| format!("cannot listen on {m} (--metrics-listen)"))?;
+            let router = server::metrics_router(server.app());
+            tracing::info!(addr = %m, "metrics at http://{m}/metrics");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(ml, router).await {
+                    tracing::error!(error = %e, "the metrics listener stopped");
+                }
+            });
+        }
         server.run(listener, stop_signal()).await?;
         anyhow::Ok(())
     })?;

@@ -308,6 +308,7 @@ pub struct App {
     lost: Mutex<HashSet<String>>,
     shutdown: Shutdown,
     limits: Mutex<Option<Arc<crate::limits::Limits>>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for App {
@@ -376,7 +377,10 @@ async fn agent_gate(State(app): Shared, mut req: Request, next: Next) -> Respons
             req.extensions_mut().insert(auth);
             next.run(req).await
         }
-        Err(e) => refuse_unread(&app, req, e),
+        Err(e) => {
+            app.metrics.auth_failure(e.0.code.as_str());
+            refuse_unread(&app, req, e)
+        }
     }
 }
 
@@ -387,7 +391,10 @@ async fn admin_gate(State(app): Shared, mut req: Request, next: Next) -> Respons
             req.extensions_mut().insert(AdminOk);
             next.run(req).await
         }
-        Err(e) => refuse_unread(&app, req, e),
+        Err(e) => {
+            app.metrics.auth_failure(e.0.code.as_str());
+            refuse_unread(&app, req, e)
+        }
     }
 }
 
@@ -452,6 +459,7 @@ impl App {
             lost: Mutex::new(HashSet::new()),
             shutdown: Shutdown::default(),
             limits: Mutex::new(None),
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 
@@ -836,18 +844,23 @@ async fn tasks(
     tokio::pin!(woken);
     woken.as_mut().enable();
     let redeliver = |now: u64| now.saturating_sub(ms(app.settings.redeliver_after));
-    let (mut list, due) = app.db(|s| s.tasks_for(&id, redeliver(now_ms())))?;
+    let (mut list, due, mut first) = app.db(|s| s.tasks_with_first(&id, redeliver(now_ms())))?;
     if !due && !wait.is_zero() {
+        let _held = app.metrics.long_poll();
         tokio::select! {
             _ = &mut woken => {}
             _ = tokio::time::sleep(wait) => {}
             _ = app.shutdown.wait() => {}
         }
-        list = app.db(|s| s.tasks_for(&id, redeliver(now_ms())))?.0;
+        (list, _, first) = app.db(|s| s.tasks_with_first(&id, redeliver(now_ms())))?;
         app.saw(&id);
     }
     if !list.is_empty() {
-        app.db(|s| s.mark_delivered(&list, now_ms()))?;
+        let now = now_ms();
+        app.db(|s| s.mark_delivered(&list, now))?;
+        for created in first {
+            app.metrics.dispatched(now.saturating_sub(created));
+        }
     }
     Ok(Json(TasksResponse { tasks: list }))
 }
@@ -1402,6 +1415,27 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// The metrics listener's router: `GET /metrics` (Prometheus text format), nothing else.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    async fn metrics(State(app): Shared) -> Response {
+        match app.metrics_text() {
+            Ok(t) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                )],
+                t,
+            )
+                .into_response(),
+            Err(e) => internal(e).into_response(),
+        }
+    }
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(app)
+}
+
 /// The TLS configuration: the server certificate and key from the state directory, ring as
 /// the only crypto provider, HTTP/1.1.
 pub fn tls_config(paths: &Paths) -> Result<rustls::ServerConfig> {
@@ -1581,6 +1615,24 @@ impl Server {
 }
 
 impl App {
+    /// The Prometheus exposition text (see [`crate::metrics`]).
+    pub fn metrics_text(&self) -> Result<String> {
+        let (agents, runs) = self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counts_by_state()?;
+        let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        let (connections, refused) = self.connections();
+        Ok(self.metrics.render(&crate::metrics::Snapshot {
+            agents,
+            lost,
+            runs,
+            connections: connections as u64,
+            refused,
+        }))
+    }
+
     /// Connections held now and refused since start (zero before the server runs).
     pub fn connections(&self) -> (usize, u64) {
         self.limits

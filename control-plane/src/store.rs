@@ -677,6 +677,17 @@ impl Store {
     /// The tasks an agent has not acknowledged, and whether any is due now (never handed
     /// out, or handed out before `redeliver_before_ms`).
     pub fn tasks_for(&self, agent_id: &str, redeliver_before_ms: u64) -> Result<(Vec<Task>, bool)> {
+        self.tasks_with_first(agent_id, redeliver_before_ms)
+            .map(|(t, due, _)| (t, due))
+    }
+
+    /// [`Store::tasks_for`], and the creation times of the runs among them that were never
+    /// handed out before (for the dispatch-latency metric).
+    pub fn tasks_with_first(
+        &self,
+        agent_id: &str,
+        redeliver_before_ms: u64,
+    ) -> Result<(Vec<Task>, bool, Vec<u64>)> {
         let mut st = self.conn.prepare_cached(
             "SELECT id, experiment, lease_secs, created_at_ms, delivered_at_ms,
                     abort_requested_at_ms, abort_reason, abort_delivered_at_ms, state
@@ -685,6 +696,7 @@ impl Store {
         )?;
         let mut rows = st.query(params![agent_id])?;
         let mut tasks = Vec::new();
+        let mut first = Vec::new();
         let mut due = false;
         let is_due = |t: Option<u64>| t.is_none_or(|t| t < redeliver_before_ms);
         while let Some(r) = rows.next()? {
@@ -699,7 +711,11 @@ impl Store {
                     requested_at_ms: at,
                 }));
             } else if state == "pending" {
-                due |= is_due(r.get(4)?);
+                let delivered: Option<u64> = r.get(4)?;
+                due |= is_due(delivered);
+                if delivered.is_none() {
+                    first.push(r.get(3)?);
+                }
                 let exp: String = r.get(1)?;
                 tasks.push(Task::Run(RunTask {
                     run_id,
@@ -709,7 +725,7 @@ impl Store {
                 }));
             }
         }
-        Ok((tasks, due))
+        Ok((tasks, due, first))
     }
 
     /// Record that these tasks were handed out now.
@@ -1003,6 +1019,19 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Agents by state and runs by state (for the metrics).
+    pub fn counts_by_state(&self) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
+        let by = |sql: &str| -> Result<Vec<(String, u64)>> {
+            let mut st = self.conn.prepare_cached(sql)?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        };
+        Ok((
+            by("SELECT state, COUNT(*) FROM agents GROUP BY state")?,
+            by("SELECT state, COUNT(*) FROM runs GROUP BY state")?,
+        ))
     }
 
     /// Counts for tests and health: (agents, runs, log lines).
