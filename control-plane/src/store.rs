@@ -190,6 +190,9 @@ impl AgentRow {
     }
 }
 
+/// (state, count) pairs.
+pub type StateCounts = Vec<(String, u64)>;
+
 /// The fault kinds an experiment (its JSON form, as stored) uses, sorted, each once.
 pub fn experiment_kinds(experiment: &serde_json::Value) -> Vec<String> {
     let mut kinds: Vec<String> = experiment
@@ -1022,8 +1025,8 @@ impl Store {
     }
 
     /// Agents by state and runs by state (for the metrics).
-    pub fn counts_by_state(&self) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
-        let by = |sql: &str| -> Result<Vec<(String, u64)>> {
+    pub fn counts_by_state(&self) -> Result<(StateCounts, StateCounts)> {
+        let by = |sql: &str| -> Result<StateCounts> {
             let mut st = self.conn.prepare_cached(sql)?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
