@@ -17,6 +17,7 @@
 pub mod limits;
 pub mod metrics;
 pub mod pki;
+pub mod rotate;
 pub mod secrets;
 pub mod server;
 pub mod store;

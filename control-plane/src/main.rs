@@ -112,8 +112,16 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Serve the HTTPS API until SIGINT/SIGTERM (then finish requests and stop).
+    /// Serve the HTTPS API until SIGINT/SIGTERM (then finish requests and stop). SIGHUP
+    /// reloads the server certificate and key.
     Serve(ServeArgs),
+    /// The server certificate: `cert reissue` makes a new one from the same CA.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// The private CA: `ca rotate` replaces it, with an overlap during which agents trust
+    /// the old and the new CA.
+    #[command(subcommand)]
+    Ca(CaCmd),
     /// Add, list, show, rekey or revoke agents.
     #[command(subcommand)]
     Agents(AgentsCmd),
@@ -140,6 +148,47 @@ enum Command {
     /// List, show, follow or abort runs.
     #[command(subcommand)]
     Runs(RunsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCmd {
+    /// A new server certificate and key from the CA in use (new names, a new five-year
+    /// expiry); agents need nothing new. `serve` uses it after SIGHUP or a restart.
+    Reissue {
+        /// The names and addresses agents use (repeat); `localhost` and 127.0.0.1 are always
+        /// added. Default: the certificate's current names.
+        #[arg(long = "name", value_name = "NAME|IP")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Replace the CA in steps, agents trusting both CAs in between:
+    /// --stage (ca.pem holds old + new: copy it to the agents), then --activate (the
+    /// server certificate is signed by the new CA), then --finish (ca.pem holds only the
+    /// new CA: copy it again, with its fingerprint). --cancel goes back to the old CA.
+    Rotate {
+        #[command(flatten)]
+        step: RotateStep,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct RotateStep {
+    /// Create the new CA; ca.pem holds the old and the new one.
+    #[arg(long)]
+    stage: bool,
+    /// Sign the server certificate with the new CA.
+    #[arg(long)]
+    activate: bool,
+    /// Keep only the new CA (its key replaces the old one).
+    #[arg(long)]
+    finish: bool,
+    /// Back to the old CA alone.
+    #[arg(long)]
+    cancel: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -359,6 +408,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(&state, args),
+        Command::Cert(CertCmd::Reissue { names }) => {
+            let done = chaos_control::rotate::reissue(&Paths::new(&state), &names)?;
+            print!("{}", terminal_safe(&done.render()));
+            Ok(())
+        }
+        Command::Ca(CaCmd::Rotate { step }) => {
+            let paths = Paths::new(&state);
+            let done = if step.stage {
+                chaos_control::rotate::stage(&paths)
+            } else if step.activate {
+                chaos_control::rotate::activate(&paths)
+            } else if step.finish {
+                chaos_control::rotate::finish(&paths)
+            } else {
+                chaos_control::rotate::cancel(&paths)
+            }?;
+            print!("{}", terminal_safe(&done.render()));
+            Ok(())
+        }
         Command::Agents(cmd) => agents(&state, cmd),
         Command::Run {
             file,

@@ -12,6 +12,7 @@
 //! | `admin.token` | 0600 | the operator's token for the `agents`/`runs` commands |
 //! | `control.db` | 0600 | the store (SQLite) |
 //! | `init.json` | 0644 | what `init` was given: names, port, URL, CA fingerprint |
+//! | `ca-next.pem`, `ca-next.key` | 0644, 0600 | the next CA, while a rotation is under way (`rotate.rs`) |
 
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +42,14 @@ impl Paths {
     /// Paths under `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Paths {
         Paths { dir: dir.into() }
+    }
+    /// The next CA's certificate, during a rotation.
+    pub fn ca_next_pem(&self) -> PathBuf {
+        self.dir.join("ca-next.pem")
+    }
+    /// The next CA's key, during a rotation.
+    pub fn ca_next_key(&self) -> PathBuf {
+        self.dir.join("ca-next.key")
     }
     /// CA certificate.
     pub fn ca_pem(&self) -> PathBuf {
@@ -95,6 +104,9 @@ pub struct InitInfo {
     pub url: String,
     /// SHA-256 fingerprint of the CA certificate.
     pub ca_sha256: String,
+    /// A CA rotation under way (`chaos-control ca rotate`): `staged` or `active`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<String>,
 }
 
 /// What `init` needs.
@@ -169,18 +181,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
             paths.dir.display()
         )));
     }
-    let mut names: Vec<String> = Vec::new();
-    for n in opts
-        .names
-        .iter()
-        .map(|s| s.trim().to_string())
-        .chain(["localhost".to_string(), "127.0.0.1".to_string()])
-    {
-        check_name(&n)?;
-        if !names.contains(&n) {
-            names.push(n);
-        }
-    }
+    let names = server_names(&opts.names)?;
     std::fs::create_dir_all(&paths.dir)
         .map_err(|e| Error(format!("cannot create {}: {e}", paths.dir.display())))?;
     std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
@@ -208,19 +209,12 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
 
     let der =
         chaos_protocol::client::pem_to_der(ca_pem.as_bytes()).map_err(|e| Error(e.to_string()))?;
-    let first = names
-        .iter()
-        .find(|n| *n != "localhost" && *n != "127.0.0.1")
-        .unwrap_or(&names[0]);
-    let host = match first.parse::<IpAddr>() {
-        Ok(IpAddr::V6(a)) => format!("[{a}]"),
-        _ => first.clone(),
-    };
     let info = InitInfo {
+        url: url_for(&names, opts.port),
         names,
         port: opts.port,
-        url: format!("https://{host}:{}", opts.port),
         ca_sha256: chaos_protocol::client::fingerprint(&der),
+        rotation: None,
     };
     let json = serde_json::to_string_pretty(&info).unwrap_or_default();
     write_public(&paths.init_json(), json.as_bytes()).map_err(|e| io(&paths.init_json(), e))?;
@@ -250,11 +244,20 @@ fn check_name(n: &str) -> Result<()> {
 }
 
 fn make_certs(names: &[String]) -> Result<(String, String, String, String)> {
-    let e = |e: rcgen::Error| Error(format!("cannot create certificates: {e}"));
+    let (ca_pem, ca_key_pem, issuer) = make_ca()?;
+    let (server_pem, server_key_pem) = make_server_cert(names, &issuer)?;
+    Ok((ca_pem, ca_key_pem, server_pem, server_key_pem))
+}
+
+fn cert_err(e: rcgen::Error) -> Error {
+    Error(format!("cannot create certificates: {e}"))
+}
+
+/// A new private CA, valid ten years: (certificate PEM, key PEM, issuer).
+pub(crate) fn make_ca() -> Result<(String, String, Issuer<'static, KeyPair>)> {
     let (y, m, d) = today();
-    let not_before = rcgen::date_time_ymd(y, m, d) - time_day();
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    let ca_key = KeyPair::generate().map_err(cert_err)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(cert_err)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     // A distinct name per CA, so a client holding another installation's CA reports an
     // unknown issuer rather than a bad signature.
@@ -265,22 +268,68 @@ fn make_certs(names: &[String]) -> Result<(String, String, String, String)> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = not_before;
+    ca.not_before = rcgen::date_time_ymd(y, m, d) - time_day();
     ca.not_after = rcgen::date_time_ymd(y + 10, m, d);
-    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(cert_err)?;
     let ca_key_pem = ca_key.serialize_pem();
-    let issuer = Issuer::new(ca, ca_key);
+    Ok((ca_cert.pem(), ca_key_pem, Issuer::new(ca, ca_key)))
+}
 
-    let key = KeyPair::generate().map_err(e)?;
-    let mut sp = CertificateParams::new(names.to_vec()).map_err(e)?;
+/// The CA stored in `pem` (its first certificate) and `key_pem`, to sign with.
+pub(crate) fn load_issuer(pem: &str, key_pem: &str) -> Result<Issuer<'static, KeyPair>> {
+    let key =
+        KeyPair::from_pem(key_pem).map_err(|e| Error(format!("cannot read the CA key: {e}")))?;
+    Issuer::from_ca_cert_pem(pem, key)
+        .map_err(|e| Error(format!("cannot read the CA certificate: {e}")))
+}
+
+/// A server certificate for `names` (the first is its common name), valid five years,
+/// signed by `issuer`: (certificate PEM, key PEM).
+pub(crate) fn make_server_cert(
+    names: &[String],
+    issuer: &Issuer<'static, KeyPair>,
+) -> Result<(String, String)> {
+    let (y, m, d) = today();
+    let key = KeyPair::generate().map_err(cert_err)?;
+    let mut sp = CertificateParams::new(names.to_vec()).map_err(cert_err)?;
     sp.distinguished_name
         .push(DnType::CommonName, names[0].as_str());
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    sp.not_before = not_before;
+    sp.not_before = rcgen::date_time_ymd(y, m, d) - time_day();
     sp.not_after = rcgen::date_time_ymd(y + 5, m, d);
-    let cert = sp.signed_by(&key, &issuer).map_err(e)?;
-    Ok((ca_cert.pem(), ca_key_pem, cert.pem(), key.serialize_pem()))
+    let cert = sp.signed_by(&key, issuer).map_err(cert_err)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The names a server certificate gets: `names` (checked, trimmed, each once), then
+/// `localhost` and `127.0.0.1` for the operator commands on this machine.
+pub(crate) fn server_names(names: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names
+        .iter()
+        .map(|s| s.trim().to_string())
+        .chain(["localhost".to_string(), "127.0.0.1".to_string()])
+    {
+        check_name(&n)?;
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The URL agents use: the first name that is not `localhost`/`127.0.0.1`.
+pub(crate) fn url_for(names: &[String], port: u16) -> String {
+    let first = names
+        .iter()
+        .find(|n| *n != "localhost" && *n != "127.0.0.1")
+        .unwrap_or(&names[0]);
+    let host = match first.parse::<IpAddr>() {
+        Ok(IpAddr::V6(a)) => format!("[{a}]"),
+        _ => first.clone(),
+    };
+    format!("https://{host}:{port}")
 }
 
 fn time_day() -> std::time::Duration {

@@ -1499,6 +1499,7 @@ pub fn raise_nofile() -> u64 {
 pub struct Server {
     app: Arc<App>,
     tls: Arc<rustls::ServerConfig>,
+    paths: Paths,
 }
 
 impl Server {
@@ -1516,7 +1517,11 @@ impl Server {
         let tls = Arc::new(tls_config(paths)?);
         let store = Store::open(&paths.db())?;
         let app = Arc::new(App::new(store, settings)?);
-        Ok(Server { app, tls })
+        Ok(Server {
+            app,
+            tls,
+            paths: paths.clone(),
+        })
     }
 
     /// Serve on `listener` until `stop` completes; then stop taking connections, release
@@ -1542,6 +1547,30 @@ impl Server {
             settings.max_connections_per_peer,
         );
         // Connections are counted (and refused over a limit) before their TLS handshake.
+        // SIGHUP: read the server certificate and key again (after `cert reissue` or a CA
+        // rotation step); connections already open keep theirs.
+        // Registered here, before the first connection is accepted, so a SIGHUP sent once
+        // the server answers never meets the default action (terminate).
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error(format!("cannot handle SIGHUP: {e}")))?;
+        let reloader = {
+            let rustls = rustls.clone();
+            let paths = self.paths.clone();
+            let mut hup = hup;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match tls_config(&paths) {
+                        Ok(cfg) => {
+                            rustls.reload_from_config(Arc::new(cfg));
+                            tracing::info!("SIGHUP: server certificate reloaded");
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: the server certificate was not reloaded; the old one stays in use")
+                        }
+                    }
+                }
+            })
+        };
         let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
             .handshake_timeout(settings.header_timeout)
             .acceptor(crate::limits::LimitAcceptor(limits.clone()));
@@ -1602,6 +1631,7 @@ impl Server {
             }
         };
         sweeper.abort();
+        reloader.abort();
         app.sweep();
         r.map_err(|e| Error(format!("server: {e}")))?;
         tracing::info!("stopped");

@@ -184,18 +184,18 @@ impl Client {
                 "{base:?}: the control plane URL must start with https://"
             )));
         }
-        let ca = Certificate::from_pem(&cfg.ca_pem)
-            .map_err(|e| ClientError::Config(format!("cannot read the CA certificate: {e}")))?;
+        let cas = ca_certificates(&cfg.ca_pem)?;
         if let Some(want) = &cfg.ca_sha256 {
-            let have = fingerprint(ca.der());
-            if normalize_fp(want) != normalize_fp(&have) {
+            let have: Vec<String> = cas.iter().map(|c| fingerprint(c.der())).collect();
+            if !have.iter().any(|h| normalize_fp(want) == normalize_fp(h)) {
                 return Err(ClientError::Config(format!(
-                    "the CA certificate's SHA-256 fingerprint is {have}, not the expected {want}"
+                    "the CA certificate's SHA-256 fingerprint is {}, not the expected {want}",
+                    have.join(" / ")
                 )));
             }
         }
         let tls = TlsConfig::builder()
-            .root_certs(RootCerts::Specific(Arc::new(vec![ca])))
+            .root_certs(RootCerts::Specific(Arc::new(cas)))
             .build();
         let proxy = if cfg.proxy_from_env {
             ureq::Proxy::try_from_env()
@@ -396,6 +396,30 @@ pub fn decode<R: DeserializeOwned>(status: u16, bytes: &[u8]) -> Result<R, Clien
         },
     };
     Err(ClientError::Api { status, error })
+}
+
+/// Every certificate of a CA file. A file may hold more than one CA while the control
+/// plane's CA is rotated (`chaos-control ca rotate`): each is trusted, and a pinned
+/// fingerprint (`ca_sha256`) must be one of theirs.
+fn ca_certificates(pem: &[u8]) -> Result<Vec<Certificate<'static>>, ClientError> {
+    let mut out = Vec::new();
+    for item in ureq::tls::parse_pem(pem) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => out.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(ClientError::Config(format!(
+                    "cannot read the CA certificate: {e}"
+                )))
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(ClientError::Config(
+            "cannot read the CA certificate: the file holds no PEM certificate".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// Parse the first certificate of a PEM file and return its DER bytes.
