@@ -55,21 +55,8 @@ for f in "$etc"/config.d/*.toml; do
 done
 
 if [ "$configured" = no ]; then
-    cat <<EOF
-
-The service is installed but not started: there is no configuration yet.
-Next:
-  1. On the control plane host:
-       chaos-control agents add $(uname -n)      prints a one-time registration key
-  2. Copy the control plane's CA certificate (the ca.pem \`chaos-control init\` wrote) to
-       $etc/ca.pem
-  3. Save the [control_plane] section \`chaos-control init\` printed, with the key from step 1
-     as registration_key, as
-       $etc/config.d/20-control.toml      (then: chmod 0600 $etc/config.d/20-control.toml)
-     Every other key is optional: $etc/agent.toml.sample
-  4. systemctl enable --now chaos-agent
-     systemctl status chaos-agent
-EOF
+    . packaging/next-steps.sh
+    chaos_agent_next_steps "$etc" "installed but not started" "systemctl enable --now chaos-agent"
     exit 0
 fi
 

@@ -252,6 +252,7 @@ tarball_agent() { # repo version target out
     install -m 0755 "$TMP/bin/chaos-agent" "$d/chaos-agent"
     install -m 0644 "$1/packaging/chaos-agent.service" "$1/packaging/agent.toml.sample" "$d/packaging/"
     install -m 0755 "$1/packaging/install.sh" "$1/packaging/uninstall.sh" "$d/packaging/"
+    install -m 0644 "$1/packaging/next-steps.sh" "$d/packaging/"
     install -m 0644 "$1/README.md" "$d/"
     install -m 0644 "$1/docs/install.md" "$d/docs/"
     make_tarball "$TMP/tar-agent" "$name" "$4"
@@ -281,6 +282,8 @@ stage_files() { # repo root unit_dir
 # One maintainer script: the shared body, then the entry point that maps the package
 # manager's arguments to events (packaging/pkg/).
 maintainer_script() { # repo entry
+    cat "$1/packaging/next-steps.sh"
+    printf '\n'
     cat "$1/packaging/pkg/scripts.sh"
     printf '\n'
     cat "$2"

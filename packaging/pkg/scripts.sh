@@ -99,22 +99,8 @@ start_agent() {
     systemctl start "$unit"
 }
 
-next_steps() {
-    cat <<EOT
-
-chaos-agent is installed and enabled, but not started: there is no configuration yet.
-Next:
-  1. On the control plane host:
-       chaos-control agents add $(uname -n)      prints a one-time registration key
-  2. Copy the control plane's CA certificate (the ca.pem \`chaos-control init\` wrote) to
-       $etc/ca.pem
-  3. Save the [control_plane] section \`chaos-control init\` printed, with the key from step 1
-     as registration_key, as
-       $etc/config.d/20-control.toml      (then: chmod 0600 $etc/config.d/20-control.toml)
-     Every other key is optional: $etc/agent.toml.sample
-  4. systemctl start chaos-agent
-     systemctl status chaos-agent
-EOT
+next_steps() { # (chaos_agent_next_steps: packaging/next-steps.sh, put in front by release.sh)
+    chaos_agent_next_steps "$etc" "installed and enabled, but not started" "systemctl start chaos-agent"
 }
 
 post_install() { # install | upgrade
