@@ -732,7 +732,21 @@ impl Store {
     }
 
     /// Record that these tasks were handed out now.
+    ///
+    /// A delivery mark only times the next hand-out of a task not yet acknowledged; lost in a
+    /// crash, it means the task is handed out once more, which agents take idempotently (by
+    /// run id). So this one commit does not wait for the disk (`synchronous=NORMAL`: in WAL
+    /// mode that loses at most this commit on power loss, never an earlier one), which keeps
+    /// a broadcast to thousands of waiting agents from costing one fsync per agent.
     pub fn mark_delivered(&mut self, tasks: &[Task], now: u64) -> Result<()> {
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = self.mark_delivered_tx(tasks, now);
+        // Every other commit waits for the disk again, whatever happened above.
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        r
+    }
+
+    fn mark_delivered_tx(&mut self, tasks: &[Task], now: u64) -> Result<()> {
         let tx = self.conn.transaction()?;
         for t in tasks {
             match t {
@@ -1086,6 +1100,14 @@ mod tests {
                 .unwrap()
         };
         let (journal, sync) = (q("journal_mode"), q("synchronous"));
+        drop(q);
+        let mut store = store;
+        store.mark_delivered(&[], 1).unwrap();
+        let after: i64 = store
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(after, 2, "a delivery mark leaves synchronous=FULL behind it");
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
         // 2 = FULL: WAL commits are fsync'd (NORMAL, 1, may lose the last ones on power loss)
