@@ -1107,7 +1107,10 @@ mod tests {
             .conn
             .query_row("PRAGMA synchronous", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(after, 2, "a delivery mark leaves synchronous=FULL behind it");
+        assert_eq!(
+            after, 2,
+            "a delivery mark leaves synchronous=FULL behind it"
+        );
         drop(store);
         std::fs::remove_dir_all(&dir).unwrap();
         // 2 = FULL: WAL commits are fsync'd (NORMAL, 1, may lose the last ones on power loss)

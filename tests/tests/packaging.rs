@@ -288,23 +288,7 @@ fn musl_debug_build() -> Result<PathBuf, String> {
         .arg(&target_dir)
         .env("CC_x86_64_unknown_linux_musl", "musl-gcc")
         .current_dir(repo());
-    // (as in common::built_bin: what cargo set for this test describes this package)
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO_PKG_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-            ]
-            .contains(&k.as_str())
-        {
-            cmd.env_remove(&k);
-        }
-    }
+    common::scrub_cargo_env(&mut cmd);
     run(&mut cmd);
     Ok(target_dir.join(MUSL).join("debug"))
 }

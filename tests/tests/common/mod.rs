@@ -49,25 +49,7 @@ fn built_bin(once: &std::sync::Once, package: &str, bin: &str) -> PathBuf {
         ])
         .arg(target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
-        // What cargo set for this test process describes this package, not the build: some
-        // dependencies' build scripts watch these (ring: CARGO_MANIFEST_DIR), and seeing
-        // them changed would rebuild them here and again in the next `cargo test`.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                ]
-                .contains(&k.as_ref())
-            {
-                cmd.env_remove(k.as_ref());
-            }
-        }
+        scrub_cargo_env(&mut cmd);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -283,4 +265,27 @@ pub fn wait_for_event(
 
 pub fn fault_state(v: &serde_json::Value, kind: &str, state: &str) -> bool {
     v["event"] == "fault" && v["kind"] == kind && v["state"] == state
+}
+
+/// Remove from a nested `cargo build` what cargo set for this test process: it describes
+/// this package, not the build, and some dependencies' build scripts watch these (ring:
+/// `CARGO_MANIFEST_DIR`); seeing them changed would rebuild them here and again in the next
+/// `cargo test`.
+pub fn scrub_cargo_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+            ]
+            .contains(&k.as_str())
+        {
+            cmd.env_remove(&k);
+        }
+    }
 }
