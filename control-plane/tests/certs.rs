@@ -165,39 +165,8 @@ fn presented(addr: std::net::SocketAddr, ca: &[u8]) -> Option<Vec<u8>> {
 fn serve_reloads_the_certificate_on_sighup() {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
-    let bin = env!("CARGO_BIN_EXE_chaos-control");
-    let dir = std::env::temp_dir().join(format!(
-        "chaos-control-hup-{}",
-        chaos_control::secrets::random_hex(4)
-    ));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(bin)
-            .args(args)
-            .arg("--state-dir")
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
-    run(&["init", "--name", "localhost", "--port", &port.to_string()]);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = std::process::Command::new(bin)
-        .args(["serve", "--listen", &addr.to_string(), "--state-dir"])
-        .arg(&dir)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let s = common::Served::start();
+    let ca = s.ca();
     let leaf = |p: &std::path::Path| {
         CertificateDer::pem_file_iter(p)
             .unwrap()
@@ -209,25 +178,24 @@ fn serve_reloads_the_certificate_on_sighup() {
     let wait_for = |want: &[u8], what: &str| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if presented(addr, &ca).as_deref() == Some(want) {
+            if presented(s.addr, &ca).as_deref() == Some(want) {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "{what}");
+            assert!(std::time::Instant::now() < deadline, "{what}:\n{}", s.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    let first = leaf(&dir.join("server.pem"));
+    let first = leaf(&s.dir.join("server.pem"));
     wait_for(&first, "the server never presented its certificate");
-    let out = run(&["cert", "reissue", "--name", "renewed.example"]);
+    let out = s.cli(&["cert", "reissue", "--name", "renewed.example"]);
     assert!(out.contains("renewed.example"), "{out}");
-    let second = leaf(&dir.join("server.pem"));
+    let second = leaf(&s.dir.join("server.pem"));
     assert_ne!(first, second);
-    // SAFETY: a signal to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    s.signal(libc::SIGHUP);
     wait_for(&second, "the new certificate was not served after SIGHUP");
-    // SAFETY: as above.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let st = child.wait().unwrap();
-    assert!(st.success(), "{st}");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        s.log().contains("server certificate reloaded"),
+        "{}",
+        s.log()
+    );
 }

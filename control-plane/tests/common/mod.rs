@@ -249,3 +249,97 @@ pub fn code(e: &ClientError) -> (u16, String) {
         other => panic!("expected an API error, got {other}"),
     }
 }
+
+/// The real `chaos-control` binary: `init` in a temporary directory, then `serve` on a free
+/// port of 127.0.0.1 with its log (stderr) in `serve.log` there.
+pub struct Served {
+    pub dir: PathBuf,
+    pub addr: SocketAddr,
+    pub child: std::process::Child,
+}
+
+impl Served {
+    pub fn start() -> Served {
+        let dir = temp_dir().join("state");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Served::cli_in(
+            &dir,
+            &["init", "--name", "localhost", "--port", &port.to_string()],
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_chaos-control"))
+            .args(["serve", "--listen", &addr.to_string(), "--state-dir"])
+            .arg(&dir)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let s = Served { dir, addr, child };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while s.client().health().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not answer:\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s
+    }
+
+    fn cli_in(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaos-control"))
+            .args(args)
+            .arg("--state-dir")
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run a `chaos-control` command on this state directory; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        Served::cli_in(&self.dir, args)
+    }
+
+    pub fn ca(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.pem")).unwrap()
+    }
+
+    pub fn client(&self) -> Client {
+        let mut cfg =
+            ClientConfig::new(format!("https://127.0.0.1:{}", self.addr.port()), self.ca());
+        cfg.timeout = Duration::from_secs(10);
+        Client::new(cfg).unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    /// Send a signal to the server (a process this test started).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+        if let Some(p) = self.dir.parent() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
