@@ -1100,7 +1100,6 @@ mod tests {
                 .unwrap()
         };
         let (journal, sync) = (q("journal_mode"), q("synchronous"));
-        drop(q);
         let mut store = store;
         store.mark_delivered(&[], 1).unwrap();
         let after: i64 = store
