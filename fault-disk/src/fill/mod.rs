@@ -1,4 +1,5 @@
-//! `disk.fill`: allocate space on a filesystem with one `fallocate(2)`'d file.
+//! `disk.fill`: take space on a filesystem with one `fallocate(2)`'d file ([`space`]),
+//! and/or its free inodes with one directory of empty files ([`inodes`]).
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
@@ -8,13 +9,16 @@ use std::path::{Path, PathBuf};
 use fault_core::host::ns::NsId;
 use fault_core::host::shell::join;
 use fault_core::{
-    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent,
-    Result,
+    Bytes, Context, Effect, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param,
+    Percent, Result,
 };
 use serde::{Deserialize, Serialize};
 
+mod inodes;
 mod space;
 
+pub use inodes::InodeFill;
+use inodes::{inode_dir, inodes_to_take, InodeAmount, DIR_PREFIX};
 use space::{touch_line, verify_file};
 
 use crate::files::{self, drifted, in_mount_ns, FileId};
@@ -36,8 +40,9 @@ const IMMUTABLE_HINT: &str =
 
 /// The parameters of a `disk.fill` fault, as written in an experiment.
 ///
-/// Exactly one of [`size`](DiskFillSpec::size) and [`percent`](DiskFillSpec::percent) is
-/// given.
+/// At most one of [`size`](DiskFillSpec::size) and [`percent`](DiskFillSpec::percent), at
+/// most one of [`inodes`](DiskFillSpec::inodes) and
+/// [`inodes_percent`](DiskFillSpec::inodes_percent), and at least one of the four is given.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DiskFillSpec {
@@ -51,6 +56,14 @@ pub struct DiskFillSpec {
     /// used / (used + available to unprivileged users).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<Percent>,
+    /// Take this many inodes (> 0): a directory named after the fault id and `inodes - 1`
+    /// empty files in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
+    /// Take inodes until this percent of the filesystem's inodes is used (> 0), as
+    /// `df -i` shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes_percent: Option<Percent>,
     /// Refuse (at plan) when the fill would leave less than this available.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reserve: Option<Bytes>,
@@ -88,6 +101,10 @@ pub struct DiskFillReceipt {
     /// Revert never unlinks a file at `file` with another identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inode: Option<FileId>,
+    /// The inode fill, when the spec asked for one. `bytes` is 0 when it asked for nothing
+    /// else (then there is no fill file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<InodeFill>,
 }
 
 /// Fill the filesystem holding a directory, by size or up to a percentage used.
@@ -135,7 +152,8 @@ pub struct DiskFillReceipt {
 #[derive(Debug, Clone)]
 pub struct DiskFill {
     spec: DiskFillSpec,
-    amount: Amount,
+    amount: Option<Amount>,
+    inodes: Option<InodeAmount>,
 }
 
 impl DiskFill {
@@ -171,24 +189,35 @@ fn parent(file: &Path) -> &Path {
 }
 
 /// What revert checks of a receipt without knowing the fault id: `file` is a fill file
-/// name (`.chaos-agent-fill-…`) directly in `dir`, an absolute plain path. (The engine also
-/// checks the id itself with [`DiskFill::check_receipt`].)
+/// name (`.chaos-agent-fill-…`) directly in `dir`, an absolute plain path, and the inode
+/// directory, if any, is `.chaos-agent-inodes-<the same id>` directly in `dir`. (The engine
+/// also checks the id itself with [`DiskFill::check_receipt`].)
 fn check_shape(r: &DiskFillReceipt) -> Result<()> {
     let name = r.file.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let ok = files::is_plain_absolute(&r.file)
         && r.file.parent() == Some(r.dir.as_path())
         && name.len() > FILE_PREFIX.len()
         && name.starts_with(FILE_PREFIX);
-    if ok {
-        Ok(())
-    } else {
-        Err(drifted(format!(
+    if !ok {
+        return Err(drifted(format!(
             "refusing to touch {}: disk.fill only removes {FILE_PREFIX}<fault id> directly in \
              its directory {}",
             r.file.display(),
             r.dir.display()
-        )))
+        )));
     }
+    if let Some(i) = &r.inodes {
+        let id = &name[FILE_PREFIX.len()..];
+        if i.dir.parent() != Some(r.dir.as_path()) || i.fault_id() != Some(id) {
+            return Err(drifted(format!(
+                "refusing to touch {}: disk.fill only empties {DIR_PREFIX}{id} directly in its \
+                 directory {}",
+                i.dir.display(),
+                r.dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The device of `path`, or of its nearest existing ancestor (a state directory not made
@@ -205,6 +234,59 @@ fn device_of_nearest(path: &Path) -> Option<(PathBuf, u64)> {
 }
 
 impl DiskFill {
+    /// The protected paths (of [`Context::protected_paths`]) on the filesystem of `dir`.
+    fn protected_here(cx: &Context, dir: &Path, device: u64) -> Vec<String> {
+        let ms = mounts::mounts();
+        let mut held: Vec<String> = Vec::new();
+        for p in &cx.protected_paths {
+            if let Some((shown, dev)) = device_of_nearest(p) {
+                if mounts::same_filesystem(&ms, dir, device, &shown, dev) {
+                    held.push(shown.display().to_string());
+                }
+            }
+        }
+        held.dedup();
+        held
+    }
+
+    /// Refuse an inode fill that would leave a filesystem holding a protected path with
+    /// fewer free inodes than its safe reserve (5% of its inodes, at least 10,000, at most a
+    /// quarter of them), unless the spec allows it. `need` is the inodes still to take.
+    fn guard_inodes(
+        &self,
+        cx: &Context,
+        dir: &Path,
+        device: u64,
+        stats: &FsStats,
+        need: u64,
+    ) -> Result<()> {
+        if self.spec.allow_protected_filesystem {
+            return Ok(());
+        }
+        let reserve = inodes::protected_inode_reserve(stats.files);
+        let left = stats.favail.saturating_sub(need);
+        if left >= reserve {
+            return Ok(());
+        }
+        let held = DiskFill::protected_here(cx, dir, device);
+        if held.is_empty() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "refusing to exhaust the inodes of {}: it holds protected path{} {} and taking \
+                 {need} inodes would leave {left} free of {}, below its safe reserve of \
+                 {reserve} (5% of its inodes, at least 10000, at most a quarter of them); set \
+                 allow_protected_filesystem = true in this fault to fill it anyway",
+                mounts::label(dir, device),
+                if held.len() == 1 { "" } else { "s" },
+                held.join(", "),
+                stats.files
+            ),
+        ))
+    }
+
     /// Refuse a fill that would leave a filesystem holding a protected path with less than
     /// its safe reserve, unless the spec allows it. `stats` are the filesystem's numbers
     /// now; `need` the bytes still to allocate.
@@ -219,15 +301,7 @@ impl DiskFill {
         if self.spec.allow_protected_filesystem {
             return Ok(());
         }
-        let ms = mounts::mounts();
-        let mut held: Vec<String> = Vec::new();
-        for p in &cx.protected_paths {
-            if let Some((shown, dev)) = device_of_nearest(p) {
-                if mounts::same_filesystem(&ms, dir, device, &shown, dev) {
-                    held.push(shown.display().to_string());
-                }
-            }
-        }
+        let held = DiskFill::protected_here(cx, dir, device);
         if held.is_empty() {
             return Ok(());
         }
@@ -238,7 +312,6 @@ impl DiskFill {
         if left >= reserve {
             return Ok(());
         }
-        held.dedup();
         let label = mounts::label(dir, device);
         let h = |n: u64| Bytes(n).human();
         Err(Error::new(
@@ -258,9 +331,63 @@ impl DiskFill {
         ))
     }
 
-    /// `inject` in the receipt's mount namespace.
+    /// `inject` in the receipt's mount namespace: inodes first (a directory's entries need
+    /// blocks too), then space.
     fn inject_here(&self, cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
         check_shape(receipt)?;
+        if receipt.inodes.is_some() {
+            self.inject_inodes(cx, receipt)?;
+        }
+        if receipt.bytes == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.inject_space(cx, receipt) {
+            if let Some(i) = &receipt.inodes {
+                if let Err(u) = inodes::remove(i, &receipt.dir) {
+                    return Err(e.context(format!(
+                        "and removing the inode directory {} failed too ({u})",
+                        i.dir.display()
+                    )));
+                }
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The inode fill: check the guard again on a fresh directory, make it and its files;
+    /// on failure remove what was made.
+    fn inject_inodes(&self, cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
+        let Some(fill) = receipt.inodes.as_mut() else {
+            return Ok(());
+        };
+        if fill.id.is_none() {
+            // Not on a retry: our own partial directory would count against the checks.
+            let s = FsStats::of_path(&receipt.dir)
+                .map_err(|e| Error::io(format!("statvfs {}", receipt.dir.display()), e))?;
+            inodes_to_take(
+                &s,
+                InodeAmount::Count(fill.count),
+                &receipt.dir.display().to_string(),
+            )
+            .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+            self.guard_inodes(cx, &receipt.dir, receipt.device, &s, fill.count)?;
+        }
+        let result = inodes::create(fill, &receipt.dir);
+        if let Err(e) = result {
+            if let Err(u) = inodes::remove(fill, &receipt.dir) {
+                return Err(e.context(format!(
+                    "and removing the partial {} failed too ({u})",
+                    fill.dir.display()
+                )));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The space fill: allocate the fill file; on failure unlink it.
+    fn inject_space(&self, cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
         let (f, fresh) = DiskFill::open_fill(receipt)?;
         if receipt.inode.is_none() {
             receipt.inode =
@@ -292,42 +419,78 @@ impl Fault for DiskFill {
 
     fn new(spec: DiskFillSpec) -> Result<DiskFill> {
         crate::statfs::check_spec_path(&spec.path)?;
-        let amount =
-            match (spec.size, spec.percent) {
-                (Some(_), Some(_)) => {
-                    return Err(Error::invalid(
-                        "both size and percent are given: give exactly one",
-                    ))
-                }
-                (None, None) => return Err(Error::invalid(
-                    "neither size nor percent is given: give exactly one (e.g. size = \"1GiB\" \
-                     or percent = 90)",
-                )),
-                (Some(Bytes(0)), None) => {
-                    return Err(Error::invalid("size is 0: nothing would be filled"))
-                }
-                (Some(Bytes(n)), None) => Amount::Size(n),
-                (None, Some(p)) if p.get() <= 0.0 => {
-                    return Err(Error::invalid("percent is 0: nothing would be filled"))
-                }
-                (None, Some(p)) => Amount::Percent(p.get()),
-            };
-        Ok(DiskFill { spec, amount })
+        let amount = match (spec.size, spec.percent) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "both size and percent are given: give at most one",
+                ))
+            }
+            (None, None) => None,
+            (Some(Bytes(0)), None) => {
+                return Err(Error::invalid("size is 0: nothing would be filled"))
+            }
+            (Some(Bytes(n)), None) => Some(Amount::Size(n)),
+            (None, Some(p)) if p.get() <= 0.0 => {
+                return Err(Error::invalid("percent is 0: nothing would be filled"))
+            }
+            (None, Some(p)) => Some(Amount::Percent(p.get())),
+        };
+        let inodes = match (spec.inodes, spec.inodes_percent) {
+            (Some(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "both inodes and inodes_percent are given: give at most one",
+                ))
+            }
+            (None, None) => None,
+            (Some(0), None) => return Err(Error::invalid("inodes is 0: nothing would be filled")),
+            (Some(n), None) if n > inodes::MAX_INODES => {
+                return Err(Error::invalid(format!(
+                    "inodes: {n} is more than the {} one fault creates (they all live in one \
+                     directory)",
+                    inodes::MAX_INODES
+                )))
+            }
+            (Some(n), None) => Some(InodeAmount::Count(n)),
+            (None, Some(p)) if p.get() <= 0.0 => {
+                return Err(Error::invalid(
+                    "inodes_percent is 0: nothing would be filled",
+                ))
+            }
+            (None, Some(p)) => Some(InodeAmount::Percent(p.get())),
+        };
+        if amount.is_none() && inodes.is_none() {
+            return Err(Error::invalid(
+                "neither size nor percent (nor inodes or inodes_percent) is given: give one \
+                 (e.g. size = \"1GiB\", percent = 90 or inodes_percent = 95)",
+            ));
+        }
+        Ok(DiskFill {
+            spec,
+            amount,
+            inodes,
+        })
     }
 
     fn info() -> KindInfo {
         KindInfo {
             summary: "Fills the filesystem holding `path` by allocating one file, \
                       `<path>/.chaos-agent-fill-<fault id>`, with fallocate(2): `size` bytes, \
-                      or enough to make the filesystem `percent` used as df shows it. Plan \
+                      or enough to make the filesystem `percent` used as df shows it; and/or \
+                      exhausts its inodes with one directory \
+                      `<path>/.chaos-agent-inodes-<fault id>` of empty files (mknodat(2)): \
+                      `inodes` of them, or enough to make `inodes_percent` of the inodes used \
+                      as df -i shows it (refused on filesystems without an inode limit, such \
+                      as btrfs). Plan \
                       refuses (never fills less) when that does not fit, would leave less than \
                       `reserve`, or the filesystem is already that full; on a filesystem \
                       holding the root or the agent's state directory it also refuses to go \
                       below a safe reserve (5% of the filesystem, at least 1 GiB, at most a \
-                      quarter of it) unless `allow_protected_filesystem` is set. Revert unlinks \
-                      the file (only the one inject created, in the mount namespace it was \
-                      created in), which returns the space at once (unless another process \
-                      holds it open).",
+                      quarter of it; for inodes 5% of them, at least 10000, at most a quarter) \
+                      unless `allow_protected_filesystem` is set. Revert unlinks the file and \
+                      the directory's files (unlinkat(2), only names of the fault id) and the \
+                      directory (only those inject created, in the mount namespace they were \
+                      created in), which returns the space and the inodes at once (unless \
+                      another process holds the file open).",
             privileges: "write access to the directory (no root needed); root cannot use ext4 \
                          reserved blocks without CAP_SYS_RESOURCE; reverting from another \
                          mount namespace needs CAP_SYS_ADMIN",
@@ -343,7 +506,8 @@ impl Fault for DiskFill {
                     name: "size",
                     ty: "bytes",
                     default: None,
-                    doc: "Bytes to allocate, e.g. \"2GiB\"; give this or percent.",
+                    doc: "Bytes to allocate, e.g. \"2GiB\"; give this or percent (or neither, \
+                          with inodes or inodes_percent).",
                 },
                 Param {
                     name: "percent",
@@ -351,6 +515,22 @@ impl Fault for DiskFill {
                     default: None,
                     doc: "Fill until the filesystem is this % used (as df shows it); give this \
                           or size.",
+                },
+                Param {
+                    name: "inodes",
+                    ty: "integer",
+                    default: None,
+                    doc: "Inodes to take: a directory named after the fault id and empty files \
+                          in it (at most 10 million; the fill file of size/percent, if any, \
+                          counts as one); give this or inodes_percent, with or instead of \
+                          size/percent.",
+                },
+                Param {
+                    name: "inodes_percent",
+                    ty: "percent",
+                    default: None,
+                    doc: "Take inodes until this % of the filesystem's inodes is used (as df -i \
+                          shows it); give this or inodes.",
                 },
                 Param {
                     name: "reserve",
@@ -364,7 +544,8 @@ impl Fault for DiskFill {
                     default: Some("false"),
                     doc: "Allow filling the filesystem of / or of the agent's state directory \
                           below its safe reserve (5%, at least 1 GiB, at most a quarter of \
-                          it); without it plan refuses such a fill.",
+                          it; for inodes 5%, at least 10000, at most a quarter); without it \
+                          plan refuses such a fill.",
                 },
             ],
             example: "kind = \"disk.fill\"\nduration = \"30s\"\npath = \"/var/tmp\"\npercent = 90",
@@ -372,17 +553,28 @@ impl Fault for DiskFill {
     }
 
     fn describe(&self) -> String {
-        let mut s = match self.amount {
-            Amount::Size(n) => format!(
-                "allocate {} on the filesystem of {}",
-                Bytes(n).human(),
-                self.spec.path.display()
-            ),
-            Amount::Percent(p) => format!(
-                "fill the filesystem of {} to {p}% used",
-                self.spec.path.display()
-            ),
-        };
+        let path = self.spec.path.display();
+        let mut parts = Vec::new();
+        match self.amount {
+            Some(Amount::Size(n)) => parts.push(format!(
+                "allocate {} on the filesystem of {path}",
+                Bytes(n).human()
+            )),
+            Some(Amount::Percent(p)) => {
+                parts.push(format!("fill the filesystem of {path} to {p}% used"))
+            }
+            None => {}
+        }
+        match self.inodes {
+            Some(InodeAmount::Count(n)) => {
+                parts.push(format!("take {n} inodes of the filesystem of {path}"))
+            }
+            Some(InodeAmount::Percent(p)) => parts.push(format!(
+                "fill the inodes of the filesystem of {path} to {p}% used"
+            )),
+            None => {}
+        }
+        let mut s = parts.join(" and ");
         if let Some(r) = self.spec.reserve {
             s.push_str(&format!(", keeping at least {} available", r.human()));
         }
@@ -397,9 +589,32 @@ impl Fault for DiskFill {
         let shown = path.display().to_string();
         let (dir, stats, device) = crate::statfs::writable_dir(path)?;
         let file = fill_file(&dir, &cx.fault_id)?;
-        let bytes = bytes_to_fill(&stats, self.amount, self.reserve(), &shown)
-            .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
-        self.guard(cx, &dir, device, &stats, bytes)?;
+        let inodes = match self.inodes {
+            None => None,
+            Some(amount) => {
+                let mut count = inodes_to_take(&stats, amount, &shown)
+                    .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+                if self.amount.is_some() {
+                    // The fill file takes one of the inodes asked for.
+                    count = count.saturating_sub(1).max(1);
+                }
+                self.guard_inodes(cx, &dir, device, &stats, count)?;
+                Some(InodeFill {
+                    dir: inode_dir(&dir, &cx.fault_id)?,
+                    count,
+                    id: None,
+                })
+            }
+        };
+        let bytes = match self.amount {
+            None => 0,
+            Some(amount) => {
+                let bytes = bytes_to_fill(&stats, amount, self.reserve(), &shown)
+                    .map_err(|m| Error::new(ErrorKind::Unsupported, m))?;
+                self.guard(cx, &dir, device, &stats, bytes)?;
+                bytes
+            }
+        };
         Ok(DiskFillReceipt {
             dir,
             file,
@@ -408,6 +623,7 @@ impl Fault for DiskFill {
             mnt_ns: files::current_mnt_ns(),
             boot_id: Some(cx.boot_id.clone()),
             inode: None,
+            inodes,
         })
     }
 
@@ -424,17 +640,28 @@ impl Fault for DiskFill {
             receipt.mnt_ns.as_ref(),
             receipt.boot_id.as_deref(),
             &format!("the fill file {}", receipt.file.display()),
-            || verify_file(receipt),
+            || verify_here(receipt),
         )
     }
 
+    /// Removes the inode directory's files and the directory, then the fill file; an error
+    /// of the first does not keep the second from being removed.
     fn revert(receipt: &DiskFillReceipt) -> Result<()> {
         check_shape(receipt)?;
         in_mount_ns(
             receipt.mnt_ns.as_ref(),
             receipt.boot_id.as_deref(),
             &format!("the fill file {}", receipt.file.display()),
-            || files::remove(&receipt.file, receipt.inode, KIND, IMMUTABLE_HINT).map(drop),
+            || {
+                let dir = receipt
+                    .inodes
+                    .as_ref()
+                    .map(|i| inodes::remove(i, &receipt.dir))
+                    .transpose();
+                let file = files::remove(&receipt.file, receipt.inode, KIND, IMMUTABLE_HINT);
+                dir?;
+                file.map(drop)
+            },
         )
     }
 
@@ -449,13 +676,21 @@ impl Fault for DiskFill {
                     .chain(argv.iter().copied()),
             )
         };
-        vec![
+        let mut out = vec![
             format!(
                 "{}  # only if `lsattr` shows it immutable (i) or append-only (a)",
                 cmd(&["chattr", "-i", "-a", "--", &file])
             ),
             cmd(&["rm", "-f", "--", &file]),
-        ]
+        ];
+        if let Some(i) = &receipt.inodes {
+            let dir = i.dir.to_string_lossy();
+            out.push(format!(
+                "{}  # the inode fill: a directory of empty files named after the fault id",
+                cmd(&["rm", "-rf", "--", &dir])
+            ));
+        }
+        out
     }
 
     fn targets(receipt: &DiskFillReceipt) -> Vec<String> {
@@ -473,14 +708,34 @@ impl Fault for DiskFill {
             "the fill file",
             || Ok(touch_line(receipt, &ns)),
         );
-        vec![line.unwrap_or_else(|e| {
-            format!(
-                "fill {} on the filesystem of {} (device {}): {e}",
-                Bytes(receipt.bytes).human(),
-                receipt.dir.display(),
-                files::dev_name(receipt.device)
-            )
-        })]
+        let mut out = Vec::new();
+        if receipt.bytes > 0 || receipt.inodes.is_none() {
+            out.push(line.unwrap_or_else(|e| {
+                format!(
+                    "fill {} on the filesystem of {} (device {}): {e}",
+                    Bytes(receipt.bytes).human(),
+                    receipt.dir.display(),
+                    files::dev_name(receipt.device)
+                )
+            }));
+        }
+        if let Some(i) = &receipt.inodes {
+            let line = in_mount_ns(
+                receipt.mnt_ns.as_ref(),
+                receipt.boot_id.as_deref(),
+                "the inode directory",
+                || Ok(inode_touch_line(receipt, i, &ns)),
+            );
+            out.push(line.unwrap_or_else(|e| {
+                format!(
+                    "take {} inodes of the filesystem of {} (device {}): {e}",
+                    i.count,
+                    receipt.dir.display(),
+                    files::dev_name(receipt.device)
+                )
+            }));
+        }
+        out
     }
 
     /// The fill file must be exactly `<dir>/.chaos-agent-fill-<fault id>`, `dir` an
@@ -506,49 +761,192 @@ impl Fault for DiskFill {
                 want.display()
             )));
         }
+        if let Some(i) = &receipt.inodes {
+            let want = inode_dir(&receipt.dir, fault_id).map_err(|e| {
+                drifted(format!(
+                    "refusing disk.fill receipt: fault id {fault_id:?} names no inode directory \
+                     ({e})"
+                ))
+            })?;
+            if i.dir != want {
+                return Err(drifted(format!(
+                    "refusing disk.fill receipt of fault {fault_id:?}: it names {} but this \
+                     fault only ever creates {}",
+                    i.dir.display(),
+                    want.display()
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// Fill files named after a known fault id on every mounted filesystem, within the
-    /// bounds described in the crate docs (depth 6 below each mount point, capped
-    /// directory counts, no symlinks, no crossing of mounts, this mount namespace only).
+    /// Fill files and inode directories named after a known fault id on every mounted
+    /// filesystem, within the bounds described in the crate docs (depth 6 below each mount
+    /// point, capped directory counts, no symlinks, no crossing of mounts, this mount
+    /// namespace only). A fill file and an inode directory of one fault in one directory
+    /// make one receipt.
     fn leftovers(known: &[String]) -> Result<Vec<Leftover<DiskFillReceipt>>> {
         let ids: HashSet<&str> = known.iter().map(String::as_str).collect();
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let wanted = |n: &str| {
-            n.strip_prefix(FILE_PREFIX)
-                .is_some_and(|id| ids.contains(id))
+        let id_of = |n: &str, dir: bool| -> Option<String> {
+            let prefix = if dir { DIR_PREFIX } else { FILE_PREFIX };
+            n.strip_prefix(prefix)
+                .filter(|id| ids.contains(id))
+                .map(str::to_string)
         };
+        let wanted = |n: &str| id_of(n, false).or_else(|| id_of(n, true)).is_some();
         let (found, _) = mounts::scan(&wanted);
         let ns = files::current_mnt_ns();
         let boot = fault_core::host::boot_id();
-        Ok(found
-            .into_iter()
-            .map(|f| {
-                let file = f.dir.join(&f.name);
-                Leftover {
-                    fault_id: f.name[FILE_PREFIX.len()..].to_string(),
-                    found: format!(
-                        "fill file {} ({}, {})",
-                        file.display(),
-                        Bytes(f.size).human(),
-                        f.fs
-                    ),
-                    receipt: DiskFillReceipt {
-                        dir: f.dir,
-                        file,
-                        bytes: f.size,
-                        device: f.id.dev,
-                        mnt_ns: ns.clone(),
-                        boot_id: Some(boot.clone()),
-                        inode: Some(f.id),
-                    },
+        let mut out: Vec<Leftover<DiskFillReceipt>> = Vec::new();
+        for f in found {
+            let Some(id) = id_of(&f.name, f.is_dir) else {
+                continue;
+            };
+            let path = f.dir.join(&f.name);
+            let at = out
+                .iter()
+                .position(|l| l.fault_id == id && l.receipt.dir == f.dir);
+            let at = match at {
+                Some(at) => at,
+                None => {
+                    out.push(Leftover {
+                        fault_id: id.clone(),
+                        found: String::new(),
+                        receipt: DiskFillReceipt {
+                            file: f.dir.join(format!("{FILE_PREFIX}{id}")),
+                            dir: f.dir.clone(),
+                            bytes: 0,
+                            device: f.id.dev,
+                            mnt_ns: ns.clone(),
+                            boot_id: Some(boot.clone()),
+                            inode: None,
+                            inodes: None,
+                        },
+                    });
+                    out.len() - 1
                 }
-            })
-            .collect())
+            };
+            let l = &mut out[at];
+            if !l.found.is_empty() {
+                l.found.push_str(", ");
+            }
+            if f.is_dir {
+                l.found
+                    .push_str(&format!("inode directory {} ({})", path.display(), f.fs));
+                l.receipt.inodes = Some(InodeFill {
+                    dir: path,
+                    count: 0,
+                    id: Some(f.id),
+                });
+            } else {
+                l.found.push_str(&format!(
+                    "fill file {} ({}, {})",
+                    path.display(),
+                    Bytes(f.size).human(),
+                    f.fs
+                ));
+                l.receipt.bytes = f.size;
+                l.receipt.inode = Some(f.id);
+            }
+        }
+        Ok(out)
     }
+}
+
+/// `verify` in the receipt's mount namespace: the fill file (when there is one) and the
+/// inode directory (when there is one), each in effect, partial or clean.
+fn verify_here(receipt: &DiskFillReceipt) -> Result<Observation> {
+    let mut seen: Vec<Observation> = Vec::new();
+    if receipt.bytes > 0 || receipt.inodes.is_none() {
+        seen.push(verify_file(receipt)?);
+    }
+    if let Some(i) = &receipt.inodes {
+        let o = match inodes::count(i, &receipt.dir)? {
+            None => Observation::clean(format!("no inode directory {}", i.dir.display())),
+            Some((ours, other)) => {
+                let want = i.count.saturating_sub(1);
+                let detail = format!(
+                    "{} holds {ours} of {want} empty files{}; {}",
+                    i.dir.display(),
+                    if other > 0 {
+                        format!(" and {other} other entries")
+                    } else {
+                        String::new()
+                    },
+                    inode_usage(&receipt.dir)
+                );
+                if ours >= want {
+                    Observation::in_effect(detail)
+                } else {
+                    Observation::partial(detail)
+                }
+            }
+        };
+        seen.push(o);
+    }
+    let all = |e: Effect| seen.iter().all(|o| o.effect == e);
+    let detail = seen
+        .iter()
+        .map(|o| o.detail.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(if all(Effect::InEffect) {
+        Observation::in_effect(detail)
+    } else if all(Effect::Clean) {
+        Observation::clean(detail)
+    } else {
+        Observation::partial(detail)
+    })
+}
+
+/// "N.N% of inodes used, M free" of the filesystem holding `dir`, or why it is unknown.
+fn inode_usage(dir: &Path) -> String {
+    match FsStats::of_path(dir) {
+        Ok(s) => format!(
+            "{:.1}% of its inodes used, {} free",
+            inodes::inodes_used_percent(&s),
+            s.favail
+        ),
+        Err(e) => format!("inode usage of {} unknown: {e}", dir.display()),
+    }
+}
+
+/// The inode line of [`DiskFill::touches`], computed in the receipt's mount namespace.
+fn inode_touch_line(r: &DiskFillReceipt, i: &InodeFill, ns: &str) -> String {
+    let label = mounts::label(&r.dir, r.device);
+    let Ok(s) = FsStats::of_path(&r.dir) else {
+        return format!(
+            "take {} inodes of {label}{ns}: {} and {} empty files in it",
+            i.count,
+            i.dir.display(),
+            i.count.saturating_sub(1)
+        );
+    };
+    // Inodes already taken by this fault (once injected) count as free.
+    let mine = match inodes::count(i, &r.dir) {
+        Ok(Some((ours, _))) => ours + 1,
+        _ => 0,
+    };
+    let free = s.favail.saturating_add(mine);
+    let used = s.files.saturating_sub(s.ffree).saturating_sub(mine);
+    let after = if s.files == 0 {
+        100.0
+    } else {
+        used.saturating_add(i.count).min(s.files) as f64 * 100.0 / s.files as f64
+    };
+    format!(
+        "take {} of {} inodes of {label}{ns} ({} and {} empty files in it): {} of the inodes \
+         used after the fill, {} free left",
+        i.count,
+        s.files,
+        i.dir.display(),
+        i.count.saturating_sub(1),
+        files::percent(after),
+        free.saturating_sub(i.count)
+    )
 }
 
 #[cfg(test)]

@@ -17,6 +17,9 @@ fn spec_validation_table() {
         json!({"path": "/var/tmp", "percent": 90}),
         json!({"path": "/var/tmp", "percent": "12.5%", "reserve": "100MiB"}),
         json!({"path": "/", "percent": 100}),
+        json!({"path": "/var/tmp", "inodes": 1000}),
+        json!({"path": "/var/tmp", "inodes_percent": 95}),
+        json!({"path": "/var/tmp", "size": "1GiB", "inodes_percent": "50%"}),
     ];
     for spec in ok {
         build(spec.clone()).unwrap_or_else(|e| panic!("{spec}: {e}"));
@@ -35,6 +38,33 @@ fn spec_validation_table() {
             "both size and percent",
         ),
         (json!({"path": "/var/tmp"}), "neither size nor percent"),
+        (
+            json!({"path": "/var/tmp", "inodes": 5, "inodes_percent": 5}),
+            "both inodes and inodes_percent",
+        ),
+        (json!({"path": "/var/tmp", "inodes": 0}), "inodes is 0"),
+        (
+            json!({"path": "/var/tmp", "inodes": 10_000_001}),
+            "more than the 10000000",
+        ),
+        (json!({"path": "/var/tmp", "inodes": -1}), "invalid value"),
+        (json!({"path": "/var/tmp", "inodes": 1.5}), "invalid type"),
+        (
+            json!({"path": "/var/tmp", "inodes": "many"}),
+            "invalid type",
+        ),
+        (
+            json!({"path": "/var/tmp", "inodes_percent": 0}),
+            "inodes_percent is 0",
+        ),
+        (
+            json!({"path": "/var/tmp", "inodes_percent": "101%"}),
+            "out of range",
+        ),
+        (
+            json!({"path": "/var/tmp", "inodes": null}),
+            "neither size nor percent",
+        ),
         (
             json!({"path": "/var/tmp", "reserve": "1GiB"}),
             "neither size nor percent",
@@ -95,6 +125,8 @@ fn example_validates_through_the_registry() {
             "path",
             "size",
             "percent",
+            "inodes",
+            "inodes_percent",
             "reserve",
             "allow_protected_filesystem"
         ]
@@ -116,6 +148,8 @@ fn spec_round_trips() {
         path: "/srv".into(),
         size: None,
         percent: Some("40%".parse().unwrap()),
+        inodes: None,
+        inodes_percent: None,
         reserve: Some(Bytes(1 << 20)),
         allow_protected_filesystem: false,
     };
@@ -156,6 +190,7 @@ fn receipt(dir: &str, id: &str) -> DiskFillReceipt {
         mnt_ns: None,
         boot_id: None,
         inode: None,
+        inodes: None,
     }
 }
 
@@ -306,4 +341,87 @@ fn plan_errors_need_no_privilege() {
     let e = f.plan(&cx).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidSpec);
     assert_eq!(e.to_string(), "/proc/self/status is not a directory");
+}
+
+#[test]
+fn inode_receipts_are_checked_against_the_fault_id() {
+    let with = |dir: &str| DiskFillReceipt {
+        bytes: 0,
+        inodes: Some(InodeFill {
+            dir: dir.into(),
+            count: 10,
+            id: None,
+        }),
+        ..receipt("/srv/data", "f1")
+    };
+    let r = with("/srv/data/.chaos-agent-inodes-f1");
+    DiskFill::check_receipt("f1", &r).unwrap();
+    assert_eq!(
+        DiskFill::manual_undo(&r)[2],
+        "rm -rf -- /srv/data/.chaos-agent-inodes-f1  # the inode fill: a directory of empty \
+         files named after the fault id"
+    );
+    for bad in [
+        "/srv/data/.chaos-agent-inodes-f2",
+        "/srv/data/sub/.chaos-agent-inodes-f1",
+        "/etc",
+        "/srv/data/precious",
+    ] {
+        let e = DiskFill::check_receipt("f1", &with(bad)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Drifted, "{bad}: {e}");
+        // Revert alone refuses it too.
+        let e = DiskFill::revert(&with(bad)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Drifted, "{bad}: {e}");
+    }
+    // Receipts without the inode fill write back without the field.
+    let v = serde_json::to_value(receipt("/srv", "x")).unwrap();
+    assert!(v.get("inodes").is_none(), "{v}");
+    let back: DiskFillReceipt = serde_json::from_value(serde_json::to_value(&r).unwrap()).unwrap();
+    assert_eq!(back, r);
+}
+
+#[test]
+fn describe_names_inodes() {
+    let f = build(json!({"path": "/srv", "inodes_percent": 95})).unwrap();
+    assert_eq!(
+        f.describe(),
+        "fill the inodes of the filesystem of /srv to 95% used"
+    );
+    let f = build(json!({"path": "/srv", "size": "1MiB", "inodes": 7})).unwrap();
+    assert_eq!(
+        f.describe(),
+        "allocate 1.0 MiB on the filesystem of /srv and take 7 inodes of the filesystem of /srv"
+    );
+}
+
+#[test]
+fn an_inode_fill_in_a_temporary_directory_runs_the_whole_cycle() {
+    let t = fault_core::testing::TempDir::new("fill-inodes");
+    let f = build(json!({"path": t.path(), "inodes": 21})).unwrap();
+    let cx = Context::new("ino-1", "run");
+    let mut r = match f.plan(&cx) {
+        Ok(r) => r,
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(r.bytes, 0);
+    assert_eq!(r.inodes.as_ref().unwrap().count, 21);
+    f.inject(&cx, &mut r).unwrap();
+    let dir = t.path().join(".chaos-agent-inodes-ino-1");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 20);
+    assert!(!r.file.exists(), "no fill file for an inode-only fill");
+    let v = DiskFill::verify(&r).unwrap();
+    assert_eq!(v.effect, fault_core::Effect::InEffect, "{}", v.detail);
+    let touches = DiskFill::touches(&r);
+    assert!(touches[0].starts_with("take 21 of "), "{touches:?}");
+    DiskFill::revert(&r).unwrap();
+    assert!(!dir.exists());
+    DiskFill::revert(&r).unwrap();
+    assert_eq!(
+        DiskFill::verify(&r).unwrap().effect,
+        fault_core::Effect::Clean
+    );
 }
