@@ -3,27 +3,29 @@
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use fault_core::host::ns::NsId;
 use fault_core::host::shell::join;
 use fault_core::{
-    Bytes, Context, Effect, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param,
-    Percent, Result,
+    Bytes, Context, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent,
+    Result,
 };
 use serde::{Deserialize, Serialize};
 
+mod guard;
 mod inodes;
+mod observe;
 mod space;
 
 pub use inodes::InodeFill;
 use inodes::{inode_dir, inodes_to_take, InodeAmount, DIR_PREFIX};
-use space::{touch_line, verify_file};
+use observe::{inode_touch_line, verify_here};
+use space::touch_line;
 
 use crate::files::{self, drifted, in_mount_ns, FileId};
 use crate::mounts;
-use crate::statfs::{bytes_to_fill, protected_reserve, round_up, Amount, FsStats};
+use crate::statfs::{bytes_to_fill, Amount, FsStats};
 
 /// The kind string of [`DiskFill`].
 pub const KIND: &str = "disk.fill";
@@ -220,117 +222,7 @@ fn check_shape(r: &DiskFillReceipt) -> Result<()> {
     Ok(())
 }
 
-/// The device of `path`, or of its nearest existing ancestor (a state directory not made
-/// yet will be made there), with the path that was found.
-fn device_of_nearest(path: &Path) -> Option<(PathBuf, u64)> {
-    let mut p = path;
-    loop {
-        if let Ok(m) = std::fs::metadata(p) {
-            let shown = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            return Some((shown, m.dev()));
-        }
-        p = p.parent()?;
-    }
-}
-
 impl DiskFill {
-    /// The protected paths (of [`Context::protected_paths`]) on the filesystem of `dir`.
-    fn protected_here(cx: &Context, dir: &Path, device: u64) -> Vec<String> {
-        let ms = mounts::mounts();
-        let mut held: Vec<String> = Vec::new();
-        for p in &cx.protected_paths {
-            if let Some((shown, dev)) = device_of_nearest(p) {
-                if mounts::same_filesystem(&ms, dir, device, &shown, dev) {
-                    held.push(shown.display().to_string());
-                }
-            }
-        }
-        held.dedup();
-        held
-    }
-
-    /// Refuse an inode fill that would leave a filesystem holding a protected path with
-    /// fewer free inodes than its safe reserve (5% of its inodes, at least 10,000, at most a
-    /// quarter of them), unless the spec allows it. `need` is the inodes still to take.
-    fn guard_inodes(
-        &self,
-        cx: &Context,
-        dir: &Path,
-        device: u64,
-        stats: &FsStats,
-        need: u64,
-    ) -> Result<()> {
-        if self.spec.allow_protected_filesystem {
-            return Ok(());
-        }
-        let reserve = inodes::protected_inode_reserve(stats.files);
-        let left = stats.favail.saturating_sub(need);
-        if left >= reserve {
-            return Ok(());
-        }
-        let held = DiskFill::protected_here(cx, dir, device);
-        if held.is_empty() {
-            return Ok(());
-        }
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "refusing to exhaust the inodes of {}: it holds protected path{} {} and taking \
-                 {need} inodes would leave {left} free of {}, below its safe reserve of \
-                 {reserve} (5% of its inodes, at least 10000, at most a quarter of them); set \
-                 allow_protected_filesystem = true in this fault to fill it anyway",
-                mounts::label(dir, device),
-                if held.len() == 1 { "" } else { "s" },
-                held.join(", "),
-                stats.files
-            ),
-        ))
-    }
-
-    /// Refuse a fill that would leave a filesystem holding a protected path with less than
-    /// its safe reserve, unless the spec allows it. `stats` are the filesystem's numbers
-    /// now; `need` the bytes still to allocate.
-    fn guard(
-        &self,
-        cx: &Context,
-        dir: &Path,
-        device: u64,
-        stats: &FsStats,
-        need: u64,
-    ) -> Result<()> {
-        if self.spec.allow_protected_filesystem {
-            return Ok(());
-        }
-        let held = DiskFill::protected_here(cx, dir, device);
-        if held.is_empty() {
-            return Ok(());
-        }
-        let size = stats.size();
-        let reserve = protected_reserve(size);
-        let need = round_up(need, stats.frsize);
-        let left = stats.avail().saturating_sub(need);
-        if left >= reserve {
-            return Ok(());
-        }
-        let label = mounts::label(dir, device);
-        let h = |n: u64| Bytes(n).human();
-        Err(Error::new(
-            ErrorKind::Unsupported,
-            format!(
-                "refusing to fill {label}: it holds protected path{} {} and filling {} would \
-                 leave {} available of {}, below its safe reserve of {} (5% of the filesystem, \
-                 at least 1 GiB, at most a quarter of it); set allow_protected_filesystem = \
-                 true in this fault to fill it anyway",
-                if held.len() == 1 { "" } else { "s" },
-                held.join(", "),
-                h(need),
-                h(left),
-                h(size),
-                h(reserve)
-            ),
-        ))
-    }
-
     /// `inject` in the receipt's mount namespace: inodes first (a directory's entries need
     /// blocks too), then space.
     fn inject_here(&self, cx: &Context, receipt: &mut DiskFillReceipt) -> Result<()> {
@@ -854,99 +746,6 @@ impl Fault for DiskFill {
         }
         Ok(out)
     }
-}
-
-/// `verify` in the receipt's mount namespace: the fill file (when there is one) and the
-/// inode directory (when there is one), each in effect, partial or clean.
-fn verify_here(receipt: &DiskFillReceipt) -> Result<Observation> {
-    let mut seen: Vec<Observation> = Vec::new();
-    if receipt.bytes > 0 || receipt.inodes.is_none() {
-        seen.push(verify_file(receipt)?);
-    }
-    if let Some(i) = &receipt.inodes {
-        let o = match inodes::count(i, &receipt.dir)? {
-            None => Observation::clean(format!("no inode directory {}", i.dir.display())),
-            Some((ours, other)) => {
-                let want = i.count.saturating_sub(1);
-                let detail = format!(
-                    "{} holds {ours} of {want} empty files{}; {}",
-                    i.dir.display(),
-                    if other > 0 {
-                        format!(" and {other} other entries")
-                    } else {
-                        String::new()
-                    },
-                    inode_usage(&receipt.dir)
-                );
-                if ours >= want {
-                    Observation::in_effect(detail)
-                } else {
-                    Observation::partial(detail)
-                }
-            }
-        };
-        seen.push(o);
-    }
-    let all = |e: Effect| seen.iter().all(|o| o.effect == e);
-    let detail = seen
-        .iter()
-        .map(|o| o.detail.clone())
-        .collect::<Vec<_>>()
-        .join("; ");
-    Ok(if all(Effect::InEffect) {
-        Observation::in_effect(detail)
-    } else if all(Effect::Clean) {
-        Observation::clean(detail)
-    } else {
-        Observation::partial(detail)
-    })
-}
-
-/// "N.N% of inodes used, M free" of the filesystem holding `dir`, or why it is unknown.
-fn inode_usage(dir: &Path) -> String {
-    match FsStats::of_path(dir) {
-        Ok(s) => format!(
-            "{:.1}% of its inodes used, {} free",
-            inodes::inodes_used_percent(&s),
-            s.favail
-        ),
-        Err(e) => format!("inode usage of {} unknown: {e}", dir.display()),
-    }
-}
-
-/// The inode line of [`DiskFill::touches`], computed in the receipt's mount namespace.
-fn inode_touch_line(r: &DiskFillReceipt, i: &InodeFill, ns: &str) -> String {
-    let label = mounts::label(&r.dir, r.device);
-    let Ok(s) = FsStats::of_path(&r.dir) else {
-        return format!(
-            "take {} inodes of {label}{ns}: {} and {} empty files in it",
-            i.count,
-            i.dir.display(),
-            i.count.saturating_sub(1)
-        );
-    };
-    // Inodes already taken by this fault (once injected) count as free.
-    let mine = match inodes::count(i, &r.dir) {
-        Ok(Some((ours, _))) => ours + 1,
-        _ => 0,
-    };
-    let free = s.favail.saturating_add(mine);
-    let used = s.files.saturating_sub(s.ffree).saturating_sub(mine);
-    let after = if s.files == 0 {
-        100.0
-    } else {
-        used.saturating_add(i.count).min(s.files) as f64 * 100.0 / s.files as f64
-    };
-    format!(
-        "take {} of {} inodes of {label}{ns} ({} and {} empty files in it): {} of the inodes \
-         used after the fill, {} free left",
-        i.count,
-        s.files,
-        i.dir.display(),
-        i.count.saturating_sub(1),
-        files::percent(after),
-        free.saturating_sub(i.count)
-    )
 }
 
 #[cfg(test)]
