@@ -51,10 +51,20 @@ pub struct Tmpfs {
 impl Tmpfs {
     /// Mount a tmpfs of `size` bytes.
     pub fn mount(size: u64) -> std::io::Result<Tmpfs> {
+        Tmpfs::mount_opts(&format!("size={size},mode=0755"))
+    }
+
+    /// Mount a tmpfs of `size` bytes with room for `inodes` inodes (`nr_inodes`; the root
+    /// directory takes one).
+    pub fn mount_with_inodes(size: u64, inodes: u64) -> std::io::Result<Tmpfs> {
+        Tmpfs::mount_opts(&format!("size={size},nr_inodes={inodes},mode=0755"))
+    }
+
+    fn mount_opts(opts: &str) -> std::io::Result<Tmpfs> {
         use std::ffi::CString;
         let dir = TempDir::new("chaos-tmpfs");
         let target = CString::new(dir.path().as_os_str().as_encoded_bytes()).expect("no NUL");
-        let opts = CString::new(format!("size={size},mode=0755")).expect("no NUL");
+        let opts = CString::new(opts).expect("no NUL");
         // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
         let r = unsafe {
             libc::mount(

@@ -811,7 +811,7 @@ impl Fault for DiskIo {
         let ns = files::current_mnt_ns();
         let boot = fault_core::host::boot_id();
         let mut out: Vec<Leftover<DiskIoReceipt>> = Vec::new();
-        for f in found {
+        for f in found.into_iter().filter(|f| !f.is_dir) {
             let Some((id, n)) = parse_name(&f.name) else {
                 continue;
             };

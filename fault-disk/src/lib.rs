@@ -3,7 +3,8 @@
 //! Disk faults for chaos-agent:
 //!
 //! - [`DiskFill`] (`disk.fill`): fills the filesystem holding a directory, to a size or to a
-//!   percentage used as `df` shows it.
+//!   percentage used as `df` shows it, and/or exhausts its inodes, by count or to a
+//!   percentage used as `df -i` shows it.
 //! - [`DiskIo`] (`disk.io`): worker processes that read, write or mix direct I/O through
 //!   scratch files on the filesystem holding a directory.
 //!
@@ -15,6 +16,17 @@
 //! writers get `ENOSPC`. The file name carries the fault id, which is how revert (and a
 //! person) knows it is ours. Plan sizes the fill from `statvfs(3)`'s `f_bavail` and refuses,
 //! naming the numbers, rather than ever filling less than asked.
+//!
+//! With `inodes` or `inodes_percent`, `disk.fill` also (or instead) makes one directory,
+//! `<path>/.chaos-agent-inodes-<fault id>` (mode 0700), holding empty regular files
+//! `<fault id>.<n>` made with `mknodat(2)`, so that the directory and its files take exactly
+//! the inodes asked for (the fill file, when there is one, counts as one of them). Inodes
+//! are taken before space (a directory's entries need blocks too). A filesystem without an
+//! inode limit (`statfs` reports 0 inodes, as btrfs does) is refused at plan. Revert
+//! `unlinkat(2)`s every `<fault id>.<n>` file relative to the directory's descriptor, then
+//! the directory, only when the directory's device, inode and generation are the ones inject
+//! recorded; entries of other names are left in place and reported (drifted), and keep the
+//! directory. Recovery finds the directory by its name like the fill file.
 //!
 //! `disk.io` creates one scratch file per worker, `<path>/.chaos-agent-io-<fault id>-<n>`
 //! (mode 0600), and one child process per worker (`chaos-io`, forked by
@@ -34,7 +46,8 @@
 //! least 1 GiB, at most a quarter of it (16 MiB of a 64 MiB filesystem, 1 GiB of 4 GiB,
 //! 12.6 GiB of 252 GiB). `disk.fill` refuses at plan, and again at inject, a fill that would
 //! leave less available there, with an error naming the filesystem, the numbers and the
-//! opt-in: `allow_protected_filesystem = true` in the fault's spec. Filesystems are the same
+//! opt-in: `allow_protected_filesystem = true` in the fault's spec. Inodes keep a reserve
+//! the same way: 5% of them, at least 10,000, at most a quarter. Filesystems are the same
 //! when their device is, or when they are mounts of one block device (btrfs subvolumes).
 //! `disk.io`'s scratch files are not guarded (their size is given, not derived).
 //!
@@ -103,7 +116,7 @@ mod mounts;
 mod statfs;
 
 pub use files::FileId;
-pub use fill::{DiskFill, DiskFillReceipt, DiskFillSpec, KIND};
+pub use fill::{DiskFill, DiskFillReceipt, DiskFillSpec, InodeFill, KIND};
 pub use io::{DiskIo, DiskIoReceipt, DiskIoSpec, IoMode, IO_KIND};
 
 /// Register every kind of this crate.

@@ -206,6 +206,8 @@ pub(crate) struct Found {
     pub(crate) id: FileId,
     /// Its length.
     pub(crate) size: u64,
+    /// Whether it is a directory (else a regular file).
+    pub(crate) is_dir: bool,
     /// The filesystem, for people.
     pub(crate) fs: String,
 }
@@ -304,7 +306,7 @@ fn each_entry(fd: OwnedFd, mut f: impl FnMut(libc::c_int, &CStr, u8)) {
 }
 
 /// Search every searched filesystem (see the module docs for what and how far) for regular
-/// files whose name `wanted` accepts.
+/// files, and directories, whose name `wanted` accepts. A directory found is not searched.
 pub(crate) fn scan(wanted: &dyn Fn(&str) -> bool) -> (Vec<Found>, Coverage) {
     scan_mounts(&mounts(), wanted, MAX_DIRS_PER_FS)
 }
@@ -371,7 +373,9 @@ pub(crate) fn scan_mounts(
                 let wants_file = std::str::from_utf8(bytes)
                     .is_ok_and(|n| n.starts_with(".chaos-agent-") && wanted(n));
                 let mut kind = dtype;
-                if kind == libc::DT_UNKNOWN || (kind == libc::DT_REG && wants_file) {
+                if kind == libc::DT_UNKNOWN
+                    || (wants_file && (kind == libc::DT_REG || kind == libc::DT_DIR))
+                {
                     let Some(st) = fstatat(dirfd, name) else {
                         return;
                     };
@@ -380,11 +384,10 @@ pub(crate) fn scan_mounts(
                         libc::S_IFREG => libc::DT_REG,
                         _ => libc::DT_UNKNOWN,
                     };
-                    if kind == libc::DT_REG
+                    if (kind == libc::DT_REG && st.st_nlink == 1 || kind == libc::DT_DIR)
                         && wants_file
                         && st.st_dev == dev
                         && st.st_uid == euid
-                        && st.st_nlink == 1
                         && seen.insert((st.st_dev, st.st_ino))
                     {
                         found.push(Found {
@@ -393,7 +396,9 @@ pub(crate) fn scan_mounts(
                             id: files::id_at(dirfd, name, &st),
                             size: st.st_size as u64,
                             fs: label.clone(),
+                            is_dir: kind == libc::DT_DIR,
                         });
+                        return; // a directory found is not searched
                     }
                 }
                 if kind == libc::DT_DIR && depth < MAX_DEPTH {

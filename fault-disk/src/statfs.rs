@@ -27,6 +27,12 @@ pub(crate) struct FsStats {
     pub(crate) bavail: u64,
     /// Whether the filesystem is mounted read-only (`ST_RDONLY`).
     pub(crate) read_only: bool,
+    /// Total inodes (`f_files`); 0 on filesystems without an inode limit (btrfs).
+    pub(crate) files: u64,
+    /// Free inodes (`f_ffree`).
+    pub(crate) ffree: u64,
+    /// Inodes an unprivileged user may still take (`f_favail`).
+    pub(crate) favail: u64,
 }
 
 impl FsStats {
@@ -62,6 +68,9 @@ impl FsStats {
             bfree: st.f_bfree as u64,
             bavail: st.f_bavail as u64,
             read_only: st.f_flag & libc::ST_RDONLY != 0,
+            files: st.f_files as u64,
+            ffree: st.f_ffree as u64,
+            favail: st.f_favail as u64,
         }
     }
 
@@ -270,6 +279,9 @@ mod tests {
             bfree: b(total - used),
             bavail: b(total - used - reserved),
             read_only: false,
+            files: 0,
+            ffree: 0,
+            favail: 0,
         }
     }
 
@@ -299,6 +311,9 @@ mod tests {
             bfree: 0,
             bavail: 0,
             read_only: false,
+            files: 0,
+            ffree: 0,
+            favail: 0,
         };
         assert_eq!(empty.used_percent(), 100.0);
     }
@@ -383,6 +398,9 @@ mod tests {
             bfree: 1000,
             bavail: 1000,
             read_only: false,
+            files: 0,
+            ffree: 0,
+            favail: 0,
         };
         // 33.3% of 1000 blocks = 333 blocks exactly; 33.35% -> 333.5 -> 334 blocks.
         assert_eq!(
@@ -413,6 +431,9 @@ mod tests {
             bfree: 0,
             bavail: 0,
             read_only: false,
+            files: 0,
+            ffree: 0,
+            favail: 0,
         };
         let e = bytes_to_fill(&f, Amount::Percent(50.0), 0, "/p").unwrap_err();
         assert!(e.contains("no usable space"), "{e}");
@@ -428,6 +449,9 @@ mod tests {
             bfree: 1 << 49,
             bavail: 1 << 48,
             read_only: false,
+            files: 0,
+            ffree: 0,
+            favail: 0,
         };
         assert!(bytes_to_fill(&f, Amount::Size(u64::MAX), 0, "/p").is_err());
         assert!(bytes_to_fill(&f, Amount::Size(1 << 40), u64::MAX, "/p").is_err());

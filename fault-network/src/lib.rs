@@ -14,8 +14,9 @@
 //! | `network.blackhole` | nftables | table `inet chaos_<id>` dropping matching packets |
 //!
 //! Every kind takes the same targeting: `interface` (one or a list; default the interface
-//! of the default route), `destinations` and `ports` to include, `exclude_destinations` and
-//! `exclude_ports`, and `protocol`. Traffic the fault is not aimed at is left untouched:
+//! of the default route), `destinations`, `hosts` (names, resolved once at plan through the
+//! system resolver; the receipt records the addresses and nothing resolves them again) and
+//! `ports` to include, `exclude_destinations` and `exclude_ports`, and `protocol`. Traffic the fault is not aimed at is left untouched:
 //! qdisc faults steer matching packets into their class with u32 filters and let the rest
 //! through htb's unshaped direct queue; nftables faults put the matches in their rules.
 //!
@@ -94,7 +95,7 @@ pub use rate::{Rate, RateLimit, RateReceipt, RateSpec};
 pub use reorder::{Reorder, ReorderSpec};
 pub use shape::{QdiscReceipt, NETEM_MISSING};
 pub use table::TableReceipt;
-pub use target::{Cidr, Interface, OneOrMany, Protocol};
+pub use target::{Cidr, Interface, OneOrMany, Protocol, ResolvedHost};
 pub use tbf::TbfParams;
 
 /// Register every network fault kind.
@@ -158,6 +159,23 @@ mod tests {
             (
                 "network.blackhole",
                 serde_json::json!({"direction": "sideways"}),
+            ),
+            ("network.blackhole", serde_json::json!({"hosts": [""]})),
+            (
+                "network.blackhole",
+                serde_json::json!({"hosts": ["10.0.0.1"]}),
+            ),
+            (
+                "network.rate",
+                serde_json::json!({"rate": "1mbit", "hosts": ["a b"]}),
+            ),
+            (
+                "network.rate",
+                serde_json::json!({"rate": "1mbit", "hosts": "a.test"}),
+            ),
+            (
+                "network.loss",
+                serde_json::json!({"percent": 5, "hosts": [null]}),
             ),
             (
                 "network.reorder",

@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::netem::NetemParams;
 use crate::nl::{self, Msg, Socket, F_EXCL, F_REPLACE};
 use crate::place::{self, Iface, Reached};
-use crate::target::{resolve_interfaces, Selector, Targeting};
+use crate::target::{resolve_interfaces, ResolvedHost, Selector, Targeting};
 use crate::tbf::TbfParams;
 use crate::tc::{self, fmt_handle, handle, TcObject, TC_H_ROOT};
 use crate::u32::{self as u32f, Filter};
@@ -164,6 +164,10 @@ pub struct QdiscReceipt {
     /// Which traffic it does it to ("all traffic", "traffic to 10.0.0.0/24 port 80").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traffic: String,
+    /// The host names of the spec with the addresses they resolved to at plan; the filters
+    /// match exactly these, and nothing resolves them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<ResolvedHost>,
 }
 
 /// Handles of a fault id: (root, leaf).
@@ -266,6 +270,7 @@ pub(crate) fn plan(
 ) -> Result<QdiscReceipt> {
     let netns = place::here()?;
     let ifaces = resolve_interfaces(t)?;
+    let t = &t.resolve()?;
     let (root, leaf) = handles(&cx.fault_id);
     let mut sock = route_socket()?;
     let mut out = Vec::new();
@@ -322,6 +327,7 @@ pub(crate) fn plan(
         interfaces: out,
         effect,
         traffic: t.traffic(),
+        hosts: t.resolved.clone(),
     })
 }
 
@@ -428,6 +434,7 @@ fn same_interface(r: &QdiscReceipt, i: &ShapedInterface) -> Result<()> {
 }
 
 fn inject_all(r: &QdiscReceipt, leaf: &Leaf, t: &Targeting) -> Result<()> {
+    let t = &t.with_resolved(&r.hosts)?;
     let mut sock = route_socket()?;
     for i in &r.interfaces {
         same_interface(r, i)?;
@@ -794,7 +801,8 @@ pub(crate) fn touches(r: &QdiscReceipt) -> Vec<String> {
     } else {
         format!(" on {}", r.traffic)
     };
-    r.interfaces
+    let mut out: Vec<String> = r
+        .interfaces
         .iter()
         .map(|i| {
             format!(
@@ -805,7 +813,9 @@ pub(crate) fn touches(r: &QdiscReceipt) -> Vec<String> {
                 fmt_handle(i.root),
             )
         })
-        .collect()
+        .collect();
+    out.extend(crate::target::host_lines(&r.hosts));
+    out
 }
 
 /// Check a journaled receipt against the fault id it is filed under: the handles revert
@@ -922,6 +932,7 @@ pub(crate) fn leftovers(known: &[String], kind: &str) -> Result<Vec<Leftover<Qdi
                     filters,
                     effect: String::new(),
                     traffic: String::new(),
+                    hosts: Vec::new(),
                 },
             });
         }
@@ -969,6 +980,8 @@ mod tests {
                 .iter()
                 .map(|c| Cidr::parse(c).unwrap())
                 .collect(),
+            hosts: vec![],
+            resolved: vec![],
             ports: vec![],
             exclude_destinations: exclude.iter().map(|c| Cidr::parse(c).unwrap()).collect(),
             exclude_ports: vec![],
@@ -1032,6 +1045,7 @@ mod tests {
             filters: 0,
             effect: "egress rate 8 Mbit/s (tbf, burst 16.0 KiB, queue limit 406.6 KiB)".into(),
             traffic: "traffic to 10.0.0.0/24 port 80".into(),
+            hosts: Vec::new(),
         }
     }
 

@@ -17,6 +17,9 @@ macro_rules! net_spec {
             /// Remote IPs/CIDRs to target; default: every destination.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub destinations: Vec<String>,
+            /// Remote host names to target, resolved once at plan (A and AAAA).
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub hosts: Vec<String>,
             /// Remote ports (1..=65535) to target; default: every port.
             #[serde(default, skip_serializing_if = "Vec::is_empty")]
             pub ports: Vec<u32>,
@@ -36,6 +39,7 @@ macro_rules! net_spec {
                 $crate::target::TargetSpec {
                     interface: self.interface.clone(),
                     destinations: self.destinations.clone(),
+                    hosts: self.hosts.clone(),
                     ports: self.ports.clone(),
                     exclude_destinations: self.exclude_destinations.clone(),
                     exclude_ports: self.exclude_ports.clone(),
@@ -54,6 +58,7 @@ macro_rules! params {
             $($p,)*
             $crate::spec::P_INTERFACE,
             $crate::spec::P_DESTINATIONS,
+            $crate::spec::P_HOSTS,
             $crate::spec::P_PORTS,
             $crate::spec::P_EXCLUDE_DESTINATIONS,
             $crate::spec::P_EXCLUDE_PORTS,
@@ -74,6 +79,16 @@ pub(crate) const P_DESTINATIONS: Param = Param {
     ty: "list of IPs/CIDRs",
     default: Some("all"),
     doc: "Only traffic to (egress) or from (ingress) these networks is affected.",
+};
+pub(crate) const P_HOSTS: Param = Param {
+    name: "hosts",
+    ty: "list of host names",
+    default: Some("none"),
+    doc: "Like destinations, by name: each is resolved once, at plan, through the system resolver \
+          (getaddrinfo: /etc/hosts, DNS; IPv4 and IPv6), and the fault matches exactly the addresses \
+          found, which the receipt records and the dry run shows; revert never resolves again. \
+          A name that does not resolve fails the plan, nothing changed. Excluded destinations \
+          (and, under the daemon, the spared control plane and DNS resolvers) still win.",
 };
 pub(crate) const P_PORTS: Param = Param {
     name: "ports",

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::nft::{self, Dir, Expr, HOOK_POSTROUTING, HOOK_PREROUTING, NF_ACCEPT, NF_DROP};
 use crate::nl::{self, Socket};
 use crate::place::{self, Reached};
-use crate::target::{resolve_interfaces, Interface, Targeting};
+use crate::target::{resolve_interfaces, Interface, ResolvedHost, Targeting};
 
 /// Receipt of an nftables fault.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +51,10 @@ pub struct TableReceipt {
     /// Which traffic it does it to ("all traffic", "traffic to 10.0.0.0/24 port 80").
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub traffic: String,
+    /// The host names of the spec with the addresses they resolved to at plan; the rules
+    /// match exactly these, and nothing resolves them again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<ResolvedHost>,
 }
 
 fn chain_name(d: Dir) -> &'static str {
@@ -84,7 +88,7 @@ pub(crate) fn rules(
                 push(&mut out, e);
             }
             let includes = t.includes();
-            if includes.is_empty() {
+            if t.is_whole() {
                 let mut e = nft::ifname_match(d, &i.name);
                 e.extend_from_slice(tail);
                 push(&mut out, e);
@@ -175,6 +179,7 @@ pub(crate) fn plan(
 ) -> Result<TableReceipt> {
     let netns = place::here()?;
     let interfaces = resolve_interfaces(t)?;
+    let t = &t.resolve()?;
     let table = nft::table_name(&cx.fault_id);
     with_socket(|sock| nft::table_exists(sock, &table))?.map_err(|e| {
         let mut err = e.into_error("query nf_tables");
@@ -200,6 +205,7 @@ pub(crate) fn plan(
         mechanism: mechanism.into(),
         effect,
         traffic: t.traffic(),
+        hosts: t.resolved.clone(),
     })
 }
 
@@ -220,6 +226,7 @@ pub(crate) fn inject(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr
 }
 
 fn inject_here(r: &TableReceipt, t: &Targeting, dirs: &[Dir], tail: &[Expr]) -> Result<()> {
+    let t = &t.with_resolved(&r.hosts)?;
     let mut msgs = vec![
         nft::new_table(&r.table),
         nft::del_table(&r.table),
@@ -357,21 +364,24 @@ pub(crate) fn touches(r: &TableReceipt) -> Vec<String> {
     } else {
         format!(" {}", r.traffic)
     };
-    if r.interfaces.is_empty() {
-        return vec![format!(
+    let mut out: Vec<String> = if r.interfaces.is_empty() {
+        vec![format!(
             "nft table inet {} in {ns}: {effect}{traffic}",
             r.table
-        )];
-    }
-    r.interfaces
-        .iter()
-        .map(|i| {
-            format!(
-                "interface {} (index {}) in {ns}: {effect}{traffic} (nft table inet {})",
-                i.name, i.ifindex, r.table
-            )
-        })
-        .collect()
+        )]
+    } else {
+        r.interfaces
+            .iter()
+            .map(|i| {
+                format!(
+                    "interface {} (index {}) in {ns}: {effect}{traffic} (nft table inet {})",
+                    i.name, i.ifindex, r.table
+                )
+            })
+            .collect()
+    };
+    out.extend(crate::target::host_lines(&r.hosts));
+    out
 }
 
 /// Check a journaled receipt against the fault id it is filed under: the table revert
@@ -452,6 +462,7 @@ pub(crate) fn leftovers(known: &[String], kind: &str) -> Result<Vec<Leftover<Tab
                     mechanism: "nftables (found by recovery)".into(),
                     effect: String::new(),
                     traffic: String::new(),
+                    hosts: Vec::new(),
                 },
             })
             .collect())
@@ -478,6 +489,7 @@ mod tests {
             mechanism: "nftables drop".into(),
             effect: "drop egress".into(),
             traffic: "traffic to 10.0.0.0/24 port 80".into(),
+            hosts: Vec::new(),
         }
     }
 

@@ -1,6 +1,12 @@
-//! Common targeting: interfaces, destinations/ports to include, destinations/ports to
-//! exclude, protocol. Parsed and validated once; expanded into u32 filters (tc faults) and
-//! nf_tables matches (blackhole, loss fallback).
+//! Common targeting: interfaces, destinations (networks and host names)/ports to include,
+//! destinations/ports to exclude, protocol. Parsed and validated once; expanded into u32
+//! filters (tc faults) and nf_tables matches (blackhole, loss fallback).
+//!
+//! **Host names** (`hosts`) are resolved once, at plan, through the system resolver
+//! (`getaddrinfo`: `/etc/hosts`, DNS, whatever nsswitch says; A and AAAA). The receipt records
+//! each name with its addresses, inject matches exactly those addresses (as /32 and /128
+//! destinations), and nothing later resolves again: revert deletes what the receipt names,
+//! whatever the name resolves to by then. A name that does not resolve fails the plan.
 
 use std::net::IpAddr;
 
@@ -9,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 /// Most filters (or rules) one fault may expand into.
 pub(crate) const MAX_SELECTORS: usize = 256;
+/// Most host names one fault may name.
+pub(crate) const MAX_HOSTS: usize = 32;
+/// Longest host name (without a trailing dot), as DNS allows.
+const MAX_HOSTNAME: usize = 253;
 
 /// One interface name or a list of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +87,11 @@ impl Cidr {
         };
         Ok(Cidr { addr, prefix })
     }
+    /// The network of exactly one address (/32 or /128).
+    pub fn host(addr: IpAddr) -> Cidr {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        Cidr { addr, prefix }
+    }
     /// Whether it is IPv6.
     pub fn is_v6(&self) -> bool {
         self.addr.is_ipv6()
@@ -109,10 +124,37 @@ pub enum Protocol {
 pub(crate) struct TargetSpec {
     pub(crate) interface: Option<OneOrMany>,
     pub(crate) destinations: Vec<String>,
+    pub(crate) hosts: Vec<String>,
     pub(crate) ports: Vec<u32>,
     pub(crate) exclude_destinations: Vec<String>,
     pub(crate) exclude_ports: Vec<u32>,
     pub(crate) protocol: Protocol,
+}
+
+/// A host name and the addresses it resolved to at plan, as a receipt records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedHost {
+    /// The name as the spec wrote it.
+    pub name: String,
+    /// Its IPv4 and IPv6 addresses at plan time, sorted (IPv4 first); the fault matches
+    /// exactly these.
+    pub addrs: Vec<IpAddr>,
+}
+
+impl std::fmt::Display for ResolvedHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let a: Vec<String> = self.addrs.iter().map(|a| a.to_string()).collect();
+        write!(f, "{} -> {}", self.name, a.join(", "))
+    }
+}
+
+/// The lines `touches` shows for the host names of a receipt:
+/// "host api.example.com -> 10.1.2.3, fd00::3 (resolved at plan)".
+pub(crate) fn host_lines(hosts: &[ResolvedHost]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| format!("host {h} (resolved at plan)"))
+        .collect()
 }
 
 /// Validated targeting.
@@ -121,6 +163,11 @@ pub(crate) struct Targeting {
     /// Named interfaces; empty = the interface of the default route, resolved at plan.
     pub(crate) interfaces: Vec<String>,
     pub(crate) destinations: Vec<Cidr>,
+    /// Host names to target, validated, not yet resolved.
+    pub(crate) hosts: Vec<String>,
+    /// What `hosts` resolved to: filled at plan ([`Targeting::resolve`]) or from a receipt
+    /// ([`Targeting::with_resolved`]). Until then the names match nothing.
+    pub(crate) resolved: Vec<ResolvedHost>,
     pub(crate) ports: Vec<u16>,
     pub(crate) exclude_destinations: Vec<Cidr>,
     pub(crate) exclude_ports: Vec<u16>,
@@ -144,6 +191,81 @@ fn port(p: u32, what: &str) -> Result<u16> {
             "{what}: port {p} is out of range 1..=65535"
         )))
     }
+}
+
+/// Check a host name of `hosts`: 1 to 253 characters, dot-separated labels of 1 to 63
+/// letters, digits, `-` or `_` (not starting or ending with `-`), an optional trailing dot,
+/// and a last label that is not all digits (that would be an IP address, which belongs in
+/// `destinations`).
+pub(crate) fn valid_hostname(n: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::invalid(format!("hosts: {n:?} {why}")));
+    if n.is_empty() {
+        return bad("is empty; give a host name such as \"api.example.com\"");
+    }
+    if n.parse::<IpAddr>().is_ok() {
+        return bad("is an IP address; put it in `destinations`");
+    }
+    let name = n.strip_suffix('.').unwrap_or(n);
+    if name.len() > MAX_HOSTNAME {
+        return bad(&format!(
+            "is {} characters long, more than the {MAX_HOSTNAME} a host name may have",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return bad(&format!(
+            "contains {c:?}; a host name has only letters, digits, '-', '_' and dots"
+        ));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for l in &labels {
+        if l.is_empty() {
+            return bad("has an empty label (two dots in a row, or a leading dot)");
+        }
+        if l.len() > 63 {
+            return bad(&format!(
+                "has a label of {} characters, more than 63",
+                l.len()
+            ));
+        }
+        if l.starts_with('-') || l.ends_with('-') {
+            return bad(&format!("has a label {l:?} that starts or ends with '-'"));
+        }
+    }
+    if labels
+        .last()
+        .is_some_and(|l| l.chars().all(|c| c.is_ascii_digit()))
+    {
+        return bad(
+            "ends in an all-digit label, like an IP address; put addresses in `destinations`",
+        );
+    }
+    Ok(())
+}
+
+/// Resolve a host name through the system resolver (`getaddrinfo`, IPv4 and IPv6).
+fn lookup(name: &str) -> Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs;
+    let fail = |why: String| {
+        Error::new(
+            ErrorKind::NotFound,
+            format!("hosts: {name:?} does not resolve ({why}); nothing was changed"),
+        )
+    };
+    let mut addrs: Vec<IpAddr> = (name, 0u16)
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .map(|a| a.ip())
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        return Err(fail("the resolver returned no address".into()));
+    }
+    Ok(addrs)
 }
 
 pub(crate) fn valid_ifname(n: &str) -> Result<()> {
@@ -176,9 +298,24 @@ impl TargetSpec {
                 .map(|s| Cidr::parse(s).map_err(|e| Error::invalid(format!("{what}: {e}"))))
                 .collect()
         };
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(Error::invalid(format!(
+                "hosts: {} names, more than {MAX_HOSTS}",
+                self.hosts.len()
+            )));
+        }
+        let mut hosts: Vec<String> = Vec::new();
+        for h in &self.hosts {
+            valid_hostname(h)?;
+            if !hosts.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+                hosts.push(h.clone());
+            }
+        }
         let t = Targeting {
             interfaces,
             destinations: cidrs(&self.destinations, "destinations")?,
+            hosts,
+            resolved: Vec::new(),
             ports: self
                 .ports
                 .iter()
@@ -197,20 +334,92 @@ impl TargetSpec {
                 "ports: ICMP has no ports; drop `ports` or choose tcp/udp",
             ));
         }
-        let n = t.includes().len() + t.excludes().len();
-        if n > MAX_SELECTORS {
-            return Err(Error::invalid(format!(
-                "targeting expands into {n} filters (destinations x ports x protocols), more than {MAX_SELECTORS}; use CIDRs"
-            )));
-        }
+        t.check_size()?;
         Ok(t)
     }
 }
 
 impl Targeting {
+    /// Refuse a targeting that expands into more than [`MAX_SELECTORS`] filters.
+    fn check_size(&self) -> Result<()> {
+        let n = self.includes().len() + self.excludes().len();
+        if n > MAX_SELECTORS {
+            return Err(Error::invalid(format!(
+                "targeting expands into {n} filters (destinations and host addresses x ports x protocols), more than {MAX_SELECTORS}; use CIDRs"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Plan time: resolve every host name through the system resolver. The result targets
+    /// exactly the addresses found; its `resolved` goes into the receipt. A name that does
+    /// not resolve fails with an error that names it.
+    pub(crate) fn resolve(&self) -> Result<Targeting> {
+        let mut resolved = Vec::new();
+        for name in &self.hosts {
+            resolved.push(ResolvedHost {
+                name: name.clone(),
+                addrs: lookup(name)?,
+            });
+        }
+        let t = Targeting {
+            resolved,
+            ..self.clone()
+        };
+        t.check_size()?;
+        Ok(t)
+    }
+
+    /// Inject time: the targeting with the host addresses recorded in a receipt (never
+    /// resolved again). Refuses a receipt that does not record every name of the spec.
+    pub(crate) fn with_resolved(&self, recorded: &[ResolvedHost]) -> Result<Targeting> {
+        for name in &self.hosts {
+            if !recorded
+                .iter()
+                .any(|r| &r.name == name && !r.addrs.is_empty())
+            {
+                return Err(Error::new(
+                    ErrorKind::Drifted,
+                    format!(
+                        "hosts: the receipt records no addresses for {name:?}; plan again (names are resolved only at plan)"
+                    ),
+                ));
+            }
+        }
+        let t = Targeting {
+            resolved: recorded
+                .iter()
+                .filter(|r| self.hosts.contains(&r.name))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        };
+        t.check_size()?;
+        Ok(t)
+    }
+
     /// True when every packet of the interface is targeted (minus exclusions).
     pub(crate) fn is_whole(&self) -> bool {
-        self.destinations.is_empty() && self.ports.is_empty() && self.protocol == Protocol::All
+        self.destinations.is_empty()
+            && self.hosts.is_empty()
+            && self.ports.is_empty()
+            && self.protocol == Protocol::All
+    }
+
+    /// The targeted networks: `destinations`, then each resolved host address as a /32 or
+    /// /128, without repeats.
+    fn nets(&self) -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = Vec::new();
+        let hosts = self
+            .resolved
+            .iter()
+            .flat_map(|h| h.addrs.iter().map(|&a| Cidr::host(a)));
+        for c in self.destinations.iter().copied().chain(hosts) {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        out
     }
 
     fn l4s(&self, v6: bool) -> Vec<Option<u8>> {
@@ -228,14 +437,13 @@ impl Targeting {
         if self.is_whole() {
             return Vec::new();
         }
-        let nets: Vec<(bool, Option<Cidr>)> = if self.destinations.is_empty() {
-            vec![(false, None), (true, None)]
-        } else {
-            self.destinations
-                .iter()
-                .map(|c| (c.is_v6(), Some(*c)))
-                .collect()
-        };
+        let nets: Vec<(bool, Option<Cidr>)> =
+            if self.destinations.is_empty() && self.hosts.is_empty() {
+                vec![(false, None), (true, None)]
+            } else {
+                // Host names not resolved yet add nothing: they match no traffic.
+                self.nets().iter().map(|c| (c.is_v6(), Some(*c))).collect()
+            };
         let ports: Vec<Option<u16>> = if self.ports.is_empty() {
             vec![None]
         } else {
@@ -287,8 +495,13 @@ impl Targeting {
             s.push_str("all traffic");
         } else {
             let mut parts = Vec::new();
-            if !self.destinations.is_empty() {
-                let d: Vec<String> = self.destinations.iter().map(|c| c.to_string()).collect();
+            if !self.destinations.is_empty() || !self.hosts.is_empty() {
+                let d: Vec<String> = self
+                    .destinations
+                    .iter()
+                    .map(|c| c.to_string())
+                    .chain(self.hosts.iter().cloned())
+                    .collect();
                 parts.push(format!("to {}", d.join(", ")));
             }
             if !self.ports.is_empty() {
@@ -451,5 +664,112 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn host_names_are_validated() {
+        let v = |h: &str| {
+            TargetSpec {
+                hosts: vec![h.into()],
+                ..Default::default()
+            }
+            .validate()
+        };
+        for good in [
+            "api.example.com",
+            "api.example.com.",
+            "localhost",
+            "a-b_c.internal",
+            "x1.y2",
+        ] {
+            v(good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        let long_label = format!("{}.com", "a".repeat(64));
+        let too_long = vec!["abcdefghi"; 26].join("."); // 259 characters
+        for (bad, says) in [
+            ("", "is empty"),
+            ("10.0.0.1", "is an IP address"),
+            ("fd00::1", "is an IP address"),
+            ("10.0.0.300", "all-digit label"),
+            ("10.1", "all-digit label"),
+            ("api .example.com", "contains ' '"),
+            ("api/x", "contains '/'"),
+            ("api\nx", "contains '\\n'"),
+            ("exämple.com", "contains 'ä'"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("-a.com", "starts or ends with '-'"),
+            ("a-.com", "starts or ends with '-'"),
+            (long_label.as_str(), "more than 63"),
+            (too_long.as_str(), "more than the 253"),
+        ] {
+            let e = v(bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+            assert!(e.to_string().contains(says), "{bad:?}: {e}");
+            assert!(e.to_string().starts_with("hosts: "), "{e}");
+        }
+        let many = TargetSpec {
+            hosts: (0..=MAX_HOSTS).map(|i| format!("h{i}.test")).collect(),
+            ..Default::default()
+        };
+        assert!(many
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("more than 32"));
+        // The same name twice (any case) is one name.
+        let t = TargetSpec {
+            hosts: vec!["A.test".into(), "a.TEST".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(t.hosts, vec!["A.test".to_string()]);
+    }
+
+    #[test]
+    fn host_names_match_only_what_the_receipt_recorded() {
+        let t = TargetSpec {
+            hosts: vec!["api.test".into()],
+            ports: vec![443],
+            protocol: Protocol::Tcp,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        // Named but not resolved: not the whole interface, and it matches nothing.
+        assert!(!t.is_whole());
+        assert!(t.includes().is_empty());
+        assert_eq!(t.traffic(), "traffic to api.test port 443 tcp");
+        let rec = vec![ResolvedHost {
+            name: "api.test".into(),
+            addrs: vec!["10.1.2.3".parse().unwrap(), "fd00::3".parse().unwrap()],
+        }];
+        let r = t.with_resolved(&rec).unwrap();
+        let nets: Vec<String> = r
+            .includes()
+            .iter()
+            .map(|s| s.net.unwrap().to_string())
+            .collect();
+        assert_eq!(nets, vec!["10.1.2.3/32", "fd00::3/128"]);
+        assert_eq!(
+            host_lines(&rec),
+            vec!["host api.test -> 10.1.2.3, fd00::3 (resolved at plan)".to_string()]
+        );
+        // A receipt without the name is refused, never resolved again.
+        let e = t.with_resolved(&[]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Drifted);
+        assert!(e.to_string().contains("\"api.test\""), "{e}");
+        // Destinations and host addresses together, without repeats.
+        let both = TargetSpec {
+            destinations: vec!["10.1.2.3".into(), "10.9.0.0/16".into()],
+            hosts: vec!["api.test".into()],
+            ..Default::default()
+        }
+        .validate()
+        .unwrap()
+        .with_resolved(&rec)
+        .unwrap();
+        assert_eq!(both.includes().len(), 3);
     }
 }

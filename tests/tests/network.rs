@@ -181,3 +181,163 @@ fn recover_in_another_namespace_never_acts_there() {
     let status = agent(&b, &state, &["status"], None).output().unwrap();
     assert_eq!(status.status.code(), Some(0), "status: {}", text(&status));
 }
+
+/// Run `cmd` in a mount namespace of its own whose `/etc/hosts` and `/etc/nsswitch.conf`
+/// are bind mounts of the files the test wrote in `dir` (`hosts: files`, so no name is ever
+/// asked of a DNS server). The machine's `/etc` is never written.
+fn with_private_hosts(cmd: &mut Command, dir: &TempDir, hosts: &str) {
+    use std::ffi::CString;
+    use std::os::unix::process::CommandExt;
+    let h = dir.path().join("hosts");
+    let n = dir.path().join("nsswitch.conf");
+    std::fs::write(&h, hosts).unwrap();
+    std::fs::write(&n, "hosts: files\n").unwrap();
+    let c = |p: &std::path::Path| CString::new(p.to_str().unwrap()).unwrap();
+    let binds = [
+        (c(&h), CString::new("/etc/hosts").unwrap()),
+        (c(&n), CString::new("/etc/nsswitch.conf").unwrap()),
+    ];
+    let root = CString::new("/").unwrap();
+    // SAFETY: only system calls between fork and exec, on strings made before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let err = || Err(std::io::Error::last_os_error());
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return err();
+            }
+            let none: *const libc::c_char = std::ptr::null();
+            let nodata: *const libc::c_void = std::ptr::null();
+            if libc::mount(
+                none,
+                root.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                nodata,
+            ) != 0
+            {
+                return err();
+            }
+            for (src, dst) in &binds {
+                if libc::mount(src.as_ptr(), dst.as_ptr(), none, libc::MS_BIND, nodata) != 0 {
+                    return err();
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+const PEER_HOSTS: &str =
+    "127.0.0.1 localhost\n10.201.0.2 peer.chaos.test\nfd00:201::2 peer.chaos.test\n";
+
+fn hosts_experiment(dir: &TempDir, host: &str, hold: &str) -> std::path::PathBuf {
+    let p = dir.path().join(format!("{host}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"
+name = "by-name"
+[[steps]]
+  [[steps.faults]]
+  kind = "network.blackhole"
+  duration = "{hold}"
+  interface = "cha0"
+  hosts = ["{host}"]
+  [[steps.faults]]
+  kind = "network.rate"
+  duration = "{hold}"
+  interface = "cha0"
+  rate = "1mbit"
+  hosts = ["{host}"]
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Faults aimed at a host name: the name is resolved at plan through the system resolver
+/// (here a private `/etc/hosts` that maps it to the peer's IPv4 and IPv6 address), the dry
+/// run shows what it resolved to, the fault hits exactly those addresses (the peer's other
+/// address still answers), `kill -9` + `recover` (without the private `/etc/hosts`, so
+/// nothing could resolve the name again) leaves the namespace as it was, and a name that
+/// does not resolve fails the plan and changes nothing.
+#[test]
+fn faults_by_host_name_hit_exactly_the_addresses_resolved_at_plan() {
+    let Some(ns) = Netns::with_peer() else { return };
+    let (state, dir) = (TempDir::new("chaos-net-state"), TempDir::new("chaos-net"));
+    let before = ns.state();
+    assert!(ns.ping("10.201.0.2") && ns.ping("10.201.0.3") && ns.ping("fd00:201::2"));
+    let exp = hosts_experiment(&dir, "peer.chaos.test", "60s");
+
+    // Dry run: the resolved addresses, nothing changed.
+    let mut dry = agent(
+        &ns,
+        &state,
+        &["run", "--dry-run", exp.to_str().unwrap()],
+        None,
+    );
+    with_private_hosts(&mut dry, &dir, PEER_HOSTS);
+    let out = dry.output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("host peer.chaos.test -> 10.201.0.2, fd00:201::2 (resolved at plan)"),
+        "{said}"
+    );
+    assert_eq!(ns.state(), before, "the dry run changed something");
+
+    // A name that does not resolve: the plan fails naming it, nothing changed.
+    let bad = hosts_experiment(&dir, "nowhere.chaos.test", "60s");
+    let mut run = agent(&ns, &state, &["run", bad.to_str().unwrap()], None);
+    with_private_hosts(&mut run, &dir, PEER_HOSTS);
+    let out = run.output().unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("\"nowhere.chaos.test\" does not resolve"),
+        "{said}"
+    );
+    assert_eq!(ns.state(), before, "a failed plan changed something");
+
+    // The real run, killed with -9 while both faults are in effect.
+    let mut run = agent(&ns, &state, &["run", exp.to_str().unwrap()], None);
+    with_private_hosts(&mut run, &dir, PEER_HOSTS);
+    let mut child = run
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("both faults in effect", Duration::from_secs(30), || {
+        let s = ns.state();
+        s.contains("htb") && s.contains("chaos_")
+    });
+    assert!(
+        !ns.ping("10.201.0.2"),
+        "the name's IPv4 address still answers"
+    );
+    assert!(
+        !ns.ping("fd00:201::2"),
+        "the name's IPv6 address still answers"
+    );
+    assert!(ns.ping("10.201.0.3"), "another address of the peer was hit");
+    let filters = ns
+        .exec()
+        .args(["tc", "filter", "show", "dev", "cha0"])
+        .output()
+        .unwrap();
+    let filters = String::from_utf8_lossy(&filters.stdout).into_owned();
+    assert!(
+        filters.contains("0ac90002/ffffffff at 16") && !filters.contains("0ac90003"),
+        "the rate fault's filters do not match exactly 10.201.0.2:\n{filters}"
+    );
+    child.kill().unwrap(); // SIGKILL: `ip netns exec` exec'd the agent
+    child.wait().unwrap();
+
+    let out = agent(&ns, &state, &["recover"], None).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(ns.state(), before, "recover left something behind");
+    assert!(ns.ping("10.201.0.2") && ns.ping("fd00:201::2"));
+    let out = agent(&ns, &state, &["recover"], None).output().unwrap();
+    assert!(text(&out).contains("Nothing to recover"), "{}", text(&out));
+}

@@ -1,4 +1,4 @@
-//! Fill a filesystem for a while, then free the space.
+//! Fill a filesystem (space and/or inodes) for a while, then free it.
 //!
 //! ```sh
 //! sudo cargo run -p chaos-examples --bin disk-fill -- --path /var/tmp --percent 80 --duration 10s
@@ -15,11 +15,21 @@ struct Args {
     #[arg(long)]
     path: std::path::PathBuf,
     /// Allocate this much, e.g. 512MiB.
-    #[arg(long, conflicts_with = "percent", required_unless_present = "percent")]
+    #[arg(
+        long,
+        conflicts_with = "percent",
+        required_unless_present_any = ["percent", "inodes", "inodes_percent"]
+    )]
     size: Option<Bytes>,
     /// Fill until the filesystem is this % used.
     #[arg(long)]
     percent: Option<Percent>,
+    /// Take this many inodes (a directory of empty files).
+    #[arg(long, conflicts_with = "inodes_percent")]
+    inodes: Option<u64>,
+    /// Take inodes until this % of them is used (as `df -i` shows it).
+    #[arg(long)]
+    inodes_percent: Option<Percent>,
     /// Refuse if less than this would stay free.
     #[arg(long)]
     reserve: Option<Bytes>,
@@ -38,6 +48,8 @@ fn main() -> anyhow::Result<()> {
         path: a.path,
         size: a.size,
         percent: a.percent,
+        inodes: a.inodes,
+        inodes_percent: a.inodes_percent,
         reserve: a.reserve,
         allow_protected_filesystem: a.allow_protected_filesystem,
     };

@@ -8,6 +8,8 @@ use super::text;
 
 pub struct Netns {
     pub name: String,
+    /// A second namespace holding `cha1`, when made by [`Netns::with_peer`].
+    pub peer: Option<String>,
 }
 
 impl Netns {
@@ -27,6 +29,7 @@ impl Netns {
         }
         let ns = Netns {
             name: format!("chaos-e2e-{}", fault_core::host::random_hex(3)),
+            peer: None,
         };
         ns.sh(&["ip", "netns", "add", &ns.name]);
         ns.ip(&[
@@ -37,6 +40,45 @@ impl Netns {
         ns.ip(&["link", "set", "cha0", "up"]);
         ns.ip(&["link", "set", "cha1", "up"]);
         Some(ns)
+    }
+
+    /// Two namespaces joined by a veth pair, so traffic between them really crosses `cha0`:
+    /// this one holds `cha0` (10.201.0.1/24, fd00:201::1/64), the peer `cha1` (10.201.0.2/24,
+    /// 10.201.0.3/24, fd00:201::2/64).
+    pub fn with_peer() -> Option<Netns> {
+        if Command::new("ping").arg("-V").output().is_err() {
+            eprintln!("SKIPPED network e2e: `ping` is not installed");
+            return None;
+        }
+        let mut ns = Netns::new()?;
+        let peer = format!("{}-peer", ns.name);
+        ns.sh(&["ip", "netns", "add", &peer]);
+        ns.peer = Some(peer.clone());
+        ns.ip(&["link", "set", "cha1", "netns", &peer]);
+        ns.ip(&["addr", "add", "fd00:201::1/64", "dev", "cha0", "nodad"]);
+        for args in [
+            &["addr", "add", "10.201.0.2/24", "dev", "cha1"][..],
+            &["addr", "add", "10.201.0.3/24", "dev", "cha1"],
+            &["addr", "add", "fd00:201::2/64", "dev", "cha1", "nodad"],
+            &["link", "set", "cha1", "up"],
+            &["link", "set", "lo", "up"],
+        ] {
+            let mut argv = vec!["ip", "-n", &peer];
+            argv.extend_from_slice(args);
+            ns.sh(&argv);
+        }
+        Some(ns)
+    }
+
+    /// Whether one ping from this namespace to `addr` gets an answer within a second.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec()
+            .args(["ping", "-n", "-q", "-c", "1", "-W", "1", addr])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success()
     }
 
     pub fn sh(&self, argv: &[&str]) -> Output {
@@ -118,5 +160,8 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        if let Some(peer) = &self.peer {
+            let _ = Command::new("ip").args(["netns", "del", peer]).status();
+        }
     }
 }
