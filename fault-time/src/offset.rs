@@ -374,8 +374,15 @@ impl Fault for TimeOffset {
         lines
     }
 
-    fn targets(_receipt: &TimeOffsetReceipt) -> Vec<String> {
-        vec!["clock:realtime".to_string()]
+    /// The clock, and the NTP services it pauses under the names `service.stop` and
+    /// `process.stop` use, so that one step cannot also stop or resume them.
+    fn targets(receipt: &TimeOffsetReceipt) -> Vec<String> {
+        std::iter::once("clock:realtime".to_string())
+            .chain(receipt.ntp.iter().map(|s| match &s.process {
+                None => format!("unit:{}", s.name),
+                Some(p) => format!("pid:{}:{}", p.pid, p.start_ticks),
+            }))
+            .collect()
     }
 
     fn touches(receipt: &TimeOffsetReceipt) -> Vec<String> {
@@ -602,6 +609,10 @@ mod tests {
         assert_eq!(
             lines[1],
             "systemctl start -- systemd-timesyncd.service  # it was active before the fault"
+        );
+        assert_eq!(
+            TimeOffset::targets(&r),
+            ["clock:realtime", "unit:systemd-timesyncd.service"]
         );
         let t = TimeOffset::touches(&r);
         assert_eq!(
