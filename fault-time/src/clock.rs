@@ -94,13 +94,20 @@ impl Anchor {
 /// Set `CLOCK_REALTIME` (needs `CAP_SYS_TIME`). Refuses anything outside
 /// [`MIN_WALL_NS`]..=[`MAX_WALL_NS`].
 ///
-/// Linux clears NTP's synchronised state on every `clock_settime` (`ntp_clear()` sets
-/// `STA_UNSYNC`), and the kernel writes the RTC (its "11 minute mode") only while
-/// synchronised. The status word is read back afterwards and, should a kernel not do so,
-/// `STA_UNSYNC` is set explicitly, so the skewed time never reaches the RTC through the
-/// kernel. Returns whether `STA_UNSYNC` had to be set by hand.
+/// The kernel writes the RTC (its "11 minute mode", `sync_hw_clock`) only while NTP is
+/// synchronised, i.e. while `STA_UNSYNC` is clear, and a clock step makes it unsynchronised
+/// (`ntp_clear()`). So that no RTC update can ever carry the shifted time, not even one
+/// racing with the step, `STA_UNSYNC` is set with `adjtimex(ADJ_STATUS)` *before* the step
+/// when an NTP service had cleared it, and checked (and set) again after it. Returns
+/// whether it had to be set by hand.
 pub(crate) fn set_realtime(ns: i64) -> Result<bool> {
     check_wall(ns, "the clock")?;
+    let mut by_hand = false;
+    let status = ntp_status()?;
+    if status & libc::STA_UNSYNC == 0 {
+        set_ntp_status(status | libc::STA_UNSYNC)?;
+        by_hand = true;
+    }
     let ts = libc::timespec {
         tv_sec: (ns / SEC) as _,
         tv_nsec: (ns % SEC) as _,
@@ -128,7 +135,7 @@ pub(crate) fn set_realtime(ns: i64) -> Result<bool> {
         ));
     }
     match ntp_status() {
-        Ok(status) if status & libc::STA_UNSYNC != 0 => Ok(false),
+        Ok(status) if status & libc::STA_UNSYNC != 0 => Ok(by_hand),
         Ok(status) => {
             set_ntp_status(status | libc::STA_UNSYNC)?;
             Ok(true)

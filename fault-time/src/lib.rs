@@ -27,10 +27,11 @@
 //!
 //! ## The RTC
 //!
-//! Nothing here writes the RTC: `clock_settime` leaves the kernel's NTP state
-//! unsynchronised (`STA_UNSYNC`; inject checks, and sets it with `adjtimex` should a kernel
-//! not), and the kernel's "11 minute mode" writes the RTC only while synchronised; the NTP
-//! daemons that write it themselves are paused. After a reboot during the fault the kernel
+//! Nothing here writes the RTC. The kernel's "11 minute mode" writes it only while NTP is
+//! synchronised (`STA_UNSYNC` clear); inject sets `STA_UNSYNC` with `adjtimex(ADJ_STATUS)`
+//! before the step (when an NTP service had cleared it) and checks it after, and a step
+//! makes the kernel unsynchronised by itself anyway (`ntp_clear()`). The NTP daemons that
+//! write the RTC themselves (chrony's `rtcsync`/`rtcfile`, ntpd) are paused first. After a reboot during the fault the kernel
 //! boots with the RTC's (true) time; revert sets the clock from the RTC
 //! (`/sys/class/rtc/rtc0/since_epoch`) when they still differ by more than 5 s and the RTC
 //! keeps UTC, then starts the NTP units, which correct the rest.

@@ -41,9 +41,9 @@ pub struct TimeOffsetSpec {
 /// (`systemctl stop`) or, where systemd is not init, frozen (`SIGSTOP`); then
 /// `CLOCK_REALTIME` is stepped by `offset` with `clock_settime(2)`. Every process on the
 /// host sees the new wall time (the clock is not namespaced); monotonic and boot-time
-/// clocks are unchanged. The RTC is never written: a clock step leaves the kernel's NTP
-/// state unsynchronised (`STA_UNSYNC`, checked and set if need be), and the kernel writes
-/// the RTC only while synchronised.
+/// clocks are unchanged. The RTC is never written: the kernel writes it only while its NTP
+/// state is synchronised, and inject sets `STA_UNSYNC` (`adjtimex`) before the step when it
+/// is clear, and checks it after.
 ///
 /// **Privileges:** root, or `CAP_SYS_TIME` plus whatever `systemctl stop` needs.
 ///
@@ -75,8 +75,9 @@ pub struct TimeOffsetReceipt {
     /// Whether inject set the clock.
     #[serde(default)]
     pub shifted: bool,
-    /// Whether the kernel had left `STA_UNSYNC` clear after the step and inject set it, for
-    /// people.
+    /// Whether the kernel's NTP state was synchronised (`STA_UNSYNC` clear: an NTP service
+    /// had synchronised the clock) and inject set `STA_UNSYNC` before the step, so the
+    /// kernel cannot write the shifted time to the RTC; for people.
     #[serde(default)]
     pub set_unsync: bool,
 }
@@ -166,8 +167,8 @@ impl Fault for TimeOffset {
                       clocks do not move. First it stops the NTP service that runs \
                       (systemd-timesyncd, chrony, ntpd, ntpsec, openntpd: systemctl stop, or \
                       SIGSTOP where systemd is not init), so nothing corrects the clock. The RTC \
-                      is never written (the kernel leaves NTP unsynchronised after a clock step \
-                      and only writes the RTC while synchronised). Revert sets the true time \
+                      is never written (the kernel writes it only while NTP is synchronised; the \
+                      fault marks it unsynchronised, adjtimex STA_UNSYNC, before the step). Revert sets the true time \
                       from an anchor (the wall clock and CLOCK_BOOTTIME read together before \
                       the shift), so a clock someone else moved meanwhile is put right too, then \
                       starts the NTP service again only if it ran before. After a crash, \
