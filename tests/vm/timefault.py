@@ -113,7 +113,9 @@ def sc_time_offset(g):
 def sc_time_hard_reset(g):
     """time.offset +1h, then a hard reset: the guest boots with the RTC's time (the fault
     never wrote the RTC), the boot-time recovery (ExecStartPre) finds a receipt of another
-    boot, checks the clock against the RTC and starts timesyncd; the record is reverted."""
+    boot, checks the clock against the RTC and starts timesyncd; the record is reverted.
+    Then the same with the agent disabled over the reset and the clock set 2 h wrong after
+    the boot: starting the agent, its recovery sets the clock from the RTC."""
     preflight(g)
     before = g.queue("clock-reset", [offset("+1h")])
     shifted(g, before, HOUR, "+1h before the hard reset")
@@ -128,3 +130,22 @@ def sc_time_hard_reset(g):
     g.assert_all_reverted(at_start, "at the agent's start after the hard reset")
     expect_skew(g, 0, 3, "after the hard reset")  # the RTC has 1 s resolution
     poll(f"{TIMESYNCD} to run after the boot", lambda: timesyncd(g) == "active", 60)
+
+    # 2. The RTC path itself: a boot whose clock did not come from the RTC. The agent is
+    # disabled before the reset, so nothing recovers at boot; then the clock is set 2 h wrong
+    # and timesyncd stopped by hand, and starting the agent runs the recovery (ExecStartPre):
+    # the receipt is of another boot, so it sets the clock from the RTC and starts timesyncd.
+    before = g.queue("clock-reset-rtc", [offset("+1h")])
+    shifted(g, before, HOUR, "+1h before the second hard reset")
+    g.vm.check("systemctl disable --quiet chaos-agent && sync")
+    g.vm.reset()
+    expect(g.unit("chaos-agent", "ActiveState") == "inactive", "the disabled agent started")
+    g.vm.check(f"systemctl stop {TIMESYNCD} && date -s \"@$(( $(date +%s) + 7200 ))\" >/dev/null")
+    expect_skew(g, 2 * HOUR, 5, "a boot with a clock 2 h wrong, timesyncd stopped")
+    g.vm.check("systemctl enable --quiet --now chaos-agent")
+    pid = g.wait_agent_running()
+    at_start = [r for r in g.start_snapshot(pid) if r["fault_id"] not in before]
+    expect(len(at_start) == 1, f"the agent saw {len(at_start)} records at start")
+    g.assert_all_reverted(at_start, "after the recovery of a receipt of the previous boot")
+    expect_skew(g, 0, 3, "after the recovery set the clock from the RTC")
+    expect(timesyncd(g) == "active", f"{TIMESYNCD} after the recovery: {timesyncd(g)!r}")
