@@ -57,7 +57,7 @@ pub use clock::{Anchor, Span, Wall, MAX_WALL_NS, MIN_WALL_NS};
 pub use ntp::{NtpService, PROCESSES, UNITS};
 pub use offset::{
     parse_offset, TimeOffset, TimeOffsetReceipt, TimeOffsetSpec, KIND, MAX_OFFSET_NS,
-    MIN_OFFSET_NS, RTC_TOLERANCE_NS, TOLERANCE_NS,
+    MIN_OFFSET_NS, RTC_TOLERANCE_NS, TOLERANCE_NS, WATCH_INTERVAL,
 };
 
 /// Register `time.offset`.

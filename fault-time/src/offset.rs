@@ -23,6 +23,9 @@ pub const MIN_OFFSET_NS: i64 = SEC;
 /// restarted NTP service corrects in the first moments.
 pub const TOLERANCE_NS: i64 = SEC / 2;
 
+/// How often the held fault looks whether someone else moved the clock.
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// After a reboot, the clock is set from the RTC only when the two differ by more than
 /// this: RTCs drift by seconds a day, and a restarted NTP service corrects the rest.
 pub const RTC_TOLERANCE_NS: i64 = 5 * SEC;
@@ -80,6 +83,11 @@ pub struct TimeOffsetReceipt {
     /// kernel cannot write the shifted time to the RTC; for people.
     #[serde(default)]
     pub set_unsync: bool,
+    /// How far someone else moved the clock while the fault held (the skew seen minus the
+    /// offset), when the fault saw it moved (it looks every 5 s); revert puts the true time
+    /// back all the same. For people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_by_others_ns: Option<i64>,
 }
 
 const PARAMS: [Param; 1] = [Param {
@@ -170,7 +178,8 @@ impl Fault for TimeOffset {
                       is never written (the kernel writes it only while NTP is synchronised; the \
                       fault marks it unsynchronised, adjtimex STA_UNSYNC, before the step). Revert sets the true time \
                       from an anchor (the wall clock and CLOCK_BOOTTIME read together before \
-                      the shift), so a clock someone else moved meanwhile is put right too, then \
+                      the shift), so a clock someone else moved meanwhile (the held fault looks every 5 s, \
+                      logs and journals such a move) is put right too, then \
                       starts the NTP service again only if it ran before. After a crash, \
                       `chaos-agent recover` does the same; after a reboot it sets the clock from \
                       the RTC (when they differ by more than 5 s) and starts the NTP service. \
@@ -235,6 +244,7 @@ impl Fault for TimeOffset {
             ntp,
             shifted: false,
             set_unsync: false,
+            moved_by_others_ns: None,
         })
     }
 
@@ -261,6 +271,38 @@ impl Fault for TimeOffset {
         receipt.set_unsync = clock::set_realtime(target)?;
         receipt.shifted = true;
         Ok(())
+    }
+
+    fn maintain_interval(&self) -> Option<std::time::Duration> {
+        Some(WATCH_INTERVAL)
+    }
+
+    /// Watch the clock while the fault holds: record (and log, once per change) a move by
+    /// someone else, so the journal says so even if the agent dies before revert.
+    fn maintain(
+        &self,
+        cx: &Context,
+        receipt: &mut TimeOffsetReceipt,
+    ) -> Result<Option<std::time::Duration>> {
+        if receipt.shifted && receipt.anchor.boot_id == cx.boot_id {
+            let skew = receipt
+                .anchor
+                .skew(clock::realtime_ns()?, clock::boottime_ns()?);
+            let moved = skew - receipt.offset_ns;
+            let known = receipt.moved_by_others_ns.unwrap_or(0);
+            if moved.abs() > TOLERANCE_NS && (moved - known).abs() > TOLERANCE_NS {
+                tracing::warn!(
+                    fault_id = %cx.fault_id,
+                    "time.offset: someone else moved the clock by {} during the fault (it is {} \
+                     off the true time, the fault set {}); revert sets the true time anyway",
+                    Span(moved),
+                    Span(skew),
+                    Span(receipt.offset_ns)
+                );
+                receipt.moved_by_others_ns = Some(moved);
+            }
+        }
+        Ok(Some(WATCH_INTERVAL))
     }
 
     fn verify(receipt: &TimeOffsetReceipt) -> Result<Observation> {
@@ -550,6 +592,7 @@ mod tests {
             }],
             shifted: true,
             set_unsync: false,
+            moved_by_others_ns: None,
         }
     }
 
@@ -625,6 +668,37 @@ mod tests {
             t[1],
             "unit systemd-timesyncd.service: systemctl stop now, systemctl start on revert"
         );
+    }
+
+    /// maintain records a move by someone else from the clocks alone (the anchor is made
+    /// up so that this host's true clock looks moved: nothing is set).
+    #[test]
+    fn maintain_records_a_move_by_someone_else() {
+        let mut cx = Context::new("t-move", "run");
+        cx.boot_id = BOOT.into();
+        let f = TimeOffset::new(TimeOffsetSpec {
+            offset: "+1h".into(),
+        })
+        .unwrap();
+        let mut r = receipt();
+        let now = Anchor::now(BOOT).unwrap();
+        // As if the fault had shifted the clock by +1h and someone moved it 10 min further.
+        r.anchor.realtime_ns = now.realtime_ns - 3600 * SEC - 600 * SEC;
+        r.anchor.boottime_ns = now.boottime_ns;
+        assert_eq!(f.maintain(&cx, &mut r).unwrap(), Some(WATCH_INTERVAL));
+        let moved = r.moved_by_others_ns.expect("a move is recorded");
+        assert!((moved - 600 * SEC).abs() < 5 * SEC, "{moved}");
+        // Not shifted, or another boot: nothing to watch.
+        for edit in [
+            (|r: &mut TimeOffsetReceipt| r.shifted = false) as fn(&mut TimeOffsetReceipt),
+            |r| r.anchor.boot_id = "00000000-0000-0000-0000-000000000000".into(),
+        ] {
+            let mut r2 = r.clone();
+            r2.moved_by_others_ns = None;
+            edit(&mut r2);
+            f.maintain(&cx, &mut r2).unwrap();
+            assert_eq!(r2.moved_by_others_ns, None);
+        }
     }
 
     /// Plan reads the clocks and the NTP services only; it never sets the clock.

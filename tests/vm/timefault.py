@@ -77,6 +77,12 @@ def sc_time_offset(g):
     shifted(g, before, HOUR, "+1h")
     g.vm.check("date -s \"@$(( $(date +%s) + 600 ))\" >/dev/null")
     expect_skew(g, HOUR + 600, 5, "+1h, then moved by +10min by someone else")
+
+    def moved():  # the held fault looks every 5 s and journals what it saw
+        [r] = g.new_records(before)
+        return r["receipt"].get("moved_by_others_ns")
+    seen = poll("the journal to record the move by someone else", moved, 30)
+    expect(abs(seen / 1e9 - 600) < 5, f"recorded move {seen / 1e9:+.1f}s, want about +600s")
     g.end_run()
     g.assert_all_reverted(g.wait_records(before, 1, {"reverted", "needs-manual"}),
                           "after the agent's revert of +1h")
