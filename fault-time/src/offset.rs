@@ -175,15 +175,16 @@ impl Fault for TimeOffset {
                       clocks do not move. First it stops the NTP service that runs \
                       (systemd-timesyncd, chrony, ntpd, ntpsec, openntpd: systemctl stop, or \
                       SIGSTOP where systemd is not init), so nothing corrects the clock. The RTC \
-                      is never written (the kernel writes it only while NTP is synchronised; the \
-                      fault marks it unsynchronised, adjtimex STA_UNSYNC, before the step). Revert sets the true time \
-                      from an anchor (the wall clock and CLOCK_BOOTTIME read together before \
-                      the shift), so a clock someone else moved meanwhile (the held fault looks every 5 s, \
-                      logs and journals such a move) is put right too, then \
-                      starts the NTP service again only if it ran before. After a crash, \
-                      `chaos-agent recover` does the same; after a reboot it sets the clock from \
-                      the RTC (when they differ by more than 5 s) and starts the NTP service. \
-                      The agent's own deadlines use monotonic clocks and do not jump.",
+                      is never written (the kernel writes it only while NTP is synchronised, \
+                      and the fault marks NTP unsynchronised, adjtimex STA_UNSYNC, before the \
+                      step). Revert sets the true time from an anchor (the wall clock and \
+                      CLOCK_BOOTTIME read together before the shift), so a clock someone else \
+                      moved meanwhile is put right too (the held fault looks every 5 s, and \
+                      logs and journals such a move), then starts the NTP service again only if \
+                      it ran before. After a crash, `chaos-agent recover` does the same; after a \
+                      reboot it sets the clock from the RTC (when they differ by more than 5 s) \
+                      and starts the NTP service. The agent's own deadlines use monotonic \
+                      clocks and do not jump.",
             privileges: "root (CAP_SYS_TIME to set the clock, systemd manage-units to stop NTP)",
             reversible: true,
             params: &PARAMS,
