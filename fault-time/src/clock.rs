@@ -199,6 +199,33 @@ impl Rtc {
     }
 }
 
+/// The RTC's time to well under a second: `since_epoch` counts whole seconds, so it is read
+/// until it ticks (at most 1.2 s, every 5 ms), and the tick is the start of its second.
+/// Returns the RTC's time in nanoseconds at the moment of return, measured on
+/// `CLOCK_BOOTTIME` (so the time spent waiting is not lost). Without a tick (a stopped RTC)
+/// it is the middle of the second read first.
+pub(crate) fn rtc_now_ns() -> Option<i64> {
+    let read = || -> Option<i64> {
+        std::fs::read_to_string("/sys/class/rtc/rtc0/since_epoch")
+            .ok()?
+            .trim()
+            .parse::<i64>()
+            .ok()
+    };
+    let first = read()?;
+    let t0 = boottime_ns().ok()?;
+    let (secs, at) = loop {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let now = boottime_ns().ok()?;
+        match read() {
+            Some(s) if s != first => break (s.saturating_mul(SEC), now),
+            Some(_) if now - t0 < 1_200_000_000 => {}
+            _ => break (first.saturating_mul(SEC) + SEC / 2, t0),
+        }
+    };
+    Some(secs.saturating_add(boottime_ns().ok()? - at))
+}
+
 /// Whether `/etc/adjtime` says the RTC keeps local time (its third line is `LOCAL`).
 pub(crate) fn adjtime_is_local(text: &str) -> bool {
     text.lines().nth(2).is_some_and(|l| l.trim() == "LOCAL")
@@ -322,6 +349,22 @@ mod tests {
             assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{ns}");
             assert!(e.to_string().contains("outside 1970-01-02..2100-01-01"));
         }
+    }
+
+    #[test]
+    fn rtc_reads_to_its_tick() {
+        let Some(rtc) = Rtc::read() else {
+            eprintln!("SKIPPED rtc_reads_to_its_tick: no /sys/class/rtc/rtc0");
+            return;
+        };
+        let precise = rtc_now_ns().expect("the RTC read once reads again");
+        // The same clock, read to its tick: within the second after the whole-second reading
+        // (plus the up to 1.2 s the read may wait).
+        let whole = rtc.secs * SEC;
+        assert!(
+            precise >= whole && precise < whole + 3 * SEC,
+            "{precise} vs {whole}"
+        );
     }
 
     #[test]

@@ -392,7 +392,10 @@ impl Fault for TimeOffset {
                     Wall(now),
                     Wall(rtc_ns)
                 );
-                clock::set_realtime(rtc_ns)
+                // To the RTC's tick, not its whole second (which would be up to 1 s behind).
+                let precise = clock::rtc_now_ns().unwrap_or(rtc_ns);
+                clock::check_wall(precise, "the RTC")?;
+                clock::set_realtime(precise)
                     .map_err(|e| e.context("setting the clock from the RTC"))?;
             }
         }
