@@ -45,6 +45,18 @@
 //! - After a reboot, a receipt's frozen NTP processes are gone: their init starts new ones.
 //! - Lost journal records are not looked for: a shifted clock carries no mark of who
 //!   shifted it.
+//! - The journal holds the anchor read at plan until inject's own reading is journaled
+//!   after the shift: should the agent die in that window, revert uses the plan's anchor,
+//!   off by whatever stepped the clock in the milliseconds between (normally nothing: NTP is
+//!   paused before inject reads it).
+//! - After a reboot, an RTC that keeps local time (`/etc/adjtime` says `LOCAL`) is not
+//!   used: the clock is left to the NTP service. Without an RTC (containers, some VMs) the
+//!   same (doctor notes it).
+//! - The whole host sees the shifted clock, the agent included: its deadlines are on
+//!   monotonic clocks, but TLS certificate validity is checked against the wall clock, and a
+//!   control plane on the same host is shifted too (docs/protocol.md, "Clocks").
+//! - Two `time.offset` faults cannot run in one step (both target `clock:realtime`), nor
+//!   one with a `service.stop` or `process.stop` of the NTP service it pauses.
 
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
