@@ -40,8 +40,9 @@ pub struct TimeOffsetSpec {
 
 /// Shifts the wall clock by a signed offset for the fault's duration.
 ///
-/// **Changes on the host:** the NTP services that run (see [`crate::ntp`]) are stopped
-/// (`systemctl stop`) or, where systemd is not init, frozen (`SIGSTOP`); then
+/// **Changes on the host:** the NTP services that run (the units of [`crate::UNITS`], or
+/// the processes of [`crate::PROCESSES`] without systemd) are stopped (`systemctl stop`)
+/// or, where systemd is not init, frozen (`SIGSTOP`); then
 /// `CLOCK_REALTIME` is stepped by `offset` with `clock_settime(2)`. Every process on the
 /// host sees the new wall time (the clock is not namespaced); monotonic and boot-time
 /// clocks are unchanged. The RTC is never written: the kernel writes it only while its NTP
