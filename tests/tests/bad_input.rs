@@ -235,3 +235,46 @@ fn dry_run_touches_nothing() {
     assert!(sb.fill_files().is_empty());
     assert!(sb.records().is_empty(), "dry run writes no journal");
 }
+
+/// `time.offset` is validated and planned on this host without its clock being set: bad
+/// offsets are refused before anything runs, and a dry run plans (reads the clocks and the
+/// NTP services) and prints what it would shift.
+#[test]
+fn time_offset_is_validated_and_dry_run_without_setting_the_clock() {
+    let Some(sb) = Sandbox::new("time_offset_is_validated_and_dry_run_without_setting_the_clock")
+    else {
+        return;
+    };
+    for (offset, want) in [
+        ("\"2h\"", "needs a sign"),
+        ("\"+0s\"", "less than 1s"),
+        ("\"-3654d\"", "more than 3653 days"),
+        ("7200", "invalid type"),
+    ] {
+        // --dry-run even here: should validation ever let one through, it is only planned.
+        let path = sb.write(
+            "offset.toml",
+            &fault(&format!(
+                "kind = \"time.offset\"\nduration = \"1s\"\noffset = {offset}"
+            )),
+        );
+        let out = sb.agent(&["run", "--dry-run", path.to_str().unwrap()]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{offset}: {t}");
+        assert!(t.contains(want), "{offset}: expected \"{want}\" in:\n{t}");
+    }
+    let exp = sb.write(
+        "clock.toml",
+        &fault("kind = \"time.offset\"\nduration = \"1m\"\noffset = \"-2h\""),
+    );
+    let out = sb.agent(&["run", "--dry-run", exp.to_str().unwrap()]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("shift the wall clock by -2h")
+            && t.contains("touches: the wall clock of the whole host")
+            && t.contains("CAP_SYS_TIME"),
+        "{t}"
+    );
+    assert!(sb.records().is_empty(), "dry run writes no journal");
+}

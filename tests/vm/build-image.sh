@@ -24,9 +24,10 @@ MIRROR=${MIRROR:-$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/d
 [ -n "$MIRROR" ] || MIRROR=$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
 [ -n "$MIRROR" ] || { echo "build-image: no Debian mirror in the apt sources; set MIRROR" >&2; exit 1; }
 # e2fsprogs: chattr for the needs-manual scenario; iputils-ping/iproute2/nftables: measuring
-# and inspecting network faults; qemu-guest-agent: the harness's control channel.
-# Both suites have every one of these packages.
-PKGS=systemd,systemd-sysv,udev,kmod,e2fsprogs,iproute2,nftables,procps,iputils-ping,qemu-guest-agent,linux-image-amd64,initramfs-tools,zstd
+# and inspecting network faults; qemu-guest-agent: the harness's control channel;
+# systemd-timesyncd: the NTP service time.offset stops and starts again (it runs without a
+# network, never reaching a server). Both suites have every one of these packages.
+PKGS=systemd,systemd-sysv,udev,kmod,e2fsprogs,iproute2,nftables,procps,iputils-ping,qemu-guest-agent,linux-image-amd64,initramfs-tools,zstd,systemd-timesyncd
 
 ROOTFS=$OUT/rootfs
 mkdir -p "$OUT"

@@ -279,6 +279,19 @@ class Vm:
     def boot_id(self):
         return self.sh("cat /proc/sys/kernel/random/boot_id")
 
+    def clock_skew(self):
+        """(guest wall clock - host wall clock, error bound), in seconds: qemu-guest-agent's
+        guest-get-time (the guest's CLOCK_REALTIME, no process started), bracketed by two
+        host readings; the bound is half the round trip."""
+        a = self._agent(time.time() + 30)
+        try:
+            t0 = time.time()
+            ns = a.call("guest-get-time")
+            t1 = time.time()
+        finally:
+            a.close()
+        return ns / 1e9 - (t0 + t1) / 2, (t1 - t0) / 2
+
     def wait(self, old_boot_id=None, timeout=None):
         """Until the guest agent answers, the boot id differs from old_boot_id (if given) and
         systemd finished starting up ("running" or "degraded"). Returns the state."""

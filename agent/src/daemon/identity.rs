@@ -9,7 +9,8 @@
 //! on disk either the old token (still valid: the new one was never used) or the new one.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chaos_protocol::agent::{AccessToken, RegisterResponse};
@@ -41,6 +42,25 @@ impl std::fmt::Debug for Stored {
 pub(crate) struct Identity {
     path: PathBuf,
     inner: RwLock<Stored>,
+    /// When to rotate, on `CLOCK_MONOTONIC`. The token's `rotate_at_ms` is the control
+    /// plane's wall time: comparing it with ours would rotate at every poll while our clock
+    /// runs ahead (a `time.offset` fault, a bad NTP step) and let the token expire, which
+    /// locks the agent out, while it runs behind. So the deadline is the token's half-life
+    /// (`expires_at_ms - rotate_at_ms`, both the server's, no clock of ours involved) after
+    /// we received it; for a token loaded from disk, what our wall clock says is left of it
+    /// at load, never more than its half-life.
+    rotate_due: Mutex<Instant>,
+}
+
+/// The monotonic rotation deadline of a token received (or loaded) now. `wall_now_ms`:
+/// our wall clock, for a token read from disk; `None` for one just received.
+fn rotate_due(token: &AccessToken, wall_now_ms: Option<u64>) -> Instant {
+    let half_life = token.expires_at_ms.saturating_sub(token.rotate_at_ms);
+    let left = match wall_now_ms {
+        None => half_life,
+        Some(now) => token.rotate_at_ms.saturating_sub(now).min(half_life),
+    };
+    Instant::now() + Duration::from_millis(left)
 }
 
 impl std::fmt::Debug for Identity {
@@ -68,6 +88,10 @@ impl Identity {
             .with_context(|| format!("{} is damaged", path.display()))?;
         Ok(Some(Identity {
             path,
+            rotate_due: Mutex::new(rotate_due(
+                &stored.token,
+                Some(crate::daemon::outbox::now_ms()),
+            )),
             inner: RwLock::new(stored),
         }))
     }
@@ -88,6 +112,7 @@ impl Identity {
         persist(&path, &stored)?;
         Ok(Identity {
             path,
+            rotate_due: Mutex::new(rotate_due(&stored.token, None)),
             inner: RwLock::new(stored),
         })
     }
@@ -104,8 +129,12 @@ impl Identity {
         self.read().url.clone()
     }
 
-    pub(crate) fn rotate_at_ms(&self) -> u64 {
-        self.read().token.rotate_at_ms
+    /// How long until the token is due for rotation (zero: due now), on `CLOCK_MONOTONIC`.
+    pub(crate) fn rotate_in(&self) -> Duration {
+        self.rotate_due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .saturating_duration_since(Instant::now())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Stored> {
@@ -132,6 +161,8 @@ impl Identity {
         persist(&self.path, &stored).map_err(RotateError::Persist)?;
         crate::daemon::failpoint("after-rotate-persisted");
         let generation = stored.token.generation;
+        *self.rotate_due.lock().unwrap_or_else(|e| e.into_inner()) =
+            rotate_due(&stored.token, None);
         *g = stored;
         Ok(generation)
     }
@@ -158,5 +189,45 @@ pub(crate) fn remove(state_dir: &Path) -> anyhow::Result<()> {
             Err(e).context("removing the old identity")
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(rotate_at_ms: u64, expires_at_ms: u64) -> AccessToken {
+        AccessToken {
+            token: "cca_x".into(),
+            generation: 1,
+            expires_at_ms,
+            rotate_at_ms,
+        }
+    }
+
+    /// The rotation deadline never compares the server's wall time with a wall clock of
+    /// ours that may be shifted: a token just received rotates after its half-life.
+    #[test]
+    fn rotation_deadline_is_monotonic() {
+        let t = token(10_000_000 + 1_800_000, 10_000_000 + 3_600_000);
+        let half = Duration::from_millis(1_800_000);
+        let slack = Duration::from_secs(5);
+        let left = |due: Instant| due.saturating_duration_since(Instant::now());
+        // received now: half-life, whatever our clock says
+        let l = left(rotate_due(&t, None));
+        assert!(l <= half && l + slack > half, "{l:?}");
+        // loaded from disk with our clock in step: what is left of it
+        let l = left(rotate_due(&t, Some(10_000_000 + 1_200_000)));
+        assert!(l <= Duration::from_millis(600_000) && l + slack > Duration::from_millis(600_000));
+        // loaded with our clock 2 h ahead: due now (one early rotation, then monotonic)
+        assert_eq!(
+            left(rotate_due(&t, Some(10_000_000 + 7_200_000))),
+            Duration::ZERO
+        );
+        // loaded with our clock 2 h behind: never later than one half-life
+        let l = left(rotate_due(&t, Some(600_000)));
+        assert!(l <= half, "{l:?}");
+        // a damaged token (expiry before rotation) is due at once
+        assert_eq!(left(rotate_due(&token(10, 5), None)), Duration::ZERO);
     }
 }

@@ -70,8 +70,10 @@ struct Daemon<'s, 'r> {
     active: Mutex<Option<Active>>,
     /// When a call to the control plane last succeeded.
     last_ok: Mutex<Instant>,
-    /// When the control plane last failed after a success (for `STATUS=`).
-    unreachable_since: Mutex<Option<std::time::SystemTime>>,
+    /// When the control plane last failed after a success (for `STATUS=`). An `Instant`
+    /// (`CLOCK_MONOTONIC`), like every deadline of the daemon: a wall-clock step (a
+    /// `time.offset` fault, NTP) must not make it jump.
+    unreachable_since: Mutex<Option<Instant>>,
     /// Why the agent stopped talking to the control plane (identity refused), if it did.
     lockout: Mutex<Option<String>>,
     /// Stops everything (SIGTERM); runs are children of it.
@@ -315,7 +317,7 @@ impl Daemon<'_, '_> {
         self.unreachable_since
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(std::time::SystemTime::now);
+            .get_or_insert_with(Instant::now);
     }
 
     /// One authenticated call.
@@ -480,8 +482,7 @@ impl Daemon<'_, '_> {
         // outlasts the token's half-life (a wait of 30 s with --token-ttl 1m) could return
         // after the token expired, locking the agent out.
         if let Some(id) = self.identity() {
-            let left = id.rotate_at_ms().saturating_sub(outbox::now_ms());
-            w = w.min(Duration::from_millis(left));
+            w = w.min(id.rotate_in());
         }
         if let Some(wd) = self.sd.watchdog {
             w = w.min(wd);
@@ -496,7 +497,7 @@ impl Daemon<'_, '_> {
         let Some(id) = self.identity() else {
             return Ok(());
         };
-        if outbox::now_ms() < id.rotate_at_ms() {
+        if !id.rotate_in().is_zero() {
             return Ok(());
         }
         let client = self.client();

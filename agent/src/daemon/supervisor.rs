@@ -33,9 +33,9 @@ impl Daemon<'_, '_> {
                     a.abort.abort(reason);
                     // STATUS= says so from now on, not only once a call in flight times out
                     // (up to its whole timeout later); the next successful call clears it.
-                    let since = std::time::SystemTime::now()
+                    let since = Instant::now()
                         .checked_sub(silent)
-                        .unwrap_or_else(std::time::SystemTime::now);
+                        .unwrap_or_else(Instant::now);
                     self.unreachable_since
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -77,7 +77,7 @@ impl Daemon<'_, '_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let link = since.map(|t| {
-            let secs = t.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+            let secs = t.elapsed().as_secs();
             format!("; control plane unreachable for {secs} s")
         });
         match run {
