@@ -16,5 +16,6 @@ pub fn registry() -> Registry {
     fault_network::register(&mut r);
     fault_cpu::register(&mut r);
     fault_memory::register(&mut r);
+    fault_dns::register(&mut r);
     r
 }
