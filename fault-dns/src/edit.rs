@@ -24,7 +24,9 @@ pub(crate) const MAXNS: usize = 3;
 pub(crate) fn hosts_matches<'a>(text: &'a str, patterns: &[Pattern]) -> Result<Vec<&'a str>> {
     let mut out = Vec::new();
     for (n, line) in lines::split(text).into_iter().enumerate() {
-        let f = lines::hosts_fields(line);
+        // A line another fault disabled is looked at as it will be once that fault
+        // reverts: this fault disables it too, or it would come back while this one holds.
+        let f = lines::hosts_fields(lines::prefixes(line).1);
         if f.len() < 2 {
             continue;
         }
@@ -146,12 +148,9 @@ pub(crate) fn edit_resolv(text: &str, id: &str, addr: Ipv4Addr) -> String {
                 out.push_str(line);
                 placed = true;
             }
-            Some(("options", val)) if line.ends_with('\n') => {
+            _ if line.ends_with('\n') && rotate_line(line).is_some() => {
+                let val = rotate_line(line).unwrap_or_default();
                 let words: Vec<&str> = val.split_ascii_whitespace().collect();
-                if !words.contains(&"rotate") {
-                    out.push_str(line);
-                    continue;
-                }
                 out.push_str(&lines::disabled(line, id));
                 let rest: Vec<&str> = words.into_iter().filter(|w| *w != "rotate").collect();
                 if !rest.is_empty() {
@@ -162,6 +161,15 @@ pub(crate) fn edit_resolv(text: &str, id: &str, addr: Ipv4Addr) -> String {
         }
     }
     out
+}
+
+/// The value of an `options` line that has `rotate`, also when other faults disabled it
+/// (it would come back when they revert, while this fault holds).
+fn rotate_line(line: &str) -> Option<&str> {
+    match lines::resolv_keyword(lines::prefixes(line).1) {
+        Some(("options", val)) if val.split_ascii_whitespace().any(|w| w == "rotate") => Some(val),
+        _ => None,
+    }
 }
 
 /// Whether a process named `nscd` (or `unscd`) runs: it caches host lookups, so a program
@@ -344,6 +352,34 @@ mod tests {
         );
         assert_eq!(lines::revert(&lines::revert(&two, "f"), "g"), t);
         assert_eq!(lines::revert(&lines::revert(&two, "g"), "f"), t);
+        // While g holds, reverting f does not bring `rotate` back.
+        let only_g = lines::revert(&two, "f");
+        assert!(!resolv_plan(&only_g).rotate, "{only_g}");
+        assert_eq!(only_g, edit_resolv(t, "g", b));
+    }
+
+    #[test]
+    fn a_hosts_line_two_faults_disable_stays_disabled_until_both_revert() {
+        let t = "127.0.0.1 localhost\n10.0.0.5 db.test\n";
+        let p = pats(&["db.test"]);
+        let two = edit_hosts(&edit_hosts(t, "f", &p, &[]).unwrap(), "g", &p, &[]).unwrap();
+        assert_eq!(
+            two,
+            "127.0.0.1 localhost\n#chaos-agent g# #chaos-agent f# 10.0.0.5 db.test\n"
+        );
+        for (a, b) in [("f", "g"), ("g", "f")] {
+            let one = lines::revert(&two, a);
+            assert!(
+                hosts_matches(&one, &p).unwrap().is_empty()
+                    || one.contains(&format!("#chaos-agent {b}# ")),
+                "{one}"
+            );
+            assert!(
+                lines::hosts_fields(lines::split(&one)[1]).is_empty(),
+                "{one}"
+            );
+            assert_eq!(lines::revert(&one, b), t);
+        }
     }
 
     #[test]

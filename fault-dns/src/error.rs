@@ -295,8 +295,9 @@ impl Fault for DnsError {
         out
     }
 
-    fn targets(_r: &DnsErrorReceipt) -> Vec<String> {
-        vec![format!("path:{RESOLV}"), format!("path:{HOSTS}")]
+    /// The names (see [`DnsSpoof::targets`](crate::DnsSpoof)).
+    fn targets(r: &DnsErrorReceipt) -> Vec<String> {
+        r.names.iter().map(|n| format!("dns:{n}")).collect()
     }
 
     fn touches(r: &DnsErrorReceipt) -> Vec<String> {

@@ -250,8 +250,18 @@ impl Fault for DnsSpoof {
         )
     }
 
-    fn targets(_r: &DnsSpoofReceipt) -> Vec<String> {
-        vec![format!("path:{HOSTS}")]
+    /// The names: faults on other names share the file without conflict (each edit is
+    /// its own), faults on one name would.
+    fn targets(r: &DnsSpoofReceipt) -> Vec<String> {
+        r.lines
+            .first()
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(1)
+                    .map(|n| format!("dns:{n}"))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn touches(r: &DnsSpoofReceipt) -> Vec<String> {
