@@ -49,10 +49,7 @@ pub(crate) fn body(line: &str) -> &str {
 pub(crate) fn prefixes(line: &str) -> (Vec<&str>, &str) {
     let mut ids = Vec::new();
     let mut rest = line;
-    loop {
-        let Some(after) = rest.strip_prefix('#').and_then(|r| r.strip_prefix(MARK)) else {
-            break;
-        };
+    while let Some(after) = rest.strip_prefix('#').and_then(|r| r.strip_prefix(MARK)) {
         let Some(after) = after.strip_prefix(' ') else {
             break;
         };

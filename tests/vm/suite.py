@@ -741,6 +741,7 @@ def sc_network_kernel_tests(g):
 sys.modules.setdefault("suite", sys.modules[__name__])
 import stressors  # noqa: E402,F401
 import doctor  # noqa: E402,F401
+import dns  # noqa: E402,F401  (tests/vm/dns.py: dns.spoof and dns.error)
 
 import packages  # noqa: E402  (tests/vm/packages.py: the .deb install/upgrade/remove/purge)
 
