@@ -298,8 +298,15 @@ impl Fault for DnsSpoof {
     fn leftovers(known: &[String]) -> Result<Vec<Leftover<DnsSpoofReceipt>>> {
         let boot = fault_core::host::boot_id();
         let ns = files::current_mnt_ns();
+        // An id with a line in resolv.conf is a dns.error fault's (its /etc/hosts lines go
+        // with it); dns.error's leftovers claim those.
+        let errors: Vec<String> = edit::tagged(&[Path::new(crate::edit::RESOLV)], known)
+            .into_iter()
+            .map(|(id, _, _)| id)
+            .collect();
         Ok(edit::tagged(&[Path::new(HOSTS)], known)
             .into_iter()
+            .filter(|(id, _, _)| !errors.contains(id))
             .map(|(id, path, ls)| Leftover {
                 found: format!(
                     "{} line(s) of fault {id} in {path}: {}",
