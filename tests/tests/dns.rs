@@ -453,3 +453,46 @@ fn two_overlapping_faults_revert_in_either_order_byte_for_byte() {
         );
     }
 }
+
+/// A person edits the regular file that replaced the symlinked `/etc/resolv.conf` during
+/// the fault: revert removes the fault's lines, keeps the person's file, and ends
+/// needs-manual with the command that puts the link back; nothing is lost.
+#[test]
+fn a_person_editing_the_symlinked_resolv_conf_gets_the_file_kept_and_a_command() {
+    let Some(ns) = Ns::new("a_person_editing_the_symlinked_resolv_conf") else {
+        return;
+    };
+    ns.symlink_resolv();
+    let (state, dir) = (TempDir::new("chaos-dns-state"), TempDir::new("chaos-dns"));
+    let exp = experiment(&dir, "dns", ("api.test", "10.1.2.3"), &["blocked.test"]);
+    let mut child = start(&ns, &state, &exp);
+    let during = ns.get("/etc/resolv.conf");
+    ns.put("/etc/resolv.conf", &format!("{during}search person.test\n"));
+    // SAFETY: a child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_with_deadline(&mut child, Duration::from_secs(120));
+    assert_eq!(
+        st.code(),
+        Some(3),
+        "not clean: a record needs a person ({st:?})"
+    );
+    assert_eq!(
+        ns.is_symlink("/etc/resolv.conf"),
+        None,
+        "the person's file is kept"
+    );
+    assert_eq!(
+        ns.get("/etc/resolv.conf"),
+        format!("{RESOLV0}search person.test\n")
+    );
+    assert_eq!(ns.get("/etc/hosts"), HOSTS0);
+    assert_eq!(ns.get(STUB), RESOLV0);
+    let out = ns.agent(&state, &["status"]).output().unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{said}");
+    assert!(
+        said.contains(&format!("ln -sfn -- {STUB} /etc/resolv.conf")),
+        "{said}"
+    );
+    assert!(said.contains("was a symlink to"), "{said}");
+}
