@@ -17,5 +17,6 @@ pub fn registry() -> Registry {
     fault_cpu::register(&mut r);
     fault_memory::register(&mut r);
     fault_time::register(&mut r);
+    fault_dns::register(&mut r);
     r
 }

@@ -742,6 +742,7 @@ sys.modules.setdefault("suite", sys.modules[__name__])
 import stressors  # noqa: E402,F401
 import doctor  # noqa: E402,F401
 import timefault  # noqa: E402,F401
+import dns  # noqa: E402,F401  (tests/vm/dns.py: dns.spoof and dns.error)
 
 import packages  # noqa: E402  (tests/vm/packages.py: the .deb install/upgrade/remove/purge)
 
