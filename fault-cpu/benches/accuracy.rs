@@ -6,7 +6,9 @@
 //!
 //! Environment: `BENCH_WINDOW_S` (measurement window, default 10), `BENCH_WARMUP_S`
 //! (default 3), `BENCH_LEVELS` (comma-separated percentages, default 10,30,50,70,90),
-//! `BENCH_SKIP_MEMORY=1`.
+//! `BENCH_NICE` (a nice value given to both tools' workers, e.g. -10 on a machine shared
+//! with other jobs, so that what is measured is the tools and not the contention; default:
+//! none), `BENCH_SKIP_MEMORY=1`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +47,67 @@ fn proc_stat() -> (f64, f64) {
     (f(0) + f(1) + f(2) + f(5) + f(6) + f(7), f(3) + f(4))
 }
 
+/// A v1 `cpuacct` cgroup of the bench's own, holding one tool's workers while they are
+/// measured. The kernel charges each tick to the running task's `cpuacct` groups too:
+/// `cpuacct.usage_user` + `cpuacct.usage_sys` are the very tick samples `/proc/stat` adds up,
+/// for these tasks alone, while `cpuacct.usage` is their exact CPU time. `cpuacct` does not
+/// change scheduling (the `cpu` controller is another hierarchy here; where the two are
+/// mounted together, moving the workers would change their share, so the bench does not
+/// use it).
+struct TickCg {
+    dir: std::path::PathBuf,
+}
+
+impl TickCg {
+    fn create() -> Option<TickCg> {
+        let h = fault_core::host::cgroup::hierarchies()
+            .into_iter()
+            .find(|h| {
+                h.version == fault_core::host::cgroup::Version::V1 && h.controllers == ["cpuacct"]
+            })?;
+        let dir = h
+            .own
+            .join(format!("chaos-bench-{}", fault_core::host::random_hex(6)));
+        std::fs::create_dir(&dir).ok()?;
+        Some(TickCg { dir })
+    }
+
+    fn add(&self, pids: &[i32]) {
+        for p in pids {
+            let _ = std::fs::write(self.dir.join("cgroup.procs"), p.to_string());
+        }
+    }
+
+    /// `(tick-sampled CPU time, exact CPU time)` in seconds.
+    fn read(&self) -> Option<(f64, f64)> {
+        let r = |f: &str| -> Option<f64> {
+            let v: f64 = std::fs::read_to_string(self.dir.join(f))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(v / 1e9)
+        };
+        Some((
+            r("cpuacct.usage_user")? + r("cpuacct.usage_sys")?,
+            r("cpuacct.usage")?,
+        ))
+    }
+}
+
+impl Drop for TickCg {
+    fn drop(&mut self) {
+        // Its processes were killed just before; rmdir succeeds once they are reaped.
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("NOTE: could not remove {}", self.dir.display());
+    }
+}
+
 fn children(pid: i32) -> Vec<i32> {
     fault_core::host::process::all_pids()
         .into_iter()
@@ -66,6 +129,8 @@ fn descendants(pid: i32) -> Vec<i32> {
 
 /// One tool at one level, per worker, in percent of one CPU.
 struct Sample {
+    /// The workers' own tick samples (their `cpuacct` group), when available.
+    ticks: Option<f64>,
     /// By `/proc/stat` (tick-sampled busy, less everything else's CPU time).
     stat: f64,
     /// By the workers' own CPU time (schedstat, nanoseconds).
@@ -84,8 +149,9 @@ struct Sample {
 /// workers' schedstat time, and the workers' load as the host reports it is the tick-sampled
 /// busy less everything else. On an idle machine that is simply the busy time `top` shows;
 /// on a busy one it takes out the average of the others, and keeps their sampling noise.
-fn measure(workers: &[i32], window: Duration, ncpu: usize) -> Sample {
+fn measure(workers: &[i32], window: Duration, ncpu: usize, cg: Option<&TickCg>) -> Sample {
     let t0 = Instant::now();
+    let k0 = cg.and_then(TickCg::read);
     let s0 = proc_stat();
     let a: Vec<(u64, u64)> = workers
         .iter()
@@ -93,6 +159,7 @@ fn measure(workers: &[i32], window: Duration, ncpu: usize) -> Sample {
         .collect();
     std::thread::sleep(window);
     let s1 = proc_stat();
+    let k1 = cg.and_then(TickCg::read);
     let wall = t0.elapsed().as_secs_f64();
     let (mut cpu, mut wait) = (0.0, 0.0);
     for (&p, (c0, w0)) in workers.iter().zip(a) {
@@ -106,6 +173,7 @@ fn measure(workers: &[i32], window: Duration, ncpu: usize) -> Sample {
     let others = (busy_exact - cpu).max(0.0);
     let n = workers.len().max(1) as f64;
     Sample {
+        ticks: k0.zip(k1).map(|(a, b)| (b.0 - a.0) * 100.0 / wall / n),
         stat: (busy_ticks - others) * 100.0 / wall / n,
         sched: cpu * 100.0 / wall / n,
         wait: wait * 100.0 / wall / n,
@@ -124,13 +192,33 @@ fn ours(load: f64, workers: Option<usize>, warmup: Duration, window: Duration) -
     );
     let mut r = f.plan(&cx).unwrap();
     f.inject(&cx, &mut r).unwrap();
-    std::thread::sleep(warmup);
     let pids: Vec<i32> = r.stressors.processes.iter().map(|p| p.pid).collect();
+    renice(&pids);
+    let cg = TickCg::create();
+    if let Some(cg) = &cg {
+        cg.add(&pids);
+    }
+    std::thread::sleep(warmup);
     f.maintain(&cx, &mut r).unwrap();
-    let s = measure(&pids, window, ncpu());
+    let s = measure(&pids, window, ncpu(), cg.as_ref());
     f.maintain(&cx, &mut r).unwrap();
     CpuStress::revert(&r).unwrap();
+    drop(cg);
     s
+}
+
+/// Apply `BENCH_NICE` to `pids`, when set.
+fn renice(pids: &[i32]) {
+    let Some(nice) = std::env::var("BENCH_NICE")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    for &p in pids {
+        // SAFETY: setpriority has no memory preconditions; the pids are the tools' workers.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, p as libc::id_t, nice) };
+    }
 }
 
 fn spawn_stress_ng(args: &[String]) -> Option<Child> {
@@ -158,10 +246,18 @@ fn stress_ng(load: f64, workers: usize, warmup: Duration, window: Duration) -> O
         format!("{}s", (warmup + window).as_secs() + 5),
     ];
     let child = spawn_stress_ng(&args)?;
-    std::thread::sleep(warmup);
+    // Its workers are forked at once; find them, then warm up.
+    std::thread::sleep(Duration::from_millis(300));
     let pids = children(child.id() as i32);
-    let s = measure(&pids, window, ncpu());
+    renice(&pids);
+    let cg = TickCg::create();
+    if let Some(cg) = &cg {
+        cg.add(&pids);
+    }
+    std::thread::sleep(warmup.saturating_sub(Duration::from_millis(300)));
+    let s = measure(&pids, window, ncpu(), cg.as_ref());
     stop(child);
+    drop(cg);
     Some(s)
 }
 
@@ -183,16 +279,44 @@ fn cell(v: f64, load: f64) -> String {
     format!("{v:.2} ({:+.2})", v - load)
 }
 
+/// The cells of one tool: machine `/proc/stat`, schedstat, wait, its own tick samples.
+fn cells(s: Option<&Sample>, load: f64) -> [String; 4] {
+    match s {
+        Some(s) => [
+            cell(s.stat, load),
+            cell(s.sched, load),
+            format!("{:.1}", s.wait),
+            s.ticks.map_or("n/a".into(), |t| cell(t, load)),
+        ],
+        None => std::array::from_fn(|_| "n/a".to_string()),
+    }
+}
+
 fn cpu_table(label: &str, workers: Option<usize>, levels: &[f64], have_ng: bool) {
     let warmup = env_secs("BENCH_WARMUP_S", 3);
     let window = env_secs("BENCH_WINDOW_S", 10);
     let n = workers.unwrap_or_else(ncpu);
     println!();
-    println!("{label}: {n} worker(s), {} s warm-up, {} s window; % of one CPU per worker, (difference from the request in points)", warmup.as_secs(), window.as_secs());
+    println!(
+        "{label}: {n} worker(s), {} s warm-up, {} s window; % of one CPU per worker \
+         (difference from the request, points)",
+        warmup.as_secs(),
+        window.as_secs()
+    );
     println!();
-    println!("| requested | cpu.stress /proc/stat | cpu.stress schedstat | wait | stress-ng /proc/stat | stress-ng schedstat | wait | /proc/stat error ours/stress-ng | others (CPUs) |");
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let mut worst = [0f64; 4];
+    println!(
+        "| requested | cpu.stress /proc/stat | schedstat | wait | own ticks \
+         | stress-ng /proc/stat | schedstat | wait | own ticks \
+         | /proc/stat error ours/stress-ng | others (CPUs) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    // Largest |error| per column: ours stat, sched, ticks; theirs stat, sched, ticks.
+    let mut worst = [0f64; 6];
+    let mut upd = |i: usize, v: Option<f64>, load: f64| {
+        if let Some(v) = v {
+            worst[i] = worst[i].max((v - load).abs());
+        }
+    };
     for &load in levels {
         let o = ours(load, workers, warmup, window);
         let g = if have_ng {
@@ -200,51 +324,32 @@ fn cpu_table(label: &str, workers: Option<usize>, levels: &[f64], have_ng: bool)
         } else {
             None
         };
-        worst[0] = worst[0].max((o.stat - load).abs());
-        worst[1] = worst[1].max((o.sched - load).abs());
-        let (gs, gc, gw, ratio) = match &g {
-            Some(g) => {
-                worst[2] = worst[2].max((g.stat - load).abs());
-                worst[3] = worst[3].max((g.sched - load).abs());
-                let e = (g.stat - load).abs();
-                (
-                    cell(g.stat, load),
-                    cell(g.sched, load),
-                    format!("{:.1}", g.wait),
-                    if e > 0.0 {
-                        format!("{:.2}", (o.stat - load).abs() / e)
-                    } else {
-                        "n/a".into()
-                    },
-                )
+        upd(0, Some(o.stat), load);
+        upd(1, Some(o.sched), load);
+        upd(2, o.ticks, load);
+        upd(3, g.as_ref().map(|g| g.stat), load);
+        upd(4, g.as_ref().map(|g| g.sched), load);
+        upd(5, g.as_ref().and_then(|g| g.ticks), load);
+        let ratio = match &g {
+            Some(g) if (g.stat - load).abs() > 0.0 => {
+                format!("{:.2}", (o.stat - load).abs() / (g.stat - load).abs())
             }
-            None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
+            _ => "n/a".into(),
         };
         let bg = match &g {
             Some(g) => format!("{:.2} / {:.2}", o.background, g.background),
             None => format!("{:.2}", o.background),
         };
+        let [os, oc, ow, ot] = cells(Some(&o), load);
+        let [gs, gc, gw, gt] = cells(g.as_ref(), load);
         println!(
-            "| {load}% | {} | {} | {:.1} | {gs} | {gc} | {gw} | {ratio} | {bg} |",
-            cell(o.stat, load),
-            cell(o.sched, load),
-            o.wait,
+            "| {load}% | {os} | {oc} | {ow} | {ot} | {gs} | {gc} | {gw} | {gt} | {ratio} | {bg} |"
         );
     }
+    let w: Vec<String> = worst.iter().map(|v| format!("{v:.2}")).collect();
     println!(
-        "| largest error | {:.2} | {:.2} | | {} | {} | | | |",
-        worst[0],
-        worst[1],
-        if have_ng {
-            format!("{:.2}", worst[2])
-        } else {
-            "n/a".into()
-        },
-        if have_ng {
-            format!("{:.2}", worst[3])
-        } else {
-            "n/a".into()
-        },
+        "| largest error | {} | {} | | {} | {} | {} | | {} | | |",
+        w[0], w[1], w[2], w[3], w[4], w[5]
     );
 }
 
@@ -257,29 +362,39 @@ fn mem_available() -> f64 {
         * 1024.0
 }
 
-/// MemAvailable, the median of 5 reads 100 ms apart.
-fn mem_available_median() -> f64 {
-    let mut v: Vec<f64> = (0..5)
-        .map(|i| {
-            if i > 0 {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            mem_available()
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v[2]
-}
-
-/// What `free` shows a holder of memory took: MemAvailable before start and after stop
-/// (their mean, and their difference as the background's drift), less MemAvailable while it
-/// holds. `hold` starts the holder, waits until it holds, and returns a closure that reads
-/// what it wants to report and stops it.
+/// What `free` shows a holder of memory took, and what it holds by its own and its cgroup's
+/// count, in bytes. MemAvailable is read right before the holder starts and right after it
+/// has touched all its memory (the step up), then right before it is stopped and right
+/// after it is gone (the step down): each step spans about a second, so other jobs'
+/// memory moves it little; the two steps are reported and their mean is the drop.
 struct MemSample {
-    drop: f64,
-    drift: f64,
+    up: f64,
+    down: f64,
     rss: f64,
     cgroup: Option<f64>,
+}
+
+impl MemSample {
+    fn drop(&self) -> f64 {
+        (self.up + self.down) / 2.0
+    }
+}
+
+/// Wait (up to 20 s) until the largest resident set among `pids()` reaches `bytes`; returns
+/// it.
+fn wait_resident(pids: impl Fn() -> Vec<i32>, bytes: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rss = pids()
+            .into_iter()
+            .filter_map(stressor::rss_bytes)
+            .max()
+            .unwrap_or(0) as f64;
+        if rss >= bytes || Instant::now() > deadline {
+            return rss;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn memory_ours(mib: u64) -> MemSample {
@@ -291,11 +406,12 @@ fn memory_ours(mib: u64) -> MemSample {
         "bench",
     );
     let mut r = f.plan(&cx).unwrap();
-    let before = mem_available_median();
+    let a0 = mem_available();
     f.inject(&cx, &mut r).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let during = mem_available_median();
     let pid = r.stressors.processes[0].pid;
+    wait_resident(|| vec![pid], mib as f64 * MIB);
+    let a1 = mem_available();
+    std::thread::sleep(Duration::from_secs(1));
     let rss = stressor::rss_bytes(pid).unwrap_or(0) as f64;
     let cgroup = r
         .stressors
@@ -303,12 +419,12 @@ fn memory_ours(mib: u64) -> MemSample {
         .iter()
         .find_map(|c| c.memory_usage())
         .map(|b| b as f64);
+    let a2 = mem_available();
     MemoryStress::revert(&r).unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let after = mem_available_median();
+    let a3 = mem_available();
     MemSample {
-        drop: (before + after) / 2.0 - during,
-        drift: after - before,
+        up: a0 - a1,
+        down: a3 - a2,
         rss,
         cgroup,
     }
@@ -322,26 +438,28 @@ fn memory_ng(mib: u64) -> Option<MemSample> {
         &format!("{mib}M"),
         "--vm-keep",
         "--timeout",
-        "15s",
+        "30s",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let before = mem_available_median();
+    let a0 = mem_available();
     let c = spawn_stress_ng(&args)?;
-    std::thread::sleep(Duration::from_secs(3));
-    let during = mem_available_median();
-    let rss = descendants(c.id() as i32)
+    let parent = c.id() as i32;
+    wait_resident(|| descendants(parent), mib as f64 * MIB);
+    let a1 = mem_available();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = descendants(parent)
         .into_iter()
         .filter_map(stressor::rss_bytes)
         .max()
         .unwrap_or(0) as f64;
+    let a2 = mem_available();
     stop(c);
-    std::thread::sleep(Duration::from_secs(1));
-    let after = mem_available_median();
+    let a3 = mem_available();
     Some(MemSample {
-        drop: (before + after) / 2.0 - during,
-        drift: after - before,
+        up: a0 - a1,
+        down: a3 - a2,
         rss,
         cgroup: None,
     })
@@ -349,24 +467,34 @@ fn memory_ng(mib: u64) -> Option<MemSample> {
 
 fn memory_table(have_ng: bool) {
     println!();
-    println!("Memory: MemAvailable drop (what `free` shows as taken; background drift between before and after in brackets), resident set, fault cgroup charge; MiB");
+    println!(
+        "Memory, MiB: MemAvailable drop (what `free` shows as taken: the mean of the step at \
+         start and the step at stop, both in brackets), resident set, the fault cgroup's charge"
+    );
     println!();
-    println!("| requested | memory.stress MemAvailable drop | RSS | cgroup | stress-ng --vm 1 --vm-keep MemAvailable drop | RSS |");
+    println!(
+        "| requested | memory.stress MemAvailable drop | RSS | cgroup \
+         | stress-ng --vm 1 --vm-keep MemAvailable drop | RSS |"
+    );
     println!("|---|---|---|---|---|---|");
+    let show = |m: &MemSample| {
+        format!(
+            "{:.1} ({:.1} / {:.1})",
+            m.drop() / MIB,
+            m.up / MIB,
+            m.down / MIB
+        )
+    };
     for mib in [256u64, 1024] {
         let o = memory_ours(mib);
         let g = if have_ng { memory_ng(mib) } else { None };
-        let (gd, gr) = match g {
-            Some(g) => (
-                format!("{:.1} ({:+.1})", g.drop / MIB, g.drift / MIB),
-                format!("{:.1}", g.rss / MIB),
-            ),
+        let (gd, gr) = match &g {
+            Some(g) => (show(g), format!("{:.1}", g.rss / MIB)),
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {mib} | {:.1} ({:+.1}) | {:.1} | {} | {gd} | {gr} |",
-            o.drop / MIB,
-            o.drift / MIB,
+            "| {mib} | {} | {:.1} | {} | {gd} | {gr} |",
+            show(&o),
             o.rss / MIB,
             o.cgroup.map_or("n/a".into(), |b| format!("{:.1}", b / MIB)),
         );
@@ -406,7 +534,7 @@ fn main() {
     // SAFETY: sysconf has no memory preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     println!("{} CPUs, Linux {uname}, USER_HZ {hz}; {ng_version}", ncpu());
-    let idle = measure(&[], env_secs("BENCH_WARMUP_S", 3), ncpu());
+    let idle = measure(&[], env_secs("BENCH_WARMUP_S", 3), ncpu(), None);
     println!(
         "Before the run: others use {:.2} CPUs; /proc/stat busy minus exact busy: {:+.3} CPUs",
         idle.background,
