@@ -8,7 +8,7 @@
 //! (default 3), `BENCH_LEVELS` (comma-separated percentages, default 10,30,50,70,90),
 //! `BENCH_NICE` (a nice value given to both tools' workers, e.g. -10 on a machine shared
 //! with other jobs, so that what is measured is the tools and not the contention; default:
-//! none), `BENCH_SKIP_MEMORY=1`.
+//! none), `BENCH_SKIP_MEMORY=1`, `BENCH_MEM_REPEATS` (default 3).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -363,10 +363,12 @@ fn mem_available() -> f64 {
 }
 
 /// What `free` shows a holder of memory took, and what it holds by its own and its cgroup's
-/// count, in bytes. MemAvailable is read right before the holder starts and right after it
-/// has touched all its memory (the step up), then right before it is stopped and right
-/// after it is gone (the step down): each step spans about a second, so other jobs'
-/// memory moves it little; the two steps are reported and their mean is the drop.
+/// count, in bytes. MemAvailable is read right before the holder starts and once it has
+/// touched all its memory (the step up), then right before it is stopped and once it is
+/// gone (the step down); the table shows the median of the steps of a few runs. The
+/// kernel folds its per-CPU page counters into MemAvailable every `vm.stat_interval`
+/// (1 s), so each read after a change waits that long plus a margin ([`settle`]); each
+/// step spans about 2 s, short enough that other jobs' memory moves it little.
 struct MemSample {
     up: f64,
     down: f64,
@@ -374,10 +376,13 @@ struct MemSample {
     cgroup: Option<f64>,
 }
 
-impl MemSample {
-    fn drop(&self) -> f64 {
-        (self.up + self.down) / 2.0
-    }
+/// Wait until MemAvailable reflects a change just made: `vm.stat_interval` plus 0.5 s.
+fn settle() {
+    let interval: f64 = std::fs::read_to_string("/proc/sys/vm/stat_interval")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1.0);
+    std::thread::sleep(Duration::from_secs_f64(interval.clamp(0.0, 10.0) + 0.5));
 }
 
 /// Wait (up to 20 s) until the largest resident set among `pids()` reaches `bytes`; returns
@@ -410,8 +415,8 @@ fn memory_ours(mib: u64) -> MemSample {
     f.inject(&cx, &mut r).unwrap();
     let pid = r.stressors.processes[0].pid;
     wait_resident(|| vec![pid], mib as f64 * MIB);
+    settle();
     let a1 = mem_available();
-    std::thread::sleep(Duration::from_secs(1));
     let rss = stressor::rss_bytes(pid).unwrap_or(0) as f64;
     let cgroup = r
         .stressors
@@ -421,6 +426,7 @@ fn memory_ours(mib: u64) -> MemSample {
         .map(|b| b as f64);
     let a2 = mem_available();
     MemoryStress::revert(&r).unwrap();
+    settle();
     let a3 = mem_available();
     MemSample {
         up: a0 - a1,
@@ -447,8 +453,8 @@ fn memory_ng(mib: u64) -> Option<MemSample> {
     let c = spawn_stress_ng(&args)?;
     let parent = c.id() as i32;
     wait_resident(|| descendants(parent), mib as f64 * MIB);
+    settle();
     let a1 = mem_available();
-    std::thread::sleep(Duration::from_secs(1));
     let rss = descendants(parent)
         .into_iter()
         .filter_map(stressor::rss_bytes)
@@ -456,6 +462,7 @@ fn memory_ng(mib: u64) -> Option<MemSample> {
         .unwrap_or(0) as f64;
     let a2 = mem_available();
     stop(c);
+    settle();
     let a3 = mem_available();
     Some(MemSample {
         up: a0 - a1,
@@ -465,11 +472,29 @@ fn memory_ng(mib: u64) -> Option<MemSample> {
     })
 }
 
+/// Median and range of `v` (not empty).
+fn median_range(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let med = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (med, v[0], v[n - 1])
+}
+
 fn memory_table(have_ng: bool) {
+    let repeats: usize = std::env::var("BENCH_MEM_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     println!();
     println!(
-        "Memory, MiB: MemAvailable drop (what `free` shows as taken: the mean of the step at \
-         start and the step at stop, both in brackets), resident set, the fault cgroup's charge"
+        "Memory, MiB, {repeats} runs per tool and size: MemAvailable drop (what `free` shows \
+         as taken: the median of the steps at start and at stop, their range in brackets), \
+         resident set, the fault cgroup's charge (last run)"
     );
     println!();
     println!(
@@ -477,26 +502,31 @@ fn memory_table(have_ng: bool) {
          | stress-ng --vm 1 --vm-keep MemAvailable drop | RSS |"
     );
     println!("|---|---|---|---|---|---|");
-    let show = |m: &MemSample| {
-        format!(
-            "{:.1} ({:.1} / {:.1})",
-            m.drop() / MIB,
-            m.up / MIB,
-            m.down / MIB
-        )
+    let show = |v: &[MemSample]| {
+        let steps: Vec<f64> = v.iter().flat_map(|m| [m.up, m.down]).collect();
+        let (med, lo, hi) = median_range(steps);
+        format!("{:.1} ({:.1} to {:.1})", med / MIB, lo / MIB, hi / MIB)
     };
     for mib in [256u64, 1024] {
-        let o = memory_ours(mib);
-        let g = if have_ng { memory_ng(mib) } else { None };
-        let (gd, gr) = match &g {
-            Some(g) => (show(g), format!("{:.1}", g.rss / MIB)),
+        let mut o = Vec::new();
+        let mut g = Vec::new();
+        for _ in 0..repeats {
+            o.push(memory_ours(mib));
+            if have_ng {
+                g.extend(memory_ng(mib));
+            }
+        }
+        let (gd, gr) = match g.last() {
+            Some(last) => (show(&g), format!("{:.1}", last.rss / MIB)),
             None => ("n/a".into(), "n/a".into()),
         };
+        let last = o.last().expect("repeats >= 1");
         println!(
             "| {mib} | {} | {:.1} | {} | {gd} | {gr} |",
             show(&o),
-            o.rss / MIB,
-            o.cgroup.map_or("n/a".into(), |b| format!("{:.1}", b / MIB)),
+            last.rss / MIB,
+            last.cgroup
+                .map_or("n/a".into(), |b| format!("{:.1}", b / MIB)),
         );
     }
 }
