@@ -8,7 +8,9 @@
 //! (default 3), `BENCH_LEVELS` (comma-separated percentages, default 10,30,50,70,90),
 //! `BENCH_NICE` (a nice value given to both tools' workers, e.g. -10 on a machine shared
 //! with other jobs, so that what is measured is the tools and not the contention; default:
-//! none), `BENCH_SKIP_MEMORY=1`, `BENCH_MEM_REPEATS` (default 3).
+//! none), `BENCH_RT=1` (both tools' workers `SCHED_FIFO` priority 1: other jobs can no
+//! longer take their CPU, so a shared machine measures the tools rather than the
+//! contention), `BENCH_SKIP_MEMORY=1`, `BENCH_MEM_REPEATS` (default 3).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -207,17 +209,28 @@ fn ours(load: f64, workers: Option<usize>, warmup: Duration, window: Duration) -
     s
 }
 
-/// Apply `BENCH_NICE` to `pids`, when set.
+/// Apply `BENCH_NICE` (a nice value) and `BENCH_RT=1` (`SCHED_FIFO` priority 1) to `pids`,
+/// when set.
 fn renice(pids: &[i32]) {
-    let Some(nice) = std::env::var("BENCH_NICE")
+    let nice = std::env::var("BENCH_NICE")
         .ok()
-        .and_then(|v| v.parse::<i32>().ok())
-    else {
-        return;
-    };
+        .and_then(|v| v.parse::<i32>().ok());
+    let rt = std::env::var("BENCH_RT").is_ok_and(|v| v == "1");
     for &p in pids {
-        // SAFETY: setpriority has no memory preconditions; the pids are the tools' workers.
-        unsafe { libc::setpriority(libc::PRIO_PROCESS, p as libc::id_t, nice) };
+        if let Some(nice) = nice {
+            // SAFETY: no memory preconditions; the pids are the tools' workers.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, p as libc::id_t, nice) };
+        }
+        if rt {
+            let param = libc::sched_param { sched_priority: 1 };
+            // SAFETY: param is a valid sched_param; the pid is a tool's worker.
+            if unsafe { libc::sched_setscheduler(p, libc::SCHED_FIFO, &param) } != 0 {
+                eprintln!(
+                    "NOTE: SCHED_FIFO for {p}: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
     }
 }
 
