@@ -10,7 +10,7 @@
 //! with other jobs, so that what is measured is the tools and not the contention; default:
 //! none), `BENCH_RT=1` (both tools' workers `SCHED_FIFO` priority 1: other jobs can no
 //! longer take their CPU, so a shared machine measures the tools rather than the
-//! contention), `BENCH_SKIP_MEMORY=1`, `BENCH_MEM_REPEATS` (default 3).
+//! contention), `BENCH_SKIP_CPU=1`, `BENCH_SKIP_MEMORY=1`, `BENCH_MEM_REPEATS` (default 3).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -583,8 +583,10 @@ fn main() {
         idle.background,
         idle.stat / 100.0
     );
-    cpu_table("One worker", Some(1), &levels, have_ng);
-    cpu_table("workers = \"all\"", None, &levels, have_ng);
+    if std::env::var_os("BENCH_SKIP_CPU").is_none() {
+        cpu_table("One worker", Some(1), &levels, have_ng);
+        cpu_table("workers = \"all\"", None, &levels, have_ng);
+    }
     if std::env::var_os("BENCH_SKIP_MEMORY").is_none() {
         memory_table(have_ng);
     }
