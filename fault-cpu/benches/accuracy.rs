@@ -378,10 +378,11 @@ fn mem_available() -> f64 {
 /// What `free` shows a holder of memory took, and what it holds by its own and its cgroup's
 /// count, in bytes. MemAvailable is read right before the holder starts and once it has
 /// touched all its memory (the step up), then right before it is stopped and once it is
-/// gone (the step down); the table shows the median of the steps of a few runs. The
-/// kernel folds its per-CPU page counters into MemAvailable every `vm.stat_interval`
-/// (1 s), so each read after a change waits that long plus a margin ([`settle`]); each
-/// step spans about 2 s, short enough that other jobs' memory moves it little.
+/// gone (the step down); the table shows the median of the steps of a few runs.
+/// MemAvailable lags a change: pages freed or allocated pass through the per-CPU page
+/// lists, which MemFree does not count and which the kernel shrinks back every
+/// `vm.stat_interval` (1 s) over a few seconds; each read after a change waits
+/// four intervals plus a margin ([`settle`]).
 struct MemSample {
     up: f64,
     down: f64,
@@ -389,13 +390,15 @@ struct MemSample {
     cgroup: Option<f64>,
 }
 
-/// Wait until MemAvailable reflects a change just made: `vm.stat_interval` plus 0.5 s.
+/// Wait until MemAvailable reflects a change just made: four `vm.stat_interval`s plus 1 s.
 fn settle() {
     let interval: f64 = std::fs::read_to_string("/proc/sys/vm/stat_interval")
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(1.0);
-    std::thread::sleep(Duration::from_secs_f64(interval.clamp(0.0, 10.0) + 0.5));
+    std::thread::sleep(Duration::from_secs_f64(
+        4.0 * interval.clamp(0.0, 10.0) + 1.0,
+    ));
 }
 
 /// Wait (up to 20 s) until the largest resident set among `pids()` reaches `bytes`; returns
