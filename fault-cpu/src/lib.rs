@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod duty;
 mod stress;
 
 pub use stress::{CpuStress, CpuStressReceipt, CpuStressSpec, Workers, KIND};
