@@ -4,7 +4,7 @@
 # per CPU, as the host reports it (/proc/stat, what top/vmstat/sar/node_exporter read) and
 # as the workers receive it (/proc/<pid>/schedstat); then memory.stress vs stress-ng --vm
 # as `free` shows it (MemAvailable), resident and in the cgroup; in one run. Needs root
-# (cgroups); installs stress-ng when missing. Takes ~6 minutes and loads every CPU. Results
+# (cgroups); installs stress-ng when missing. Takes ~7 minutes and loads every CPU. Results
 # and method: docs/benchmarks.md ("Stress faults: cpu.stress and memory.stress vs
 # stress-ng").
 #
