@@ -8,13 +8,19 @@
 //! ## What changes on the host
 //!
 //! `cpu.stress` starts one child process per worker (named `chaos-cpu`), forked from the
-//! agent by [`fault_core::host::stressor`]. Each runs a duty cycle of 10 ms periods: it
-//! spins, then sleeps until the period ends. How long it spins is decided from the CPU time
-//! it has *actually received* (`CLOCK_PROCESS_CPUTIME_ID`) against the load integrated over
-//! wall time, so time lost to preemption is made up (within the period, and up to a quarter
-//! period of debt carried into the next ones, so a stressor that was stopped does not then
-//! burn for seconds). A wall-clock duty cycle, as `stress-ng --cpu-load` uses, under-delivers as soon
-//! as anything else competes for the CPU; see `docs/benchmarks.md`.
+//! agent by [`fault_core::host::stressor`]. Each runs a duty cycle of periods 10 to 30 ms
+//! long (drawn at random each time): it spins, then sleeps until the period ends. How long
+//! it spins is decided from the CPU time it has *actually received*
+//! (`CLOCK_PROCESS_CPUTIME_ID`) against the load integrated over wall time, so time lost to
+//! preemption is made up (within the period, and up to 25 ms of debt carried into the next
+//! ones, so a stressor that was stopped does not then burn for seconds). A wall-clock duty
+//! cycle, as `stress-ng --cpu-load` uses, under-delivers as soon as anything else competes
+//! for the CPU. The random period lengths keep the busy phases uncorrelated with the
+//! scheduler tick, so the kernel's tick-sampled accounting (`/proc/stat`: `top`, `vmstat`,
+//! `sar`, node_exporter) reports the requested load too, not only the worker's own CPU time;
+//! a fixed period beats against the tick and shows up to 10 points less. The workers ask
+//! for 1 ns timer slack (`PR_SET_TIMERSLACK`), so wake-ups are not deferred onto a tick.
+//! See `docs/benchmarks.md`.
 //!
 //! The workers sit in a cgroup of their own, `chaos-agent-<fault id>`, under the agent's
 //! cgroup (the cgroup2 hierarchy, and the v1 memory hierarchy when memory is a v1
@@ -38,6 +44,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+mod duty;
 mod stress;
 
 pub use stress::{CpuStress, CpuStressReceipt, CpuStressSpec, Workers, KIND};

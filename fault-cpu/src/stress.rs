@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
-use fault_core::host::stressor::{self, Stressors, Work};
+use fault_core::host::stressor::{self, Stressors};
+
+use crate::duty::{DutyCycle, PERIOD_NS};
 use fault_core::{
     Context, Duration, Error, ErrorKind, Fault, KindInfo, Leftover, Observation, Param, Percent,
     Result,
@@ -19,19 +21,8 @@ const WORKER_NAME: &str = "chaos-cpu";
 /// Most workers one fault may start (a guard against a typo forking thousands).
 const MAX_WORKERS: u32 = 1024;
 
-/// Length of one duty-cycle period. Short, so that any observation window (top's 1-3 s, a
-/// monitoring scrape) sees the requested load: a window cut mid-period is off by at most
-/// one period's busy time (10 ms here, 0.17 points over 6 s; it was 100 ms, ~1.7 points).
-const PERIOD_NS: u64 = 10_000_000;
-
-/// CPU time a worker may owe and make up in later periods: time lost to preemption within
-/// a period is made up in that period (it spins longer in wall time); beyond that, 25 ms is
-/// carried (a few scheduler time slices), so a measurement window of whole seconds sees
-/// at most 25 ms of catch-up.
-const MAX_DEBT_NS: u64 = 25_000_000;
-
-/// How long `verify` measures the achieved load (three whole periods, so the phase of the
-/// duty cycle cancels out).
+/// How long `verify` measures the achieved load (about fifteen periods, so the phase of the
+/// duty cycle barely shows).
 const VERIFY_WINDOW: StdDuration = StdDuration::from_millis(300);
 
 /// How many workers to start: a count, or `"all"` (one per usable core, or per listed core).
@@ -130,8 +121,9 @@ pub struct CpuStressReceipt {
 ///
 /// # What changes on the host
 ///
-/// One process per worker, `chaos-cpu`, each spinning and sleeping in 10 ms periods so that
-/// the CPU time it receives matches `load` (see the crate docs for the regulation). They run
+/// One process per worker, `chaos-cpu`, each spinning and sleeping in periods of a random
+/// 10 to 30 ms so that the CPU time it receives matches `load`, and the host's tick-sampled
+/// accounting (`top`) shows it too (see the crate docs for the regulation). They run
 /// in the fault's own cgroup under the agent's, with `oom_score_adj` 1000, pinned to a core
 /// when `cores` is given.
 ///
@@ -196,87 +188,6 @@ fn cpu_list(cpus: &[usize]) -> String {
     out.join(",")
 }
 
-/// The duty cycle a worker runs. Only async-signal-safe calls (see [`Work`]).
-#[derive(Debug)]
-struct DutyCycle {
-    /// Load as a fraction of one CPU, (0, 1].
-    load: f64,
-    /// Ramp time; 0 for none.
-    ramp_ns: u64,
-}
-
-impl DutyCycle {
-    /// CPU time (ns) the worker should have used `t` ns after start: the integral of the
-    /// (ramped) load.
-    fn target_cpu(&self, t: u64) -> f64 {
-        let t = t as f64;
-        let r = self.ramp_ns as f64;
-        if self.ramp_ns == 0 {
-            self.load * t
-        } else if t <= r {
-            self.load * t * t / (2.0 * r)
-        } else {
-            self.load * (r / 2.0 + (t - r))
-        }
-    }
-}
-
-/// Some arithmetic the optimizer cannot remove: the "busy" of the duty cycle (~10 µs).
-#[inline(never)]
-fn spin(seed: u64) -> u64 {
-    let mut x = seed | 1;
-    for _ in 0..2000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-    }
-    std::hint::black_box(x)
-}
-
-// SAFETY: `run` only calls clock_gettime, clock_nanosleep and getppid, on stack values.
-unsafe impl Work for DutyCycle {
-    fn run(&self) -> i32 {
-        let start = stressor::monotonic_ns();
-        // CPU time received is counted from `cpu_base`. When the worker falls behind by more
-        // than MAX_DEBT_NS (it was stopped, or starved by other tasks), the excess is written
-        // off by moving `cpu_base` back, rather than burned later as a long 100% burst.
-        let mut cpu_base = stressor::own_cpu_ns() as f64;
-        let mut period_start = start;
-        let mut x = start;
-        loop {
-            if stressor::orphaned() {
-                return 0;
-            }
-            let period_end = period_start + PERIOD_NS;
-            let owed =
-                self.target_cpu(period_start - start) - (stressor::own_cpu_ns() as f64 - cpu_base);
-            if owed > MAX_DEBT_NS as f64 {
-                cpu_base -= owed - MAX_DEBT_NS as f64;
-            }
-            // Spin until the CPU time received reaches what is due at the end of this
-            // period, or the period is over.
-            let want = self.target_cpu(period_end - start);
-            loop {
-                let used = stressor::own_cpu_ns() as f64 - cpu_base;
-                if used >= want || stressor::monotonic_ns() >= period_end {
-                    break;
-                }
-                x = spin(x);
-            }
-            let now = stressor::monotonic_ns();
-            if now < period_end {
-                stressor::sleep_until_ns(period_end);
-                period_start = period_end;
-            } else if now - period_end > PERIOD_NS {
-                // Far behind the schedule (the worker was stopped): start afresh from now.
-                period_start = now;
-            } else {
-                period_start = period_end;
-            }
-        }
-    }
-}
-
 impl Fault for CpuStress {
     const KIND: &'static str = KIND;
     const FINDS_LEFTOVERS: bool = true;
@@ -327,8 +238,9 @@ impl Fault for CpuStress {
     fn info() -> KindInfo {
         KindInfo {
             summary: "Starts worker processes (`chaos-cpu`) that each hold `load` percent of one \
-                      CPU, regulated from the CPU time they actually receive (10 ms duty \
-                      cycle), optionally pinned to `cores` and ramping up over `ramp`. They run \
+                      CPU, regulated from the CPU time they actually receive (duty cycle \
+                      of random 10-30 ms periods, so tick-based accounting such as top's \
+                      sees the same load), optionally pinned to `cores` and ramping up over `ramp`. They run \
                       in a cgroup of their own under the agent's, with oom_score_adj 1000, and \
                       die with the agent. Revert kills them (and anything left in the cgroup) \
                       and removes the cgroup.",
@@ -429,10 +341,11 @@ impl Fault for CpuStress {
         if s.begin_inject(workers)? {
             return Ok(()); // an earlier inject of this receipt finished
         }
-        let work = Arc::new(DutyCycle {
-            load: receipt.load / 100.0,
-            ramp_ns: receipt.ramp_ms.saturating_mul(1_000_000),
-        });
+        let work = Arc::new(DutyCycle::new(
+            receipt.load / 100.0,
+            receipt.ramp_ms.saturating_mul(1_000_000),
+            PERIOD_NS,
+        ));
         for cpu in &receipt.cpus {
             s.spawn(WORKER_NAME, cpu.map(|c| vec![c]), work.clone())?;
         }
@@ -657,22 +570,6 @@ mod tests {
             f.describe(),
             "load 3 workers at 25% of a CPU each on CPUs 1-3"
         );
-    }
-
-    #[test]
-    fn ramp_integral_is_continuous() {
-        let d = DutyCycle {
-            load: 0.5,
-            ramp_ns: 1000,
-        };
-        assert_eq!(d.target_cpu(0), 0.0);
-        assert_eq!(d.target_cpu(1000), 250.0); // half the load, averaged over the ramp
-        assert_eq!(d.target_cpu(2000), 750.0);
-        let flat = DutyCycle {
-            load: 0.25,
-            ramp_ns: 0,
-        };
-        assert_eq!(flat.target_cpu(400), 100.0);
     }
 
     #[test]

@@ -3,12 +3,28 @@
 //!
 //! # Accuracy tolerance
 //!
-//! Each level is measured over 2.0 s (twenty whole 100 ms periods, so the duty-cycle phase
-//! cancels) from `/proc/<pid>/schedstat` (nanosecond CPU time) after 0.5 s of warm-up. The
-//! achieved load must be within **3 percentage points** of the request. The machine is
-//! shared with other builds, so a worker may be denied CPU it asked for: a shortfall beyond
-//! 3 points is accepted only when the worker's run-queue wait time (schedstat's second
-//! field: runnable but not running) accounts for it. Overshoot is never excused.
+//! Each level is measured over 2.0 s (about a hundred duty-cycle periods of a random 10 to
+//! 30 ms) from `/proc/<pid>/schedstat` (nanosecond CPU time) after 0.5 s of warm-up. The
+//! achieved load must be within **3 percentage points** of the request. What a correct
+//! worker can be off by, at most: one period's busy time at each end of the window (0.75
+//! points at 50%) plus the 25 ms of debt it may catch up on after being kept from the CPU
+//! during warm-up (1.25 points), 2 points in all.
+//!
+//! The machine is shared with other builds, so a worker may be denied CPU it asked for: a
+//! shortfall beyond 3 points is accepted only when the worker's run-queue wait time
+//! (schedstat's second field: runnable but not running) accounts for it. Overshoot is never
+//! excused.
+//!
+//! No assertion depends on how promptly the test itself runs: each schedstat read is
+//! bracketed by two clock reads, so the interval the CPU time was counted over is known to
+//! lie between the inner and the outer pair. The overshoot check uses the load over the
+//! longest possible interval (the lowest it can be), the shortfall check the load and wait
+//! over the shortest (the highest). A test thread delayed between a read and its clock read
+//! on a loaded machine (which used to count the worker's CPU time over a longer interval
+//! than the wall time it was divided by, i.e. look like overshoot) widens the range instead.
+//!
+//! The host's tick-sampled accounting (`/proc/stat`) is not asserted here: it depends on
+//! everything else the machine runs. The benchmark measures it (docs/benchmarks.md).
 
 #![cfg(feature = "privileged-tests")]
 
@@ -51,20 +67,38 @@ fn schedstat(pid: i32) -> (u64, u64) {
     (it.next().unwrap(), it.next().unwrap())
 }
 
-/// Per worker: `(achieved %, waited %)` over `window`.
-fn measure(pids: &[i32], window: Duration) -> Vec<(f64, f64)> {
-    let t0 = Instant::now();
-    let a: Vec<(u64, u64)> = pids.iter().map(|&p| schedstat(p)).collect();
+/// A worker's load over a measurement window, in percent of one CPU.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    /// CPU time over the longest interval it can have been counted over.
+    low: f64,
+    /// CPU time over the shortest such interval.
+    high: f64,
+    /// Run-queue wait over the shortest interval.
+    waited: f64,
+}
+
+/// Per worker: its [`Load`] over about `window`. Each read of schedstat is bracketed by two
+/// clock reads (see the module docs).
+fn measure(pids: &[i32], window: Duration) -> Vec<Load> {
+    let read = |p: i32| {
+        let before = Instant::now();
+        let v = schedstat(p);
+        (before, v, Instant::now())
+    };
+    let a: Vec<_> = pids.iter().map(|&p| read(p)).collect();
     std::thread::sleep(window);
-    let wall = t0.elapsed().as_nanos() as f64;
     pids.iter()
         .zip(a)
-        .map(|(&p, (c0, w0))| {
-            let (c1, w1) = schedstat(p);
-            (
-                (c1 - c0) as f64 * 100.0 / wall,
-                (w1 - w0) as f64 * 100.0 / wall,
-            )
+        .map(|(&p, (b0, (c0, w0), a0))| {
+            let (b1, (c1, w1), a1) = read(p);
+            let longest = (a1 - b0).as_nanos() as f64;
+            let shortest = (b1.saturating_duration_since(a0)).as_nanos().max(1) as f64;
+            Load {
+                low: (c1 - c0) as f64 * 100.0 / longest,
+                high: (c1 - c0) as f64 * 100.0 / shortest,
+                waited: (w1 - w0) as f64 * 100.0 / shortest,
+            }
         })
         .collect()
 }
@@ -105,18 +139,17 @@ fn load_is_held_at_25_50_100_percent_on_one_and_on_all_cores() {
             let got = measure(&pids, Duration::from_millis(2000));
             CpuStress::revert(&r).unwrap();
             assert_clean(&r);
-            for (achieved, waited) in got {
+            for Load { low, high, waited } in got {
                 report.push(format!(
-                    "{label} {load}%: achieved {achieved:.2}% (waited {waited:.2}%)"
+                    "{label} {load}%: achieved {low:.2}-{high:.2}% (waited {waited:.2}%)"
                 ));
-                let err = achieved - load;
                 assert!(
-                    err <= TOLERANCE_PP,
-                    "{label} {load}%: overshoot, achieved {achieved:.2}%"
+                    low - load <= TOLERANCE_PP,
+                    "{label} {load}%: overshoot, achieved at least {low:.2}%"
                 );
                 assert!(
-                    err >= -TOLERANCE_PP || achieved + waited >= load - TOLERANCE_PP,
-                    "{label} {load}%: achieved {achieved:.2}%, and waiting for a CPU \
+                    high - load >= -TOLERANCE_PP || high + waited >= load - TOLERANCE_PP,
+                    "{label} {load}%: achieved at most {high:.2}%, and waiting for a CPU \
                      ({waited:.2}%) does not explain the shortfall"
                 );
             }
@@ -212,19 +245,19 @@ fn ramp_rises_to_the_load() {
     f.inject(&cx, &mut r).unwrap();
     let pid = r.stressors.processes[0].pid;
     // Over the first 0.5 s the mean of a linear ramp to 80% in 2 s is 10%.
-    let early = measure(&[pid], Duration::from_millis(500))[0].0;
+    let early = measure(&[pid], Duration::from_millis(500))[0];
     std::thread::sleep(Duration::from_millis(1700));
-    let (late, waited) = measure(&[pid], Duration::from_millis(1000))[0];
+    let late = measure(&[pid], Duration::from_millis(1000))[0];
     CpuStress::revert(&r).unwrap();
     assert_clean(&r);
-    eprintln!("ramp: first 0.5 s {early:.1}%, after 2.2 s {late:.1}% (waited {waited:.1}%)");
-    assert!(early < 25.0, "early {early}");
-    assert!(late < 85.0, "late {late}");
+    eprintln!("ramp: first 0.5 s {early:?}, after 2.2 s {late:?}");
+    assert!(early.low < 25.0, "early {early:?}");
+    assert!(late.low < 85.0, "late {late:?}");
     // As in the accuracy test: on a shared machine a shortfall is accepted only when the
     // time the worker spent waiting for a CPU explains it.
     assert!(
-        late > 70.0 || late + waited > 70.0,
-        "late {late}, and waiting for a CPU ({waited:.1}%) does not explain the shortfall"
+        late.high > 70.0 || late.high + late.waited > 70.0,
+        "late {late:?}: waiting for a CPU does not explain the shortfall"
     );
 }
 
