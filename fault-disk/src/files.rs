@@ -292,68 +292,13 @@ pub(crate) fn current_mnt_ns() -> Option<NsId> {
     NsId::current(NsKind::Mnt).ok()
 }
 
-/// Run `f` in the mount namespace a receipt was made in (`ns`), so that its paths name the
-/// same files as when they were created.
-///
-/// - No namespace recorded (receipts from before it was), or it is this thread's: `f` runs
-///   here.
-/// - Another namespace that a process or a bind mount visible from here refers to: `f` runs
-///   on a thread that entered it ([`NsId::enter`]; needs `CAP_SYS_ADMIN`).
-/// - Not reachable, and the receipt is from an earlier boot: namespaces do not outlive a
-///   boot, so `f` runs here (the file identity recorded at creation keeps it from touching
-///   a file that merely has the same path).
-/// - Not reachable in the same boot: fails with [`ErrorKind::NotFound`], nothing touched; the
-///   engine then leaves the record to a person with [`nsenter_prefix`]ed commands.
-pub(crate) fn in_mount_ns<T, F>(
-    ns: Option<&NsId>,
-    boot_id: Option<&str>,
-    what: &str,
-    f: F,
-) -> Result<T>
-where
-    T: Send,
-    F: FnOnce() -> Result<T> + Send,
-{
-    let Some(ns) = ns else {
-        return f();
-    };
-    if ns.is_current() {
-        return f();
-    }
-    if ns.find().is_some() {
-        return ns.enter(f);
-    }
-    if boot_id.is_some_and(|b| b != fault_core::host::boot_id()) {
-        return f();
-    }
-    Err(Error::new(
-        ErrorKind::NotFound,
-        format!(
-            "{what} was made in mount namespace {ns}, which is not reachable from here: no \
-             process or bind mount visible to this agent refers to it (a process in another \
-             PID namespace or an open descriptor may still keep it alive, and with it the \
-             file). Nothing was changed. Run the manual undo inside that namespace: `nsenter \
-             --mount=/proc/PID/ns/mnt` with the PID of a process in it"
-        ),
-    ))
-}
+/// Run `f` in the mount namespace a receipt was made in: [`in_recorded`](fault_core::host::ns::in_recorded).
+pub(crate) use fault_core::host::ns::in_recorded as in_mount_ns;
 
-/// The argv prefix a person runs a command with inside mount namespace `ns`:
-/// `["nsenter", "--mount=PATH"]`, or nothing when this process is in it (or none is
-/// recorded). When nothing visible refers to it, PATH is a placeholder saying what to look
-/// for. (`nsenter` spells the option `--mount`.)
+/// The argv prefix a person runs a command with inside mount namespace `ns`
+/// ([`NsId::nsenter_prefix`]), or nothing when none is recorded.
 pub(crate) fn nsenter_prefix(ns: Option<&NsId>) -> Vec<String> {
-    match ns {
-        None => Vec::new(),
-        Some(ns) if ns.is_current() => Vec::new(),
-        Some(ns) => {
-            let path = ns
-                .find()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| format!("/proc/PID-IN-{ns}/ns/mnt"));
-            vec!["nsenter".to_string(), format!("--mount={path}")]
-        }
-    }
+    ns.map(NsId::nsenter_prefix).unwrap_or_default()
 }
 
 /// A percentage for people: one decimal without a trailing ".0" ("60%", "62.5%").

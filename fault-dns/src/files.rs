@@ -298,41 +298,22 @@ pub(crate) fn current_mnt_ns() -> Option<NsId> {
     NsId::current(NsKind::Mnt).ok()
 }
 
-/// Run `f` in the mount namespace a receipt was made in (as fault-disk does): here when none
-/// is recorded or it is this thread's; on a thread that entered it when something visible
-/// refers to it; here when the receipt is from an earlier boot (namespaces do not outlive
-/// one); else fail, touching nothing.
+/// Run `f` in the mount namespace a receipt was made in
+/// ([`in_recorded`](fault_core::host::ns::in_recorded)): here when none is recorded or it is
+/// this thread's; on a thread that entered it when something visible refers to it; here when
+/// the receipt is from an earlier boot (namespaces do not outlive one); else fail, touching
+/// nothing.
 pub(crate) fn in_mount_ns<T, F>(ns: Option<&NsId>, boot_id: Option<&str>, f: F) -> Result<T>
 where
     T: Send,
     F: FnOnce() -> Result<T> + Send,
 {
-    let Some(ns) = ns else { return f() };
-    if ns.is_current() {
-        return f();
-    }
-    if ns.find().is_some() {
-        return ns.enter(f);
-    }
-    if boot_id.is_some_and(|b| b != fault_core::host::boot_id()) {
-        return f();
-    }
-    Err(Error::new(
-        ErrorKind::NotFound,
-        format!(
-            "the DNS files were edited in mount namespace {ns}, which is not reachable from \
-             here (no process or bind mount visible to this agent refers to it). Nothing was \
-             changed. Run the manual undo inside that namespace"
-        ),
-    ))
+    fault_core::host::ns::in_recorded(ns, boot_id, "the DNS files' edit", f)
 }
 
 /// `["nsenter", "--mount=PATH"]` when the receipt's namespace is not the caller's.
 pub(crate) fn nsenter_prefix(ns: Option<&NsId>) -> Vec<String> {
-    match ns {
-        Some(ns) => ns.nsenter_prefix(),
-        None => Vec::new(),
-    }
+    ns.map(NsId::nsenter_prefix).unwrap_or_default()
 }
 
 #[cfg(test)]

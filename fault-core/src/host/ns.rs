@@ -285,6 +285,54 @@ impl NsId {
     }
 }
 
+/// Run `f` in the namespace a receipt was made in (`ns`), so that what the receipt names
+/// (paths, interfaces) is what was there when it was made.
+///
+/// - No namespace recorded (receipts from before they were), or it is this thread's: `f`
+///   runs here.
+/// - Another namespace that a process or a bind mount visible from here refers to: `f` runs
+///   on a thread that entered it ([`NsId::enter`]; needs `CAP_SYS_ADMIN`).
+/// - Not reachable, and the receipt is from an earlier boot (`boot_id` differs from this
+///   one's): namespaces do not outlive a boot, so `f` runs here (the identity a receipt
+///   records, such as a file's device and inode, keeps it from touching something that
+///   merely has the same name).
+/// - Not reachable in the same boot: fails with [`ErrorKind::NotFound`], nothing touched;
+///   `what` ("the fill file", "the DNS files") names what was made there. The engine then
+///   leaves the record to a person, with [`NsId::nsenter_prefix`]ed commands.
+pub fn in_recorded<T, F>(ns: Option<&NsId>, boot_id: Option<&str>, what: &str, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> Result<T> + Send,
+{
+    let Some(ns) = ns else {
+        return f();
+    };
+    if ns.is_current() {
+        return f();
+    }
+    if ns.find().is_some() {
+        return ns.enter(f);
+    }
+    if boot_id.is_some_and(|b| b != crate::host::boot_id()) {
+        return f();
+    }
+    let (kind, option) = match ns.kind {
+        NsKind::Net => ("network", "--net"),
+        NsKind::Mnt => ("mount", "--mount"),
+    };
+    Err(Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "{what} was made in {kind} namespace {ns}, which is not reachable from here: no process \
+             or bind mount visible to this agent refers to it (a process in another PID \
+             namespace or an open descriptor may still keep it alive). Nothing was changed. \
+             Run the manual undo inside that namespace: `nsenter {option}=/proc/PID/ns/{}` with \
+             the PID of a process in it",
+            ns.kind.as_str()
+        ),
+    ))
+}
+
 /// Every path that may refer to a namespace of `kind` now, in the order [`NsId::find`]
 /// tries them: `ip netns` names under `/run/netns` (network namespaces), nsfs bind mounts
 /// in the mount table (of any namespace type: check the type before use), then
