@@ -4,12 +4,10 @@
 //! unit name, and the name is checked against systemd's own character set first, so a spec
 //! can never smuggle an option or a command in.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fault_core::host::shell;
+use fault_core::host::{shell, systemctl};
 use fault_core::{
     shell_cmd, Context, Error, ErrorKind, Fault, KindInfo, Observation, Param, Result,
 };
@@ -736,88 +734,14 @@ impl UnitState {
     }
 }
 
-/// Run `systemctl ARGS` (argv, no shell); error with its stderr when it fails.
+/// Run `systemctl ARGS` ([`systemctl::run`]), bounded by [`SYSTEMCTL_TIMEOUT`].
 fn systemctl(args: &[&str]) -> Result<()> {
-    systemctl_output(args).map(drop)
+    systemctl::run(args, SYSTEMCTL_TIMEOUT)
 }
 
-/// Run `systemctl ARGS` and return its stdout. Bounded by [`SYSTEMCTL_TIMEOUT`].
+/// Run `systemctl ARGS` and return its stdout ([`systemctl::output`]).
 fn systemctl_output(args: &[&str]) -> Result<String> {
-    let shown = shell::join(std::iter::once("systemctl").chain(args.iter().copied()));
-    let mut child = Command::new("systemctl")
-        .arg("--no-ask-password")
-        .args(args)
-        .env("LC_ALL", "C")
-        .env("SYSTEMD_PAGER", "")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    "systemctl is not installed (service faults need systemd)",
-                )
-            } else {
-                Error::io(format!("running {shown}"), e)
-            }
-        })?;
-    // Read both pipes on threads so a chatty systemctl cannot block on a full pipe.
-    let mut out_pipe = child.stdout.take().expect("piped stdout");
-    let mut err_pipe = child.stderr.take().expect("piped stderr");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + SYSTEMCTL_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "{shown} did not finish within {}; systemd may still be running the \
-                         job (see `systemctl list-jobs`)",
-                        fault_core::Duration(SYSTEMCTL_TIMEOUT)
-                    ),
-                ));
-            }
-            Err(e) => return Err(Error::io(format!("waiting for {shown}"), e)),
-        }
-    };
-    let out = out_thread.join().unwrap_or_default();
-    let err = err_thread.join().unwrap_or_default();
-    if status.success() {
-        return Ok(out);
-    }
-    let err = err.trim();
-    let kind = if err.contains("Access denied") || err.contains("authentication required") {
-        ErrorKind::PermissionDenied
-    } else if err.contains("not found") || err.contains("not loaded") {
-        ErrorKind::NotFound
-    } else {
-        ErrorKind::Io
-    };
-    Err(Error::new(
-        kind,
-        format!(
-            "{shown} failed ({status}): {}",
-            if err.is_empty() { "no message" } else { err }
-        ),
-    ))
+    systemctl::output(args, SYSTEMCTL_TIMEOUT)
 }
 
 #[cfg(test)]

@@ -7,14 +7,12 @@
 //! time and boot id so that a reused pid is never signalled. `systemctl` is run with an
 //! argument vector, `--` before unit names, and only ever on a name of [`UNITS`].
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fault_core::host::process::{all_pids, ProcessId, Stat};
-use fault_core::host::shell;
-use fault_core::{shell_cmd, Error, ErrorKind, Result};
+use fault_core::host::{shell, systemctl};
+use fault_core::{shell_cmd, Result};
 use serde::{Deserialize, Serialize};
 
 /// The NTP units of Debian, Ubuntu, Fedora, RHEL, SUSE and Arch (aliases included).
@@ -233,79 +231,14 @@ pub(crate) fn parse_show(text: &str) -> Vec<UnitState> {
     out
 }
 
+/// Run `systemctl ARGS` ([`systemctl::run`]), bounded by [`SYSTEMCTL_TIMEOUT`].
 fn systemctl(args: &[&str]) -> Result<()> {
-    systemctl_output(args).map(drop)
+    systemctl::run(args, SYSTEMCTL_TIMEOUT)
 }
 
-/// Run `systemctl ARGS` (argv, no shell), bounded by [`SYSTEMCTL_TIMEOUT`]; its stdout.
+/// Run `systemctl ARGS` and return its stdout ([`systemctl::output`]).
 fn systemctl_output(args: &[&str]) -> Result<String> {
-    let shown = shell::join(std::iter::once("systemctl").chain(args.iter().copied()));
-    let mut child = Command::new("systemctl")
-        .arg("--no-ask-password")
-        .args(args)
-        .env("LC_ALL", "C")
-        .env("SYSTEMD_PAGER", "")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::new(ErrorKind::Unsupported, "systemctl is not installed")
-            } else {
-                Error::io(format!("running {shown}"), e)
-            }
-        })?;
-    let mut out_pipe = child.stdout.take().expect("piped stdout");
-    let mut err_pipe = child.stderr.take().expect("piped stderr");
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out_pipe.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err_pipe.read_to_string(&mut s);
-        s
-    });
-    // Instant is CLOCK_MONOTONIC: the timeout holds while the wall clock jumps.
-    let deadline = Instant::now() + SYSTEMCTL_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "{shown} did not finish within {}s",
-                        SYSTEMCTL_TIMEOUT.as_secs()
-                    ),
-                ));
-            }
-            Err(e) => return Err(Error::io(format!("waiting for {shown}"), e)),
-        }
-    };
-    let out = out_thread.join().unwrap_or_default();
-    let err = err_thread.join().unwrap_or_default();
-    if status.success() {
-        return Ok(out);
-    }
-    let err = err.trim();
-    let kind = if err.contains("Access denied") || err.contains("authentication required") {
-        ErrorKind::PermissionDenied
-    } else {
-        ErrorKind::Io
-    };
-    Err(Error::new(
-        kind,
-        format!(
-            "{shown} failed ({status}): {}",
-            if err.is_empty() { "no message" } else { err }
-        ),
-    ))
+    systemctl::output(args, SYSTEMCTL_TIMEOUT)
 }
 
 #[cfg(test)]

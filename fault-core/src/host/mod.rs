@@ -20,6 +20,7 @@ pub mod probe;
 pub mod process;
 pub mod shell;
 pub mod stressor;
+pub mod systemctl;
 
 /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`), which changes on every boot.
 /// Receipts record it so that a revert after a reboot knows that non-persistent state
