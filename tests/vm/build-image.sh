@@ -82,9 +82,12 @@ mmdebstrap --variant=minbase --mode=root --quiet \
 cp -L "$ROOTFS/vmlinuz" "$OUT/vmlinuz"
 cp -L "$ROOTFS/initrd.img" "$OUT/initrd.img"
 
-# ext4 image: used size + 384 MiB of headroom (disk.fill scenarios fill 64 MiB at most)
+# ext4 image: used size + 768 MiB of headroom. The suite installs ~120 MiB (the static debug
+# binaries, test binaries, two .deb files) and the disk.fill scenarios fill 64 MiB at most on
+# `/`, which must stay above disk.fill's reserve for a protected filesystem (a quarter of a
+# filesystem this small): with 384 MiB of headroom that reserve was missed by 3 MiB.
 used_mb=$(du -sm "$ROOTFS" | cut -f1)
-size_mb=$((used_mb + 384))
+size_mb=$((used_mb + 768))
 rm -f "$OUT/rootfs.ext4"
 mkfs.ext4 -q -F -L root -d "$ROOTFS" "$OUT/rootfs.ext4" "${size_mb}M"
 rm -rf "$ROOTFS"
