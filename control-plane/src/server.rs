@@ -619,6 +619,10 @@ impl App {
         what: &str,
         reported: impl Iterator<Item = (&'a str, u32, &'a str)>,
     ) -> Result<(), ApiErr> {
+        let mut reported = reported.peekable();
+        if reported.peek().is_none() {
+            return Ok(()); // nothing to check: no store read on the acknowledgement path
+        }
         let exp = self.db(|s| s.run_experiment(run_id))?.unwrap_or_default();
         let known = crate::store::experiment_faults(run_id, &exp);
         let mut problems = Vec::new();
@@ -664,6 +668,16 @@ impl App {
                 problems,
             ))
         }
+    }
+
+    /// The operator's reason for aborting `run_id`, when `abort` says one was requested.
+    fn abort_reason(&self, run_id: &str, abort: bool) -> Result<Option<String>, ApiErr> {
+        if !abort {
+            return Ok(None);
+        }
+        Ok(self
+            .db(|s| s.run_owner(run_id))?
+            .and_then(|o| o.abort_reason))
     }
 
     /// Write last-seen times and report agents that fell silent.
@@ -882,10 +896,12 @@ async fn status(
     let (state, abort) = app.db(|s| s.update_status(&run, &up, now_ms()))?;
     app.logs_changed.notify_waiters();
     tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), "run status");
+    let abort_reason = app.abort_reason(&run, abort)?;
     Ok(Json(StatusResponse {
         run_id: run,
         state,
         abort_requested: abort,
+        abort_reason,
     }))
 }
 
@@ -900,9 +916,9 @@ async fn logs(
         .validate()
         .map_err(|e| ApiErr::from_invalid("log batch", e))?;
     let (accepted, duplicates) = app.db(|s| s.append_logs(&run, &batch.lines))?;
-    let abort_requested = app
-        .db(|s| s.run_owner(&run))?
-        .is_some_and(|o| o.abort_requested);
+    let owner = app.db(|s| s.run_owner(&run))?;
+    let abort_requested = owner.as_ref().is_some_and(|o| o.abort_requested);
+    let abort_reason = owner.and_then(|o| o.abort_reason);
     if accepted > 0 {
         app.logs_changed.notify_waiters();
     }
@@ -910,6 +926,7 @@ async fn logs(
         accepted,
         duplicates,
         abort_requested,
+        abort_reason,
     }))
 }
 
@@ -940,10 +957,12 @@ async fn result(
     let (state, abort) = app.db(|s| s.store_result(&run, &res, now_ms()))?;
     app.logs_changed.notify_waiters();
     tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), host_clean = res.host_clean(), "run result");
+    let abort_reason = app.abort_reason(&run, abort)?;
     Ok(Json(StatusResponse {
         run_id: run,
         state,
         abort_requested: abort,
+        abort_reason,
     }))
 }
 

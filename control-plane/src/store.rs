@@ -285,6 +285,8 @@ pub struct RunOwner {
     pub state: RunState,
     /// Abort requested.
     pub abort_requested: bool,
+    /// The operator's reason for the abort, if one was requested.
+    pub abort_reason: Option<String>,
 }
 
 /// A filter for [`Store::list_runs`].
@@ -767,14 +769,17 @@ impl Store {
     /// Who owns a run.
     pub fn run_owner(&self, run_id: &str) -> Result<Option<RunOwner>> {
         let mut st = self.conn.prepare_cached(
-            "SELECT agent_id, state, abort_requested_at_ms IS NOT NULL FROM runs WHERE id=?1",
+            "SELECT agent_id, state, abort_requested_at_ms IS NOT NULL, abort_reason
+             FROM runs WHERE id=?1",
         )?;
         Ok(st
             .query_row(params![run_id], |r| {
+                let abort_requested: bool = r.get(2)?;
                 Ok(RunOwner {
                     agent_id: r.get(0)?,
                     state: state_of(r.get(1)?),
-                    abort_requested: r.get(2)?,
+                    abort_requested,
+                    abort_reason: if abort_requested { r.get(3)? } else { None },
                 })
             })
             .optional()?)

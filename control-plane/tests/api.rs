@@ -337,11 +337,30 @@ fn abort_is_delivered_to_a_waiting_agent() {
         (a.run_id.as_str(), a.reason.as_str()),
         (run.as_str(), "game day over")
     );
-    // Status and log answers carry the abort too.
+    // Status and log answers carry the abort too, with the operator's reason: an agent
+    // that learns of it there aborts with the same reason as from the task.
     let r = c.logs(&run, &tok, &lines(1, 1)).unwrap();
     assert!(r.abort_requested);
+    assert_eq!(r.abort_reason.as_deref(), Some("game day over"));
+    let st = c
+        .status(
+            &run,
+            &tok,
+            &StatusUpdate {
+                state: RunState::Running,
+                step: Some(0),
+                faults: vec![],
+                message: None,
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (st.abort_requested, st.abort_reason.as_deref()),
+        (true, Some("game day over"))
+    );
     let st = c.result(&run, &tok, &result_json(&run, "aborted")).unwrap();
     assert_eq!(st.state, RunState::Aborted);
+    assert_eq!(st.abort_reason.as_deref(), Some("game day over"));
     let r = c.tasks(&reg.agent_id, &tok, Duration::ZERO).unwrap();
     assert!(
         r.tasks.is_empty(),

@@ -159,6 +159,10 @@ pub struct StatusResponse {
     pub state: RunState,
     /// The operator asked to abort this run: stop and revert.
     pub abort_requested: bool,
+    /// The operator's reason, when an abort was requested with one (the same text the
+    /// abort task carries, so the run is aborted with it whichever answer arrives first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
 }
 
 /// Severity of a log line.
@@ -234,6 +238,9 @@ pub struct LogsResponse {
     pub duplicates: u32,
     /// The operator asked to abort this run.
     pub abort_requested: bool,
+    /// The operator's reason (see [`StatusResponse::abort_reason`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
 }
 
 /// How a run ended.

@@ -558,13 +558,7 @@ impl Daemon<'_, '_> {
                 self.queue.push(t);
             }
             Task::Abort(t) => {
-                let reason = if t.reason.is_empty() {
-                    "aborted by the operator".to_string()
-                } else if t.reason.starts_with("aborted") {
-                    t.reason.clone()
-                } else {
-                    format!("aborted by the operator: {}", t.reason)
-                };
+                let reason = abort_reason(&t.reason);
                 // Queue first, then active (see above): a run the runner is taking right now
                 // is aborted, never reported as "never started" and then run anyway.
                 let queued = self.queue.remove(&t.run_id).is_some();
@@ -745,5 +739,17 @@ impl Backoff {
     }
     fn reset(&mut self) {
         self.n = 0;
+    }
+}
+
+/// The reason a run is aborted with, from the operator's (the abort task's, or a status or
+/// log answer's: both give the same text, so the first to arrive wins nothing).
+pub(crate) fn abort_reason(operator: &str) -> String {
+    if operator.is_empty() {
+        "aborted by the operator".to_string()
+    } else if operator.starts_with("aborted") {
+        operator.to_string()
+    } else {
+        format!("aborted by the operator: {operator}")
     }
 }

@@ -38,9 +38,9 @@ impl Daemon<'_, '_> {
             let (files, msg) = batch;
             let run_id = msg.run_id().to_string();
             let sent = self.call(|c, _agent, token| match &msg {
-                Message::Status { update, .. } => {
-                    c.status(&run_id, token, update).map(|r| r.abort_requested)
-                }
+                Message::Status { update, .. } => c
+                    .status(&run_id, token, update)
+                    .map(|r| r.abort_requested.then_some(r.abort_reason)),
                 Message::Logs { lines, .. } => c
                     .logs(
                         &run_id,
@@ -49,21 +49,24 @@ impl Daemon<'_, '_> {
                             lines: lines.clone(),
                         },
                     )
-                    .map(|r| r.abort_requested),
-                Message::Result { result, .. } => {
-                    c.result(&run_id, token, result).map(|r| r.abort_requested)
-                }
+                    .map(|r| r.abort_requested.then_some(r.abort_reason)),
+                Message::Result { result, .. } => c
+                    .result(&run_id, token, result)
+                    .map(|r| r.abort_requested.then_some(r.abort_reason)),
             });
             match sent {
-                Ok(abort_requested) => {
+                Ok(abort) => {
                     backoff.reset();
                     if let Message::Logs { lines, .. } = &msg {
                         let last = lines.iter().map(|l| l.seq).max().unwrap_or(0);
                         self.outbox.sent_logs(&run_id, last);
                     }
                     self.outbox.ack(&files);
-                    if abort_requested {
-                        self.abort_active(Some(&run_id), "aborted by the operator");
+                    // The same reason text as the abort task's (which may arrive first,
+                    // or after): the run is aborted once, with the operator's reason.
+                    if let Some(reason) = abort {
+                        let reason = crate::daemon::abort_reason(reason.as_deref().unwrap_or(""));
+                        self.abort_active(Some(&run_id), &reason);
                     }
                 }
                 Err(CallError::NoIdentity) => {
