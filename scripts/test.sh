@@ -23,6 +23,23 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "==> missing ${missing[*]}: tests that need them will skip"
     fi
 fi
+# PostgreSQL for chaos-control's store tests (control-plane/tests/postgres.rs): they start a
+# private cluster of their own (initdb + postgres on a free port, removed at exit), so only the
+# binaries are needed. Debian puts them in /usr/lib/postgresql/N/bin, off PATH.
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null &&
+    ! compgen -G '/usr/pgsql-*/bin/initdb' >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "==> installing postgresql"
+        # Without Debian's default cluster: the package would create "main" and start it on
+        # port 5432. Its postinst asks pg_createcluster's configuration, which reads this
+        # directory (what the official postgres Docker image does too).
+        mkdir -p /etc/postgresql-common/createcluster.d
+        echo 'create_main_cluster = false' >/etc/postgresql-common/createcluster.d/no-main-cluster.conf
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    else
+        echo "==> PostgreSQL not found: the PostgreSQL store tests will skip"
+    fi
+fi
 [ "$(id -u)" = 0 ] || echo "==> not root: privileged and end-to-end tests will print SKIPPED"
 # The shipped binaries are static musl builds: the package test and the VM suite build them.
 musl=x86_64-unknown-linux-musl

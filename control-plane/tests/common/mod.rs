@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -251,37 +253,85 @@ pub fn code(e: &ClientError) -> (u16, String) {
 }
 
 /// The real `chaos-control` binary: `init` in a temporary directory, then `serve` on a free
-/// port of 127.0.0.1 with its log (stderr) in `serve.log` there.
+/// port of 127.0.0.1 with its log (stderr) in `serve-PORT.log` there. Several may serve the
+/// same state directory (replicas of one PostgreSQL store): see [`Served::init`] and
+/// [`Served::serve`].
 pub struct Served {
     pub dir: PathBuf,
     pub addr: SocketAddr,
     pub child: std::process::Child,
+    log: PathBuf,
+    /// Waited for already (by [`Served::stop`]): never signalled again.
+    stopped: bool,
+    /// [`Served::stop`] hands the state directory over: not removed on drop.
+    keep_dir: bool,
+}
+
+/// A free port of 127.0.0.1 (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Served {
     pub fn start() -> Served {
+        let dir = Served::init(&[]);
+        Served::serve_on(&dir, Served::init_port(&dir), &[])
+    }
+
+    /// The port `init` was given: where `serve` listens by default and the CLI's commands
+    /// reach the server.
+    pub fn init_port(dir: &std::path::Path) -> u16 {
+        Paths::new(dir).init_info().unwrap().port
+    }
+
+    /// `init --name localhost --port P` and `extra` (e.g. `--database URL`) in a new temporary
+    /// directory; the state directory.
+    pub fn init(extra: &[&str]) -> PathBuf {
         let dir = temp_dir().join("state");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Served::cli_in(
-            &dir,
-            &["init", "--name", "localhost", "--port", &port.to_string()],
-        );
+        let port = free_port().to_string();
+        let mut args = vec!["init", "--name", "localhost", "--port", &port];
+        args.extend_from_slice(extra);
+        Served::cli_in(&dir, &args);
+        dir
+    }
+
+    /// `serve` on `dir` (made by [`Served::init`]) on a free port, with `extra` arguments;
+    /// returns once it answers `/health`. The directory is removed when the last of the
+    /// servers on it is dropped (by each, in fact: removing it twice is harmless).
+    pub fn serve(dir: &std::path::Path, extra: &[&str]) -> Served {
+        Served::serve_on(dir, free_port(), extra)
+    }
+
+    /// [`Served::serve`] on 127.0.0.1:`port`.
+    pub fn serve_on(dir: &std::path::Path, port: u16, extra: &[&str]) -> Served {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+        let log = dir.join(format!("serve-{}.log", addr.port()));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_chaos-control"))
             .args(["serve", "--listen", &addr.to_string(), "--state-dir"])
-            .arg(&dir)
+            .arg(dir)
+            .args(extra)
             .env("RUST_LOG", "info")
-            .stderr(log)
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let s = Served { dir, addr, child };
+        let mut s = Served {
+            dir: dir.to_path_buf(),
+            addr,
+            child,
+            log,
+            stopped: false,
+            keep_dir: false,
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while s.client().health().is_err() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                s.stopped = true;
+                panic!("serve exited ({status}):\n{}", s.log());
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "serve did not answer:\n{}",
@@ -292,13 +342,28 @@ impl Served {
         s
     }
 
-    fn cli_in(dir: &std::path::Path, args: &[&str]) -> String {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_chaos-control"))
+    /// Stop the server (SIGTERM, then wait) and keep its state directory; that directory.
+    pub fn stop(mut self) -> PathBuf {
+        self.signal(libc::SIGTERM);
+        let _ = self.child.wait();
+        self.stopped = true;
+        self.keep_dir = true;
+        self.dir.clone()
+    }
+
+    /// Run `chaos-control ARGS --state-dir DIR`: its output, whatever the exit status.
+    pub fn cli_output(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chaos-control"))
             .args(args)
             .arg("--state-dir")
             .arg(dir)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Run `chaos-control ARGS --state-dir DIR`, which must succeed: its stdout.
+    pub fn cli_in(dir: &std::path::Path, args: &[&str]) -> String {
+        let out = Served::cli_output(dir, args);
         assert!(
             out.status.success(),
             "{args:?}: {}",
@@ -324,12 +389,15 @@ impl Served {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Send a signal to the server (a process this test started).
+    /// Send a signal to the server (a process this test started, not yet waited for).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the pid of our own child.
+        if self.stopped {
+            return;
+        }
+        // SAFETY: kill(2) on the pid of our own child, not reaped yet.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 }
@@ -337,9 +405,13 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         self.signal(libc::SIGTERM);
-        let _ = self.child.wait();
-        if let Some(p) = self.dir.parent() {
-            let _ = std::fs::remove_dir_all(p);
+        if !self.stopped {
+            let _ = self.child.wait();
+        }
+        if !self.keep_dir {
+            if let Some(p) = self.dir.parent() {
+                let _ = std::fs::remove_dir_all(p);
+            }
         }
     }
 }

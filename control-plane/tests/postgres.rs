@@ -1,0 +1,420 @@
+//! The PostgreSQL store, through the real `chaos-control` binary: two `serve` replicas on one
+//! database serve one fleet (dispatch, reports, tokens, clone detection and aborts cross
+//! replicas), and `migrate` moves a SQLite store into PostgreSQL. Each test gets a fresh
+//! database on the tests' private cluster (tests/common/pg.rs); without PostgreSQL they print
+//! SKIPPED.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chaos_protocol::admin::{AddAgentRequest, CreateRunsRequest, CreateRunsResponse};
+use chaos_protocol::agent::{RegisterResponse, Task, TasksResponse};
+use chaos_protocol::client::{Client, Method};
+use chaos_protocol::run::{LogBatch, LogLevel, LogLine, RunResult, RunState, StatusUpdate};
+use common::{code, experiment, free_port, register_req, Served};
+use serde_json::{json, Value};
+
+/// The long polls' wait: a poll answered before it ran out was woken by the dispatch.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A replica: `serve --database URL` on a shared state directory, with its metrics endpoint
+/// (to see when agents' polls are waiting on it).
+struct Replica {
+    served: Served,
+    metrics: SocketAddr,
+}
+
+impl Replica {
+    /// On `port` (the first replica on the port `init` was given: the CLI's commands reach
+    /// it).
+    fn start(dir: &Path, port: u16, url: &str) -> Replica {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let served = Served::serve_on(
+            dir,
+            port,
+            &["--database", url, "--metrics-listen", &metrics.to_string()],
+        );
+        Replica { served, metrics }
+    }
+
+    fn client(&self) -> Client {
+        self.served.client()
+    }
+
+    /// Wait until `n` agents' polls are waiting on this replica (a condition, not a timer).
+    fn wait_for_polls(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = scrape(self.metrics);
+            let now = text.lines().find_map(|l| {
+                l.strip_prefix("chaos_control_long_polls ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            });
+            if now == Some(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} polls never waited on {}: {now:?}\n{}",
+                self.served.addr,
+                self.served.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `GET /metrics` over plain HTTP.
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
+}
+
+fn admin_token(dir: &Path) -> String {
+    std::fs::read_to_string(chaos_control::pki::Paths::new(dir).admin_token())
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn admin_get(c: &Client, admin: &str, path: &str) -> Value {
+    c.call::<(), Value>(Method::GET, path, Some(admin), None)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+fn admin_post(c: &Client, admin: &str, path: &str, body: &Value) -> Value {
+    c.call(Method::POST, path, Some(admin), Some(body))
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+/// Add an agent (as admin) and register it, both through `c`.
+fn agent(c: &Client, admin: &str, name: &str) -> RegisterResponse {
+    let key: chaos_protocol::admin::RegistrationKey = c
+        .call(
+            Method::POST,
+            "/admin/agents",
+            Some(admin),
+            Some(&AddAgentRequest {
+                name: name.into(),
+                key_ttl_secs: None,
+            }),
+        )
+        .unwrap();
+    c.register(&register_req(&key.registration_key)).unwrap()
+}
+
+fn create_run(c: &Client, admin: &str, agents: &[&str]) -> CreateRunsResponse {
+    c.call(
+        Method::POST,
+        "/admin/runs",
+        Some(admin),
+        Some(&CreateRunsRequest {
+            experiment: experiment(),
+            agents: agents.iter().map(|s| s.to_string()).collect(),
+            lease_secs: None,
+        }),
+    )
+    .unwrap()
+}
+
+/// A long poll in a thread: its answer and how long it took.
+fn poll(c: Client, reg: &RegisterResponse) -> JoinHandle<(TasksResponse, Duration)> {
+    let (id, tok) = (reg.agent_id.clone(), reg.token.token.clone());
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = c.tasks(&id, &tok, WAIT).unwrap();
+        (r, t.elapsed())
+    })
+}
+
+fn running() -> StatusUpdate {
+    StatusUpdate {
+        state: RunState::Running,
+        step: Some(0),
+        faults: vec![],
+        message: None,
+    }
+}
+
+fn lines(from: u64, to: u64) -> LogBatch {
+    LogBatch {
+        lines: (from..=to)
+            .map(|seq| LogLine {
+                seq,
+                at_ms: 1_700_000_000_000 + seq,
+                level: LogLevel::Info,
+                message: format!("line {seq}"),
+            })
+            .collect(),
+    }
+}
+
+/// The result a chaos-agent sends for a run of [`experiment`].
+fn result(run_id: &str, aborted: bool) -> RunResult {
+    serde_json::from_value(json!({
+        "run_id": run_id,
+        "name": "fill-tmp",
+        "outcome": if aborted { "aborted" } else { "completed" },
+        "abort_reason": if aborted { json!("operator") } else { Value::Null },
+        "steps": [{
+            "name": "fill",
+            "outcome": "completed",
+            "error": null,
+            "faults": [{
+                "fault_id": format!("{run_id}-1-1"),
+                "kind": "disk.fill",
+                "description": "fill /tmp with 1 MiB",
+                "injected": true,
+                "observed": "1 MiB allocated",
+                "held_ms": 5000,
+                "revert": "reverted",
+                "error": null,
+                "manual_undo": []
+            }]
+        }],
+        "elapsed_ms": 5012
+    }))
+    .unwrap()
+}
+
+fn log_seqs(c: &Client, admin: &str, run: &str) -> Vec<u64> {
+    admin_get(c, admin, &format!("/admin/runs/{run}/logs?after=0"))["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn two_replicas_serve_one_fleet() {
+    let Some(url) = common::pg::require("two_replicas_serve_one_fleet") else {
+        return;
+    };
+    let dir = Served::init(&["--database", &url]);
+    assert!(
+        !chaos_control::pki::Paths::new(&dir).db().exists(),
+        "init --database made a SQLite store"
+    );
+    let admin = admin_token(&dir);
+    let a = Replica::start(&dir, Served::init_port(&dir), &url);
+    let b = Replica::start(&dir, free_port(), &url);
+    let (ca, cb) = (a.client(), b.client());
+
+    // Registered through A; agents 0 and 2 poll B, 1 and 3 poll A.
+    let names = ["pg-0", "pg-1", "pg-2", "pg-3"];
+    let regs: Vec<RegisterResponse> = names.iter().map(|n| agent(&ca, &admin, n)).collect();
+    let on = |i: usize| if i % 2 == 0 { &b } else { &a };
+    let polls: Vec<_> = regs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| poll(on(i).client(), r))
+        .collect();
+    a.wait_for_polls(2);
+    b.wait_for_polls(2);
+    // A run for all of them, created on A, reaches every waiting agent before its wait ends.
+    let runs = create_run(&ca, &admin, &names);
+    let runs: Vec<String> = runs.runs.into_iter().map(|r| r.run_id).collect();
+    for (i, p) in polls.into_iter().enumerate() {
+        let (r, took) = p.join().unwrap();
+        assert!(
+            took < WAIT,
+            "{}: the run came only with the wait's end",
+            names[i]
+        );
+        let [Task::Run(run)] = r.tasks.as_slice() else {
+            panic!("{}: {r:?}", names[i])
+        };
+        assert_eq!(run.run_id, runs[i]);
+    }
+
+    // Agents 0 and 1 report to one replica and send their logs to the other; each replica
+    // shows what the other received.
+    for (i, (here, there)) in [(&ca, &cb), (&cb, &ca)].into_iter().enumerate() {
+        let (run, tok) = (&runs[i], &regs[i].token.token);
+        here.status(run, tok, &running()).unwrap();
+        let d = admin_get(there, &admin, &format!("/admin/runs/{run}"));
+        assert_eq!(d["state"], "running", "{d}");
+        let r = there.logs(run, tok, &lines(1, 10)).unwrap();
+        assert_eq!((r.accepted, r.duplicates), (10, 0));
+        let r = here.logs(run, tok, &lines(5, 12)).unwrap(); // a retry, partly new
+        assert_eq!((r.accepted, r.duplicates), (2, 6));
+        assert_eq!(log_seqs(here, &admin, run), (1..=12).collect::<Vec<_>>());
+        let st = here.result(run, tok, &result(run, false)).unwrap();
+        assert_eq!(st.state, RunState::Completed);
+        there.result(run, tok, &result(run, false)).unwrap(); // a retry, on the other
+        let d = admin_get(there, &admin, &format!("/admin/runs/{run}"));
+        assert_eq!(d["state"], "completed", "{d}");
+        assert_eq!(d["log_lines"], 12, "{d}");
+        assert_eq!(d["result"]["steps"][0]["faults"][0]["revert"], "reverted");
+    }
+
+    // An abort asked on one replica reaches the agent waiting on the other: agent 2 waits
+    // on B (abort through A), agent 3 on A (abort through B).
+    ca.status(&runs[2], &regs[2].token.token, &running())
+        .unwrap();
+    cb.status(&runs[3], &regs[3].token.token, &running())
+        .unwrap();
+    let p2 = poll(b.client(), &regs[2]);
+    let p3 = poll(a.client(), &regs[3]);
+    b.wait_for_polls(1);
+    a.wait_for_polls(1);
+    for (i, c) in [(2, &ca), (3, &cb)] {
+        let d = admin_post(
+            c,
+            &admin,
+            &format!("/admin/runs/{}/abort", runs[i]),
+            &json!({"reason": "game day over"}),
+        );
+        assert_eq!(d["abort_requested"], true, "{d}");
+    }
+    for (i, p, there) in [(2, p2, &cb), (3, p3, &ca)] {
+        let (r, took) = p.join().unwrap();
+        assert!(
+            took < WAIT,
+            "{}: the abort came only with the wait's end",
+            names[i]
+        );
+        let [Task::Abort(ab)] = r.tasks.as_slice() else {
+            panic!("{}: {r:?}", names[i])
+        };
+        assert_eq!(
+            (ab.run_id.as_str(), ab.reason.as_str()),
+            (runs[i].as_str(), "game day over")
+        );
+        let st = there
+            .result(&runs[i], &regs[i].token.token, &result(&runs[i], true))
+            .unwrap();
+        assert_eq!(st.state, RunState::Aborted);
+    }
+    for (i, c) in [(2, &ca), (3, &cb)] {
+        let d = admin_get(c, &admin, &format!("/admin/runs/{}", runs[i]));
+        assert_eq!(d["state"], "aborted", "{d}");
+    }
+    let list = admin_get(&cb, &admin, "/admin/agents");
+    assert_eq!(list["agents"].as_array().map(Vec::len), Some(4), "{list}");
+}
+
+#[test]
+fn tokens_rotate_and_clones_lock_across_replicas() {
+    let Some(url) = common::pg::require("tokens_rotate_and_clones_lock_across_replicas") else {
+        return;
+    };
+    let dir = Served::init(&["--database", &url]);
+    let admin = admin_token(&dir);
+    let a = Replica::start(&dir, Served::init_port(&dir), &url);
+    let b = Replica::start(&dir, free_port(), &url);
+    let (ca, cb) = (a.client(), b.client());
+    let reg = agent(&cb, &admin, "rotating");
+    let id = reg.agent_id.as_str();
+    let g1 = reg.token.token.clone();
+
+    // Rotated on A; until generation 2 is used, generation 1 still works (on either).
+    let g2 = ca.rotate(id, &g1).unwrap();
+    assert_eq!(g2.generation, 2);
+    cb.tasks(id, &g1, Duration::ZERO).unwrap();
+    cb.tasks(id, &g2.token, Duration::ZERO).unwrap(); // first use, on B
+                                                      // Rotated on B, used on A.
+    let g3 = cb.rotate(id, &g2.token).unwrap();
+    assert_eq!(g3.generation, 3);
+    ca.tasks(id, &g3.token, Duration::ZERO).unwrap();
+    let info = admin_get(&cb, &admin, &format!("/admin/agents/{id}"));
+    assert_eq!(
+        (info["token_generation"].as_u64(), info["state"].as_str()),
+        (Some(3), Some("active"))
+    );
+
+    // Generation 2 again, on B, after A saw generation 3 in use: a clone; the identity is
+    // locked on both replicas.
+    let e = cb.tasks(id, &g2.token, Duration::ZERO).unwrap_err();
+    assert_eq!(code(&e), (403, "identity_locked".into()));
+    let e = ca.tasks(id, &g3.token, Duration::ZERO).unwrap_err();
+    assert_eq!(code(&e), (403, "identity_locked".into()));
+    let info = admin_get(&ca, &admin, &format!("/admin/agents/{id}"));
+    assert_eq!(info["state"], "locked", "{info}");
+}
+
+#[test]
+fn migrate_moves_a_sqlite_store_into_postgresql() {
+    let Some(url) = common::pg::require("migrate_moves_a_sqlite_store_into_postgresql") else {
+        return;
+    };
+    // A SQLite store with an agent, a running run and its logs.
+    let s = Served::start();
+    let admin = admin_token(&s.dir);
+    let c = s.client();
+    let reg = agent(&c, &admin, "moving");
+    let tok = reg.token.token.clone();
+    let run = create_run(&c, &admin, &["moving"]).runs[0].run_id.clone();
+    c.tasks(&reg.agent_id, &tok, Duration::ZERO).unwrap();
+    c.status(&run, &tok, &running()).unwrap();
+    c.logs(&run, &tok, &lines(1, 20)).unwrap();
+    let before = admin_get(&c, &admin, &format!("/admin/runs/{run}"));
+    let dir = s.stop();
+
+    let out = Served::cli_output(&dir, &["migrate", "--to", &url]);
+    assert!(
+        out.status.success(),
+        "migrate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Served from PostgreSQL: the agent's token works, the run and its logs are there.
+    let p = Served::serve_on(&dir, Served::init_port(&dir), &["--database", &url]);
+    let c = p.client();
+    c.tasks(&reg.agent_id, &tok, Duration::ZERO).unwrap();
+    let after = admin_get(&c, &admin, &format!("/admin/runs/{run}"));
+    assert_eq!(after, before);
+    assert_eq!(
+        (after["state"].as_str(), after["log_lines"].as_u64()),
+        (Some("running"), Some(20))
+    );
+    assert_eq!(log_seqs(&c, &admin, &run), (1..=20).collect::<Vec<_>>());
+    let r = c.logs(&run, &tok, &lines(15, 25)).unwrap();
+    assert_eq!((r.accepted, r.duplicates), (5, 6));
+    let st = c.result(&run, &tok, &result(&run, false)).unwrap();
+    assert_eq!(st.state, RunState::Completed);
+    let info = admin_get(&c, &admin, &format!("/admin/agents/{}", reg.agent_id));
+    assert_eq!(info["state"], "active", "{info}");
+
+    // Into a database that is not empty: refused, and the store is left as it was.
+    let out = Served::cli_output(&dir, &["migrate", "--to", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "migrate into a used database: {err}");
+    assert!(err.contains("empty"), "{err}");
+    // postgres://chaos:PASSWORD@127.0.0.1:PORT/DB
+    let password = url
+        .split_once("chaos:")
+        .unwrap()
+        .1
+        .split_once('@')
+        .unwrap()
+        .0;
+    assert!(
+        !err.contains(password),
+        "the password reached the output: {err}"
+    );
+    let d = admin_get(&c, &admin, &format!("/admin/runs/{run}"));
+    assert_eq!(
+        (d["state"].as_str(), d["log_lines"].as_u64()),
+        (Some("completed"), Some(25))
+    );
+}
