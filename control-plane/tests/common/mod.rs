@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chaos_control::pki::{self, InitOptions, Paths};
 use chaos_control::server::{Server, Settings};
+use chaos_control::store::Database;
 use chaos_protocol::admin::{
     AddAgentRequest, CreateRunsRequest, CreateRunsResponse, RegistrationKey,
 };
@@ -30,6 +31,12 @@ pub struct Harness {
     pub app: std::sync::Arc<chaos_control::server::App>,
 }
 
+/// Whether this test binary runs its [`Harness`]es on PostgreSQL: `tests/api_postgres.rs`,
+/// which is `tests/api.rs` again (the API test suite against both stores).
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "api_postgres"
+}
+
 fn temp_dir() -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "chaos-control-test-{}",
@@ -44,13 +51,25 @@ impl Harness {
         Harness::with(Settings::default())
     }
 
-    pub fn with(settings: Settings) -> Harness {
+    /// A server with `settings`; its store on PostgreSQL in the test binaries that ask for it
+    /// (see [`on_postgres`]) unless `settings` name one.
+    pub fn with(mut settings: Settings) -> Harness {
+        if on_postgres() && settings.database.is_none() {
+            match pg::database() {
+                Ok(url) => settings.database = Some(Database::Postgres(url)),
+                Err(why) => eprintln!(
+                    "SKIPPED {} on PostgreSQL ({why}): on SQLite instead",
+                    std::thread::current().name().unwrap_or("this test")
+                ),
+            }
+        }
         let dir = temp_dir().join("state");
         pki::init(&InitOptions {
             state_dir: dir.clone(),
             names: vec!["localhost".into()],
             port: 8443,
             force: false,
+            database: settings.database.clone(),
         })
         .unwrap();
         let paths = Paths::new(&dir);
