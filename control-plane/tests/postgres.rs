@@ -31,14 +31,22 @@ struct Replica {
 
 impl Replica {
     /// On `port` (the first replica on the port `init` was given: the CLI's commands reach
-    /// it).
+    /// it), with `--database URL`.
     fn start(dir: &Path, port: u16, url: &str) -> Replica {
+        Replica::start_with(dir, port, &["--database", url], &[])
+    }
+
+    /// The same, with the URL in `CHAOS_CONTROL_DATABASE` instead.
+    fn start_env(dir: &Path, port: u16, url: &str) -> Replica {
+        Replica::start_with(dir, port, &[], &[("CHAOS_CONTROL_DATABASE", url)])
+    }
+
+    fn start_with(dir: &Path, port: u16, args: &[&str], env: &[(&str, &str)]) -> Replica {
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let served = Served::serve_on(
-            dir,
-            port,
-            &["--database", url, "--metrics-listen", &metrics.to_string()],
-        );
+        let metrics_arg = metrics.to_string();
+        let mut args = args.to_vec();
+        args.extend(["--metrics-listen", &metrics_arg]);
+        let served = Served::serve_env(dir, port, &args, env);
         Replica { served, metrics }
     }
 
@@ -215,7 +223,7 @@ fn two_replicas_serve_one_fleet() {
     );
     let admin = admin_token(&dir);
     let a = Replica::start(&dir, Served::init_port(&dir), &url);
-    let b = Replica::start(&dir, free_port(), &url);
+    let b = Replica::start_env(&dir, free_port(), &url);
     let (ca, cb) = (a.client(), b.client());
 
     // Registered through A; agents 0 and 2 poll B, 1 and 3 poll A.
@@ -310,6 +318,24 @@ fn two_replicas_serve_one_fleet() {
     }
     let list = admin_get(&cb, &admin, "/admin/agents");
     assert_eq!(list["agents"].as_array().map(Vec::len), Some(4), "{list}");
+    for r in [&a, &b] {
+        let log = r.served.log();
+        assert!(log.contains("PostgreSQL"), "{log}");
+        assert!(
+            !log.contains(password(&url)),
+            "the password reached the log:\n{log}"
+        );
+    }
+}
+
+/// The password of a URL of `common::pg`: postgres://chaos:PASSWORD@127.0.0.1:PORT/DB.
+fn password(url: &str) -> &str {
+    url.split_once("chaos:")
+        .unwrap()
+        .1
+        .split_once('@')
+        .unwrap()
+        .0
 }
 
 #[test]
@@ -370,11 +396,15 @@ fn migrate_moves_a_sqlite_store_into_postgresql() {
     let dir = s.stop();
 
     let out = Served::cli_output(&dir, &["migrate", "--to", &url]);
-    assert!(
-        out.status.success(),
-        "migrate: {}{}",
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "migrate: {said}");
+    assert!(
+        !said.contains(password(&url)),
+        "the password reached the output: {said}"
     );
 
     // Served from PostgreSQL: the agent's token works, the run and its logs are there.
@@ -400,16 +430,8 @@ fn migrate_moves_a_sqlite_store_into_postgresql() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "migrate into a used database: {err}");
     assert!(err.contains("empty"), "{err}");
-    // postgres://chaos:PASSWORD@127.0.0.1:PORT/DB
-    let password = url
-        .split_once("chaos:")
-        .unwrap()
-        .1
-        .split_once('@')
-        .unwrap()
-        .0;
     assert!(
-        !err.contains(password),
+        !err.contains(password(&url)),
         "the password reached the output: {err}"
     );
     let d = admin_get(&c, &admin, &format!("/admin/runs/{run}"));

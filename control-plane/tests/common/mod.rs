@@ -327,12 +327,23 @@ impl Served {
 
     /// [`Served::serve`] on 127.0.0.1:`port`.
     pub fn serve_on(dir: &std::path::Path, port: u16, extra: &[&str]) -> Served {
+        Served::serve_env(dir, port, extra, &[])
+    }
+
+    /// [`Served::serve_on`] with these environment variables set too.
+    pub fn serve_env(
+        dir: &std::path::Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Served {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = dir.join(format!("serve-{}.log", addr.port()));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_chaos-control"))
             .args(["serve", "--listen", &addr.to_string(), "--state-dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
