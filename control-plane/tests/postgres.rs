@@ -54,8 +54,9 @@ impl Replica {
         self.served.client()
     }
 
-    /// Wait until `n` agents' polls are waiting on this replica (a condition, not a timer).
-    fn wait_for_polls(&self, n: u64) {
+    /// Wait until `n` agents' polls are waiting on this replica (a condition, not a timer);
+    /// `polls`, those polls, must not have been answered meanwhile (nothing was sent to them).
+    fn wait_for_polls(&self, n: u64, polls: &[&Poll]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = scrape(self.metrics);
@@ -68,6 +69,12 @@ impl Replica {
             if now == Some(n) {
                 return;
             }
+            assert!(
+                !polls.iter().any(|p| p.is_finished()),
+                "a poll on {} was answered before anything was sent to its agent:\n{}",
+                self.served.addr,
+                self.served.log()
+            );
             assert!(
                 Instant::now() < deadline,
                 "{n} polls never waited on {}: {now:?}\n{}",
@@ -143,7 +150,9 @@ fn create_run(c: &Client, admin: &str, agents: &[&str]) -> CreateRunsResponse {
 }
 
 /// A long poll in a thread: its answer and how long it took.
-fn poll(c: Client, reg: &RegisterResponse) -> JoinHandle<(TasksResponse, Duration)> {
+type Poll = JoinHandle<(TasksResponse, Duration)>;
+
+fn poll(c: Client, reg: &RegisterResponse) -> Poll {
     let (id, tok) = (reg.agent_id.clone(), reg.token.token.clone());
     std::thread::spawn(move || {
         let t = Instant::now();
@@ -235,8 +244,10 @@ fn two_replicas_serve_one_fleet() {
         .enumerate()
         .map(|(i, r)| poll(on(i).client(), r))
         .collect();
-    a.wait_for_polls(2);
-    b.wait_for_polls(2);
+    let on_a: Vec<&Poll> = polls.iter().skip(1).step_by(2).collect();
+    let on_b: Vec<&Poll> = polls.iter().step_by(2).collect();
+    a.wait_for_polls(2, &on_a);
+    b.wait_for_polls(2, &on_b);
     // A run for all of them, created on A, reaches every waiting agent before its wait ends.
     let runs = create_run(&ca, &admin, &names);
     let runs: Vec<String> = runs.runs.into_iter().map(|r| r.run_id).collect();
@@ -248,7 +259,10 @@ fn two_replicas_serve_one_fleet() {
             names[i]
         );
         let [Task::Run(run)] = r.tasks.as_slice() else {
-            panic!("{}: {r:?}", names[i])
+            panic!(
+                "{}: answered without its run (woken for nothing?): {r:?}",
+                names[i]
+            )
         };
         assert_eq!(run.run_id, runs[i]);
     }
@@ -282,8 +296,8 @@ fn two_replicas_serve_one_fleet() {
         .unwrap();
     let p2 = poll(b.client(), &regs[2]);
     let p3 = poll(a.client(), &regs[3]);
-    b.wait_for_polls(1);
-    a.wait_for_polls(1);
+    b.wait_for_polls(1, &[&p2]);
+    a.wait_for_polls(1, &[&p3]);
     for (i, c) in [(2, &ca), (3, &cb)] {
         let d = admin_post(
             c,
@@ -301,7 +315,10 @@ fn two_replicas_serve_one_fleet() {
             names[i]
         );
         let [Task::Abort(ab)] = r.tasks.as_slice() else {
-            panic!("{}: {r:?}", names[i])
+            panic!(
+                "{}: answered without the abort (woken for nothing?): {r:?}",
+                names[i]
+            )
         };
         assert_eq!(
             (ab.run_id.as_str(), ab.reason.as_str()),
