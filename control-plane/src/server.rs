@@ -45,7 +45,7 @@ use tokio::sync::Notify;
 
 use crate::pki::{Paths, ADMIN_HASH_KEY};
 use crate::secrets::{self, ACCESS_PREFIX, ADMIN_PREFIX, REGISTRATION_PREFIX};
-use crate::store::{RegisterRefusal, RunFilter, Store, StoreError};
+use crate::store::{Database, RegisterRefusal, RunFilter, Store, StoreError};
 use crate::{Error, Result};
 
 /// Timings and limits of a server.
@@ -77,6 +77,8 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     /// Connections held at most from one client address.
     pub max_connections_per_peer: usize,
+    /// Where the store is; `None`: the SQLite file of the state directory.
+    pub database: Option<Database>,
 }
 
 impl Default for Settings {
@@ -94,6 +96,7 @@ impl Default for Settings {
             body_timeout: Duration::from_secs(30),
             max_connections: None,
             max_connections_per_peer: 1024,
+            database: None,
         }
     }
 }
@@ -299,6 +302,8 @@ impl Shutdown {
 /// Shared state of the server.
 pub struct App {
     store: Mutex<Store>,
+    /// The store is PostgreSQL: its calls block on the network (see [`App::db`]).
+    remote_store: bool,
     settings: Settings,
     admin_hash: Vec<u8>,
     registry: fault_core::Registry,
@@ -414,6 +419,7 @@ fn internal(e: impl std::fmt::Display) -> ApiErr {
 fn store_err(e: StoreError) -> ApiErr {
     match e {
         StoreError::Sql(e) => internal(e),
+        StoreError::Pg(e) => internal(crate::store::pg::describe(&e)),
         StoreError::Conflict(m) => ApiErr::new(ErrorCode::Conflict, m),
         StoreError::NotFound(m) => ApiErr::new(ErrorCode::NotFound, m),
     }
@@ -444,11 +450,12 @@ fn ms(d: Duration) -> u64 {
 
 impl App {
     /// Build the state from an open store.
-    pub fn new(store: Store, settings: Settings) -> Result<App> {
+    pub fn new(mut store: Store, settings: Settings) -> Result<App> {
         let admin_hash = store.meta(ADMIN_HASH_KEY)?.ok_or_else(|| {
             Error::msg("the store has no admin token: run `chaos-control init` first")
         })?;
         Ok(App {
+            remote_store: store.is_postgres(),
             store: Mutex::new(store),
             settings,
             admin_hash,
@@ -463,9 +470,59 @@ impl App {
         })
     }
 
-    fn db<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, ApiErr> {
-        let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut s).map_err(store_err)
+    fn db<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send,
+    ) -> Result<T, ApiErr> {
+        self.with_store(f).map_err(store_err)
+    }
+
+    /// Run `f` on the store. A PostgreSQL call waits on the network with its own small
+    /// runtime (the `postgres` client's), so on a worker thread of the server's runtime it
+    /// runs in `block_in_place`: the worker's other tasks move to another thread meanwhile.
+    fn with_store<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        let call = || {
+            let mut s = self.store.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut s)
+        };
+        if !self.remote_store {
+            return call();
+        }
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => call(),
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+            // A single-threaded runtime (the metrics listener in tests) cannot lend its
+            // thread: the call runs on a thread of its own.
+            Ok(_) => std::thread::scope(|s| {
+                s.spawn(call)
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            }),
+        }
+    }
+
+    /// Wake every long poll and log follower held here (their next look at the store finds
+    /// what changed).
+    fn wake_all(&self) {
+        let w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        for n in w.values() {
+            n.notify_waiters();
+        }
+        drop(w);
+        self.logs_changed.notify_waiters();
+    }
+
+    /// What another replica changed (heard through PostgreSQL's `NOTIFY`).
+    fn heard(&self, what: crate::store::pg::Heard) {
+        use crate::store::pg::Heard;
+        match what {
+            Heard::Wake(agent_id) => self.wake(&agent_id),
+            Heard::Logs => self.logs_changed.notify_waiters(),
+            Heard::Connected => self.wake_all(),
+        }
     }
 
     fn waker(&self, agent_id: &str) -> Arc<Notify> {
@@ -1519,6 +1576,7 @@ pub struct Server {
     app: Arc<App>,
     tls: Arc<rustls::ServerConfig>,
     paths: Paths,
+    database: Database,
 }
 
 impl Server {
@@ -1526,20 +1584,28 @@ impl Server {
     pub fn open(paths: &Paths, settings: Settings) -> Result<Server> {
         // One process-wide provider; ring is the only one compiled in.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        if !paths.db().exists() {
-            return Err(Error(format!(
-                "{} holds no store: run `chaos-control init --state-dir {}` first",
-                paths.dir.display(),
-                paths.dir.display()
-            )));
+        let database = settings
+            .database
+            .clone()
+            .unwrap_or_else(|| Database::Sqlite(paths.db()));
+        if let Database::Sqlite(db) = &database {
+            if !db.exists() {
+                return Err(Error(format!(
+                    "{} holds no store: run `chaos-control init --state-dir {}` first",
+                    paths.dir.display(),
+                    paths.dir.display()
+                )));
+            }
         }
         let tls = Arc::new(tls_config(paths)?);
-        let store = Store::open(&paths.db())?;
+        let store = Store::open(&database)
+            .map_err(|e| Error(format!("cannot open the store in {database}: {e}")))?;
         let app = Arc::new(App::new(store, settings)?);
         Ok(Server {
             app,
             tls,
             paths: paths.clone(),
+            database,
         })
     }
 
@@ -1628,6 +1694,21 @@ impl Server {
                 }
             })
         };
+        // With PostgreSQL, other replicas' runs, aborts and log lines wake what this one holds.
+        let listener_thread = match &self.database {
+            Database::Postgres(url) => {
+                let (app, url) = (app.clone(), url.clone());
+                let t = std::thread::Builder::new()
+                    .name("pg-listen".into())
+                    .spawn(move || {
+                        crate::store::pg::listen(&url, &app.shutdown.flag, &|h| app.heard(h))
+                    })
+                    .map_err(|e| Error(format!("cannot start the PostgreSQL listener: {e}")))?;
+                tracing::info!(database = %self.database, "store on PostgreSQL; listening for other replicas' changes");
+                Some(t)
+            }
+            Database::Sqlite(_) => None,
+        };
         let svc = router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let grace = app.settings.shutdown_grace;
         let h2 = handle.clone();
@@ -1652,6 +1733,11 @@ impl Server {
         sweeper.abort();
         reloader.abort();
         app.sweep();
+        // The shutdown flag is set: the listener sees it within a second.
+        app.shutdown.trigger();
+        if let Some(t) = listener_thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         r.map_err(|e| Error(format!("server: {e}")))?;
         tracing::info!("stopped");
         Ok(())
@@ -1666,11 +1752,7 @@ impl Server {
 impl App {
     /// The Prometheus exposition text (see [`crate::metrics`]).
     pub fn metrics_text(&self) -> Result<String> {
-        let (agents, runs) = self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .counts_by_state()?;
+        let (agents, runs) = self.with_store(|s| s.counts_by_state())?;
         let lost = self.lost.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
         let (connections, refused) = self.connections();
         Ok(self.metrics.render(&crate::metrics::Snapshot {
@@ -1693,10 +1775,6 @@ impl App {
 
     /// Counts of (agents, runs, log lines) in the store.
     pub fn counts(&self) -> Result<(u64, u64, u64)> {
-        Ok(self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .counts()?)
+        Ok(self.with_store(|s| s.counts())?)
     }
 }

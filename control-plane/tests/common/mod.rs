@@ -49,6 +49,7 @@ impl Harness {
             names: vec!["localhost".into()],
             port: 8443,
             force: false,
+            database: settings.database.clone(),
         })
         .unwrap();
         let paths = Paths::new(&dir);
