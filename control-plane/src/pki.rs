@@ -152,7 +152,7 @@ CA SHA-256 fingerprint:
   {fp}
 
 Next:
-  chaos-control serve --state-dir {dir}
+  chaos-control serve --state-dir {dir}{serve_db}
   chaos-control agents add NAME --state-dir {dir}     prints a one-time registration key
 
 Agent configuration (e.g. /etc/chaos-agent/config.d/20-control.toml):
@@ -169,6 +169,13 @@ registration_key = \"<from chaos-control agents add NAME>\"
             names = self.info.names.join(", "),
             adm = p.admin_token().display(),
             db = self.database,
+            serve_db = if self.database.is_postgres() {
+                "   (with CHAOS_CONTROL_DATABASE=<the URL>)\n  \
+                 more replicas: copy the state directory to each machine, start serve there \
+                 with the same URL"
+            } else {
+                ""
+            },
             fp = self.info.ca_sha256,
             url = self.info.url,
         )
