@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use chaos_control::pki::{self, format_ms, InitOptions, Paths};
 use chaos_control::server::{self, Server, Settings};
+use chaos_control::store::Database;
 use chaos_engine::experiment::Experiment;
 use chaos_protocol::admin::{
     AbortRequest, AddAgentRequest, AgentInfo, AgentList, CreateRunsRequest, CreateRunsResponse,
@@ -111,10 +112,36 @@ enum Command {
         /// registrations but need the new CA).
         #[arg(long)]
         force: bool,
+        /// Keep the store in this PostgreSQL database instead of the SQLite file of the state
+        /// directory (postgres://USER:PASSWORD@HOST:PORT/DBNAME). Prefer the environment
+        /// variable: a command line is visible to every user of the machine.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "CHAOS_CONTROL_DATABASE",
+            hide_env_values = true
+        )]
+        database: Option<String>,
     },
     /// Serve the HTTPS API until SIGINT/SIGTERM (then finish requests and stop). SIGHUP
     /// reloads the server certificate and key.
     Serve(ServeArgs),
+    /// Copy the SQLite store of the state directory into an empty PostgreSQL database.
+    ///
+    /// Stop `serve` first (what it writes after the copy began is not copied). Everything
+    /// is copied in one transaction: agents keep their identities and tokens, runs their
+    /// logs. Then start `serve --database URL`, on as many machines as needed. The SQLite
+    /// file is only read.
+    Migrate {
+        /// The PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DBNAME).
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "CHAOS_CONTROL_DATABASE",
+            hide_env_values = true
+        )]
+        to: String,
+    },
     /// The server certificate: `cert reissue` makes a new one from the same CA.
     #[command(subcommand)]
     Cert(CertCmd),
@@ -239,6 +266,17 @@ struct ServeArgs {
     /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// The store is this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DBNAME),
+    /// not the SQLite file of the state directory. Several `serve` replicas with the same
+    /// database and a copy of the same state directory serve one fleet. Prefer the
+    /// environment variable: a command line is visible to every user of the machine.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CHAOS_CONTROL_DATABASE",
+        hide_env_values = true
+    )]
+    database: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -392,7 +430,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let state = cli.state_dir;
     match cli.command {
-        Command::Init { names, port, force } => {
+        Command::Init {
+            names,
+            port,
+            force,
+            database,
+        } => {
+            let database = database_arg(database.as_deref(), &Paths::new(&state))?;
             let names = if names.is_empty() {
                 vec![hostname()]
             } else {
@@ -403,11 +447,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 names,
                 port,
                 force,
+                database,
             })?;
             print!("{}", terminal_safe(&report.render()));
             Ok(())
         }
         Command::Serve(args) => serve(&state, args),
+        Command::Migrate { to } => migrate(&state, &to),
         Command::Cert(CertCmd::Reissue { names }) => {
             let done = chaos_control::rotate::reissue(&Paths::new(&state), &names)?;
             print!("{}", terminal_safe(&done.render()));
@@ -437,6 +483,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => run_file(&state, &file, agents, lease, follow, &conn),
         Command::Runs(cmd) => runs(&state, cmd),
     }
+}
+
+/// `--database`: `None` when absent (the SQLite file), exit status 2 when not a usable URL.
+fn database_arg(url: Option<&str>, paths: &Paths) -> anyhow::Result<Option<Database>> {
+    match url {
+        None => Ok(None),
+        Some(u) => match Database::choose(Some(u), &paths.db()) {
+            Ok(Database::Sqlite(_)) => Ok(None),
+            Ok(db) => Ok(Some(db)),
+            Err(e) => bail!(Exit(2, e.to_string())),
+        },
+    }
+}
+
+fn migrate(state: &Path, to: &str) -> anyhow::Result<()> {
+    let paths = Paths::new(state);
+    let Some(db) = database_arg(Some(to), &paths)? else {
+        bail!(Exit(2, "--to must be a postgres:// URL".into()));
+    };
+    let from = paths.db();
+    let copied = chaos_control::store::sqlite_to_postgres(&from, to)
+        .with_context(|| format!("cannot migrate {} to {db}", from.display()))?;
+    println!("Copied {} into {db}:", from.display());
+    for (table, n) in &copied.tables {
+        println!("  {table:<11} {n:>8} rows");
+    }
+    println!(
+        "\nNext: chaos-control serve --state-dir {} with CHAOS_CONTROL_DATABASE set to that URL \
+         (or --database). {} is no longer used by it; keep it until the new store has served.",
+        fault_core::host::shell::quote(&state.display().to_string()),
+        from.display()
+    );
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -481,7 +560,9 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
             "--max-connections and --max-connections-per-peer must be at least 1".into()
         ));
     }
+    let database = database_arg(a.database.as_deref(), &paths)?;
     let settings = Settings {
+        database,
         header_timeout: a.header_timeout.0,
         body_timeout: a.body_timeout.0,
         max_connections: a.max_connections,
@@ -498,6 +579,7 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         state_dir = %state.display(),
         url = %info.url,
+        store = %settings.database.clone().unwrap_or_else(|| Database::Sqlite(paths.db())),
         token_ttl_s = settings.token_ttl.as_secs(),
         lost_after_s = settings.lost_after.as_secs(),
         open_files_limit = nofile,

@@ -25,7 +25,7 @@ use rcgen::{
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::{self, write_private, write_public};
-use crate::store::Store;
+use crate::store::{Database, Store};
 use crate::{Error, Result};
 
 /// Key in the store's `meta` table holding the admin token's hash.
@@ -122,6 +122,8 @@ pub struct InitOptions {
     /// Replace an existing state directory's CA, certificates and admin token (agents then
     /// need the new CA; their registrations and tokens stay valid).
     pub force: bool,
+    /// Where the store goes; `None`: the SQLite file `store.db` in the state directory.
+    pub database: Option<Database>,
 }
 
 /// What `init` did.
@@ -131,6 +133,8 @@ pub struct InitReport {
     pub info: InitInfo,
     /// The paths.
     pub paths: Paths,
+    /// Where the store is.
+    pub database: Database,
 }
 
 impl InitReport {
@@ -148,7 +152,7 @@ CA SHA-256 fingerprint:
   {fp}
 
 Next:
-  chaos-control serve --state-dir {dir}
+  chaos-control serve --state-dir {dir}{serve_db}
   chaos-control agents add NAME --state-dir {dir}     prints a one-time registration key
 
 Agent configuration (e.g. /etc/chaos-agent/config.d/20-control.toml):
@@ -164,7 +168,14 @@ registration_key = \"<from chaos-control agents add NAME>\"
             srv = p.server_pem().display(),
             names = self.info.names.join(", "),
             adm = p.admin_token().display(),
-            db = p.db().display(),
+            db = self.database,
+            serve_db = if self.database.is_postgres() {
+                "   (with CHAOS_CONTROL_DATABASE=<the URL>)\n  \
+                 more replicas: copy the state directory to each machine, start serve there \
+                 with the same URL"
+            } else {
+                ""
+            },
             fp = self.info.ca_sha256,
             url = self.info.url,
         )
@@ -182,6 +193,27 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         )));
     }
     let names = server_names(&opts.names)?;
+    let database = opts
+        .database
+        .clone()
+        .unwrap_or_else(|| Database::Sqlite(paths.db()));
+    // A PostgreSQL store is checked before anything is written: one that already serves a
+    // fleet keeps its admin token unless --force says to replace it.
+    let mut pg_store = match &database {
+        Database::Postgres(_) => {
+            let mut store = Store::open(&database)
+                .map_err(|e| Error(format!("cannot open the store in {database}: {e}")))?;
+            if store.meta(ADMIN_HASH_KEY)?.is_some() && !opts.force {
+                return Err(Error(format!(
+                    "{database} already holds a chaos-control store (it has an admin token). \
+                     For another replica, copy the state directory of the first one instead \
+                     of running init; pass --force to replace the admin token"
+                )));
+            }
+            Some(store)
+        }
+        Database::Sqlite(_) => None,
+    };
     std::fs::create_dir_all(&paths.dir)
         .map_err(|e| Error(format!("cannot create {}: {e}", paths.dir.display())))?;
     std::fs::set_permissions(&paths.dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
@@ -201,7 +233,10 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
         .map_err(|e| io(&paths.server_pem(), e))?;
 
     let admin = secrets::new_secret(secrets::ADMIN_PREFIX);
-    let store = Store::open(&paths.db())?;
+    let mut store = match pg_store.take() {
+        Some(s) => s,
+        None => Store::open(&database)?,
+    };
     store.set_meta(ADMIN_HASH_KEY, &secrets::hash(&admin))?;
     drop(store);
     write_private(&paths.admin_token(), format!("{admin}\n").as_bytes())
@@ -218,7 +253,11 @@ pub fn init(opts: &InitOptions) -> Result<InitReport> {
     };
     let json = serde_json::to_string_pretty(&info).unwrap_or_default();
     write_public(&paths.init_json(), json.as_bytes()).map_err(|e| io(&paths.init_json(), e))?;
-    Ok(InitReport { info, paths })
+    Ok(InitReport {
+        info,
+        paths,
+        database,
+    })
 }
 
 fn check_name(n: &str) -> Result<()> {

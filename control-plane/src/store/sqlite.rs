@@ -1,46 +1,16 @@
 //! The embedded store: one SQLite file (bundled SQLite, WAL mode).
-//!
-//! Every value from outside reaches SQL only as a bound parameter, never as SQL text. Secrets
-//! are stored only as SHA-256 hashes. The store is synchronous; the server holds it behind a
-//! mutex and keeps every call short.
 
 use std::path::Path;
 
-use chaos_protocol::admin::{AgentInfo, AgentState, RunDetail, RunSummary};
-use chaos_protocol::agent::{AbortTask, HostFacts, RunTask, Task};
+use chaos_protocol::admin::{RunDetail, RunSummary};
+use chaos_protocol::agent::{AbortTask, RunTask, Task};
 use chaos_protocol::run::{FaultStatus, LogLine, RunResult, RunState, StatusUpdate};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-/// A store failure or a refusal based on stored state.
-#[derive(Debug)]
-pub enum StoreError {
-    /// SQLite failed.
-    Sql(rusqlite::Error),
-    /// The change contradicts what is stored.
-    Conflict(String),
-    /// No such thing.
-    NotFound(String),
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError::Sql(e)
-    }
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::Sql(e) => write!(f, "storage: {e}"),
-            StoreError::Conflict(m) | StoreError::NotFound(m) => f.write_str(m),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-/// Result of store calls.
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+use super::{
+    missing_kinds, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
+    StoreError, TokenRow,
+};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -112,132 +82,8 @@ const SCHEMA_VERSION: i64 = 1;
 
 /// An open store.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
-}
-
-/// What a token lookup finds.
-#[derive(Debug, Clone)]
-pub struct TokenRow {
-    /// Owner.
-    pub agent_id: String,
-    /// The token's generation.
-    pub generation: u64,
-    /// Expiry.
-    pub expires_at_ms: u64,
-    /// The owner's state (`pending`, `active`, `locked`, `revoked`).
-    pub agent_state: String,
-    /// The newest generation the owner has used.
-    pub agent_generation: u64,
-}
-
-/// A stored agent (the server adds `lost` from `last_seen`).
-#[derive(Debug, Clone)]
-pub struct AgentRow {
-    /// Id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Stored state.
-    pub state: String,
-    /// Why locked or revoked.
-    pub state_reason: Option<String>,
-    /// Added.
-    pub created_at_ms: u64,
-    /// Registered.
-    pub registered_at_ms: Option<u64>,
-    /// Last call (as last flushed).
-    pub last_seen_ms: Option<u64>,
-    /// Newest generation used.
-    pub token_generation: u64,
-    /// Host facts JSON.
-    pub host: Option<String>,
-}
-
-impl AgentRow {
-    /// The fault kinds this agent offered when it registered; `None` when it stated none
-    /// (`kinds` is optional in the protocol: an agent that omits it is not checked), before
-    /// it registered, or when its stored host facts do not read.
-    pub fn kinds(&self) -> Option<Vec<String>> {
-        let host: HostFacts = serde_json::from_str(self.host.as_deref()?).ok()?;
-        (!host.kinds.is_empty()).then_some(host.kinds)
-    }
-
-    /// The agent as operators see it; `lost_before_ms`: last seen before this means lost.
-    pub fn info(&self, last_seen: Option<u64>, lost_before_ms: u64) -> AgentInfo {
-        let last_seen_ms = last_seen.max(self.last_seen_ms);
-        let state = match self.state.as_str() {
-            "pending" => AgentState::Pending,
-            "locked" => AgentState::Locked,
-            "revoked" => AgentState::Revoked,
-            _ if last_seen_ms.unwrap_or(0) < lost_before_ms => AgentState::Lost,
-            _ => AgentState::Active,
-        };
-        AgentInfo {
-            agent_id: self.id.clone(),
-            name: self.name.clone(),
-            state,
-            state_reason: self.state_reason.clone(),
-            created_at_ms: self.created_at_ms,
-            registered_at_ms: self.registered_at_ms,
-            last_seen_ms,
-            token_generation: self.token_generation,
-            host: self
-                .host
-                .as_deref()
-                .and_then(|h| serde_json::from_str::<HostFacts>(h).ok()),
-        }
-    }
-}
-
-/// (state, count) pairs.
-pub type StateCounts = Vec<(String, u64)>;
-
-/// The fault kinds an experiment (its JSON form, as stored) uses, sorted, each once.
-pub fn experiment_kinds(experiment: &serde_json::Value) -> Vec<String> {
-    let mut kinds: Vec<String> = experiment
-        .get("steps")
-        .and_then(|s| s.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|step| step.get("faults")?.as_array())
-        .flatten()
-        .filter_map(|f| Some(f.get("kind")?.as_str()?.to_string()))
-        .collect();
-    kinds.sort();
-    kinds.dedup();
-    kinds
-}
-
-/// Every fault of an experiment (its JSON form, as stored) as the agent reports it:
-/// (fault id, 0-based step, kind). Fault ids are `<run>-<step>-<fault>`, 1-based, as
-/// `chaos_engine::runner::fault_id` makes them.
-pub fn experiment_faults(
-    run_id: &str,
-    experiment: &serde_json::Value,
-) -> Vec<(String, u32, String)> {
-    let mut out = Vec::new();
-    let steps = experiment.get("steps").and_then(|s| s.as_array());
-    for (si, step) in steps.into_iter().flatten().enumerate() {
-        let faults = step.get("faults").and_then(|f| f.as_array());
-        for (fi, f) in faults.into_iter().flatten().enumerate() {
-            let kind = f.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
-            out.push((
-                chaos_engine::runner::fault_id(run_id, si, fi),
-                si as u32,
-                kind.to_string(),
-            ));
-        }
-    }
-    out
-}
-
-/// The kinds of `experiment` that are not in `offered`, sorted.
-pub fn missing_kinds(offered: &[String], experiment: &serde_json::Value) -> Vec<String> {
-    experiment_kinds(experiment)
-        .into_iter()
-        .filter(|k| !offered.contains(k))
-        .collect()
 }
 
 fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
@@ -257,56 +103,9 @@ fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
 const AGENT_COLS: &str = "id, name, state, state_reason, created_at_ms, registered_at_ms, \
                           last_seen_ms, token_generation, host";
 
-/// Why a registration was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RegisterRefusal {
-    /// Unknown key.
-    Unknown,
-    /// Expired.
-    Expired,
-    /// Already used.
-    Used,
-    /// Another agent that is not revoked registered from the same machine (same machine
-    /// id): one agent per machine.
-    MachineTaken {
-        /// That agent's name.
-        name: String,
-        /// Its state.
-        state: String,
-    },
-}
-
-/// Who owns a run, and where it is.
-#[derive(Debug, Clone)]
-pub struct RunOwner {
-    /// Agent id.
-    pub agent_id: String,
-    /// State.
-    pub state: RunState,
-    /// Abort requested.
-    pub abort_requested: bool,
-    /// The operator's reason for the abort, if one was requested.
-    pub abort_reason: Option<String>,
-}
-
-/// A filter for [`Store::list_runs`].
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    /// Only this agent's runs.
-    pub agent_id: Option<String>,
-    /// Only runs in this state.
-    pub state: Option<RunState>,
-    /// At most this many (newest first).
-    pub limit: u32,
-}
-
-fn state_of(s: String) -> RunState {
-    RunState::parse(&s).unwrap_or(RunState::Failed)
-}
-
-impl Store {
+impl SqliteStore {
     /// Open (or create) the store at `path`, with mode 0600.
-    pub fn open(path: &Path) -> Result<Store> {
+    pub fn open(path: &Path) -> Result<SqliteStore> {
         if !path.exists() {
             // Create it private before SQLite writes anything into it.
             crate::secrets::write_private(path, b"").map_err(|e| {
@@ -344,7 +143,33 @@ impl Store {
                 )))
             }
         }
-        Ok(Store { conn })
+        Ok(SqliteStore { conn })
+    }
+
+    /// Call `each` with every row of `table` (its `cols`, in order), all read in one read
+    /// transaction: a consistent copy even while a server writes. `table` and `cols` are
+    /// this crate's constants, never input.
+    pub(super) fn each_row(
+        &mut self,
+        table: &str,
+        cols: &[&str],
+        mut each: impl FnMut(Vec<rusqlite::types::Value>) -> Result<()>,
+    ) -> Result<u64> {
+        let tx = self.conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare(&format!("SELECT {} FROM {table}", cols.join(", ")))?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let row = (0..cols.len())
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                each(row)?;
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
     }
 
     /// A value from `meta`.
@@ -686,7 +511,7 @@ impl Store {
             .map(|(t, due, _)| (t, due))
     }
 
-    /// [`Store::tasks_for`], and the creation times of the runs among them that were never
+    /// [`SqliteStore::tasks_for`], and the creation times of the runs among them that were never
     /// handed out before (for the dispatch-latency metric).
     pub fn tasks_with_first(
         &self,
@@ -1090,7 +915,7 @@ mod tests {
     fn a_commit_is_on_disk_before_it_is_acknowledged() {
         let dir = std::env::temp_dir().join(format!("chaos-control-store-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let store = Store::open(&dir.join("store.db")).unwrap();
+        let store = SqliteStore::open(&dir.join("store.db")).unwrap();
         let q = |pragma: &str| -> String {
             store
                 .conn
