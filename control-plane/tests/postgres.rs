@@ -227,7 +227,7 @@ fn two_replicas_serve_one_fleet() {
     };
     let dir = Served::init(&["--database", &url]);
     assert!(
-        !chaos_control::pki::Paths::new(&dir).db().exists(),
+        !chaos_control::pki::Paths::new(&*dir).db().exists(),
         "init --database made a SQLite store"
     );
     let admin = admin_token(&dir);

@@ -286,6 +286,33 @@ pub struct Served {
     keep_dir: bool,
 }
 
+/// A temporary state directory (`…/state` in a directory of its own): that directory is
+/// removed when this is dropped (also when a test fails), unless [`StateDir::into_path`].
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    /// Keep the directory (another owner removes it); its path.
+    pub fn into_path(mut self) -> PathBuf {
+        std::mem::take(&mut self.0)
+    }
+}
+
+impl std::ops::Deref for StateDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.parent().filter(|p| !p.as_os_str().is_empty()) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
 /// A free port of 127.0.0.1 (free when asked).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -298,7 +325,9 @@ pub fn free_port() -> u16 {
 impl Served {
     pub fn start() -> Served {
         let dir = Served::init(&[]);
-        Served::serve_on(&dir, Served::init_port(&dir), &[])
+        let s = Served::serve_on(&dir, Served::init_port(&dir), &[]);
+        dir.into_path(); // the server removes it
+        s
     }
 
     /// The port `init` was given: where `serve` listens by default and the CLI's commands
@@ -309,8 +338,8 @@ impl Served {
 
     /// `init --name localhost --port P` and `extra` (e.g. `--database URL`) in a new temporary
     /// directory; the state directory.
-    pub fn init(extra: &[&str]) -> PathBuf {
-        let dir = temp_dir().join("state");
+    pub fn init(extra: &[&str]) -> StateDir {
+        let dir = StateDir(temp_dir().join("state"));
         let port = free_port().to_string();
         let mut args = vec!["init", "--name", "localhost", "--port", &port];
         args.extend_from_slice(extra);
@@ -373,12 +402,12 @@ impl Served {
     }
 
     /// Stop the server (SIGTERM, then wait) and keep its state directory; that directory.
-    pub fn stop(mut self) -> PathBuf {
+    pub fn stop(mut self) -> StateDir {
         self.signal(libc::SIGTERM);
         let _ = self.child.wait();
         self.stopped = true;
         self.keep_dir = true;
-        self.dir.clone()
+        StateDir(self.dir.clone())
     }
 
     /// Run `chaos-control ARGS --state-dir DIR`: its output, whatever the exit status.
