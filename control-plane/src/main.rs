@@ -112,16 +112,8 @@ enum Command {
         /// registrations but need the new CA).
         #[arg(long)]
         force: bool,
-        /// Keep the store in this PostgreSQL database instead of the SQLite file of the state
-        /// directory (postgres://USER:PASSWORD@HOST:PORT/DBNAME). Prefer the environment
-        /// variable: a command line is visible to every user of the machine.
-        #[arg(
-            long,
-            value_name = "URL",
-            env = "CHAOS_CONTROL_DATABASE",
-            hide_env_values = true
-        )]
-        database: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
     },
     /// Serve the HTTPS API until SIGINT/SIGTERM (then finish requests and stop). SIGHUP
     /// reloads the server certificate and key.
@@ -141,6 +133,10 @@ enum Command {
             hide_env_values = true
         )]
         to: String,
+        /// The CA certificate(s) (PEM) that sign PostgreSQL's server certificate: the
+        /// connection is then TLS, and the URL's host must be in that certificate.
+        #[arg(long, value_name = "FILE", env = "CHAOS_CONTROL_DATABASE_CA")]
+        database_ca: Option<PathBuf>,
     },
     /// The server certificate: `cert reissue` makes a new one from the same CA.
     #[command(subcommand)]
@@ -266,6 +262,13 @@ struct ServeArgs {
     /// Log format (logs go to stderr; RUST_LOG sets the level, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+/// Where the store is: the SQLite file of the state directory, or PostgreSQL.
+#[derive(Debug, Args)]
+struct DbArgs {
     /// The store is this PostgreSQL database (postgres://USER:PASSWORD@HOST:PORT/DBNAME),
     /// not the SQLite file of the state directory. Several `serve` replicas with the same
     /// database and a copy of the same state directory serve one fleet. Prefer the
@@ -277,6 +280,12 @@ struct ServeArgs {
         hide_env_values = true
     )]
     database: Option<String>,
+    /// The CA certificate(s) (PEM) that sign PostgreSQL's server certificate: the
+    /// connection is then TLS (never plain text), and the URL's host must be in that
+    /// certificate. Without it the connection is plain text: keep it on loopback, a Unix
+    /// socket or a private network.
+    #[arg(long, value_name = "FILE", env = "CHAOS_CONTROL_DATABASE_CA")]
+    database_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -434,9 +443,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             names,
             port,
             force,
-            database,
+            db,
         } => {
-            let database = database_arg(database.as_deref(), &Paths::new(&state))?;
+            let database = database_arg(&db, &Paths::new(&state))?;
             let names = if names.is_empty() {
                 vec![hostname()]
             } else {
@@ -453,7 +462,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => serve(&state, args),
-        Command::Migrate { to } => migrate(&state, &to),
+        Command::Migrate { to, database_ca } => migrate(
+            &state,
+            &DbArgs {
+                database: Some(to),
+                database_ca,
+            },
+        ),
         Command::Cert(CertCmd::Reissue { names }) => {
             let done = chaos_control::rotate::reissue(&Paths::new(&state), &names)?;
             print!("{}", terminal_safe(&done.render()));
@@ -486,24 +501,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// `--database`: `None` when absent (the SQLite file), exit status 2 when not a usable URL.
-fn database_arg(url: Option<&str>, paths: &Paths) -> anyhow::Result<Option<Database>> {
-    match url {
-        None => Ok(None),
-        Some(u) => match Database::choose(Some(u), &paths.db()) {
-            Ok(Database::Sqlite(_)) => Ok(None),
-            Ok(db) => Ok(Some(db)),
-            Err(e) => bail!(Exit(2, e.to_string())),
-        },
+fn database_arg(a: &DbArgs, paths: &Paths) -> anyhow::Result<Option<Database>> {
+    match Database::choose(a.database.as_deref(), a.database_ca.as_deref(), &paths.db()) {
+        Ok(Database::Sqlite(_)) => Ok(None),
+        Ok(db) => Ok(Some(db)),
+        Err(e) => bail!(Exit(2, e.to_string())),
     }
 }
 
-fn migrate(state: &Path, to: &str) -> anyhow::Result<()> {
+fn migrate(state: &Path, to: &DbArgs) -> anyhow::Result<()> {
     let paths = Paths::new(state);
-    let Some(db) = database_arg(Some(to), &paths)? else {
+    let Some(db) = database_arg(to, &paths)? else {
+        bail!(Exit(2, "--to must be a postgres:// URL".into()));
+    };
+    let Database::Postgres(target) = &db else {
         bail!(Exit(2, "--to must be a postgres:// URL".into()));
     };
     let from = paths.db();
-    let copied = chaos_control::store::sqlite_to_postgres(&from, to)
+    let copied = chaos_control::store::sqlite_to_postgres(&from, target)
         .with_context(|| format!("cannot migrate {} to {db}", from.display()))?;
     println!("Copied {} into {db}:", from.display());
     for (table, n) in &copied.tables {
@@ -560,7 +575,7 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
             "--max-connections and --max-connections-per-peer must be at least 1".into()
         ));
     }
-    let database = database_arg(a.database.as_deref(), &paths)?;
+    let database = database_arg(&a.db, &paths)?;
     let settings = Settings {
         database,
         header_timeout: a.header_timeout.0,
