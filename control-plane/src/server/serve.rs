@@ -186,12 +186,12 @@ impl Server {
         };
         // With PostgreSQL, other replicas' runs, aborts and log lines wake what this one holds.
         let listener_thread = match &self.database {
-            Database::Postgres(url) => {
-                let (app, url) = (app.clone(), url.clone());
+            Database::Postgres(target) => {
+                let (app, target) = (app.clone(), target.clone());
                 let t = std::thread::Builder::new()
                     .name("pg-listen".into())
                     .spawn(move || {
-                        crate::store::pg::listen(&url, &app.shutdown.flag, &|h| app.heard(h))
+                        crate::store::pg::listen(&target, &app.shutdown.flag, &|h| app.heard(h))
                     })
                     .map_err(|e| Error(format!("cannot start the PostgreSQL listener: {e}")))?;
                 tracing::info!(database = %self.database, "store on PostgreSQL; listening for other replicas' changes");

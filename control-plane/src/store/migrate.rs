@@ -5,7 +5,7 @@ use std::path::Path;
 use postgres::types::ToSql;
 use rusqlite::types::Value;
 
-use super::{PgStore, Result, SqliteStore, StoreError};
+use super::{PgStore, PgTarget, Result, SqliteStore, StoreError};
 
 #[derive(Clone, Copy)]
 enum Ty {
@@ -120,10 +120,10 @@ fn param(table: &str, col: &str, ty: Ty, v: Value) -> Result<Box<dyn ToSql + Syn
     })
 }
 
-/// Copy every row of the SQLite store at `from` into the PostgreSQL database at `to_url`,
+/// Copy every row of the SQLite store at `from` into the PostgreSQL database `to`,
 /// in one PostgreSQL transaction (all or nothing). The database must hold no store yet
 /// (tables are created when missing). The SQLite file is only read.
-pub fn sqlite_to_postgres(from: &Path, to_url: &str) -> Result<Copied> {
+pub fn sqlite_to_postgres(from: &Path, to: &PgTarget) -> Result<Copied> {
     if !from.exists() {
         return Err(StoreError::NotFound(format!(
             "{} does not exist: nothing to migrate",
@@ -131,12 +131,12 @@ pub fn sqlite_to_postgres(from: &Path, to_url: &str) -> Result<Copied> {
         )));
     }
     let mut src = SqliteStore::open(from)?;
-    let mut dst = PgStore::open(to_url)?;
+    let mut dst = PgStore::open(to)?;
     if !dst.is_empty()? {
         return Err(StoreError::Conflict(format!(
             "{} already holds a chaos-control store (agents, runs or an admin token): \
              migrate only into an empty database; nothing was copied",
-            super::pg::redact(to_url)
+            super::pg::redact(&to.url)
         )));
     }
     let mut tx = dst.client()?.transaction()?;

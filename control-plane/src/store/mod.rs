@@ -17,7 +17,7 @@ pub mod pg;
 mod sqlite;
 
 pub use self::migrate::{sqlite_to_postgres, Copied};
-pub use self::pg::PgStore;
+pub use self::pg::{PgStore, PgTarget};
 pub use self::sqlite::SqliteStore;
 
 /// A store failure or a refusal based on stored state.
@@ -236,19 +236,27 @@ fn state_of(s: String) -> RunState {
 pub enum Database {
     /// The embedded SQLite file (`store.db` in the state directory).
     Sqlite(PathBuf),
-    /// A PostgreSQL database, by its URL (`postgres://user:password@host:port/dbname`).
-    Postgres(String),
+    /// A PostgreSQL database.
+    Postgres(PgTarget),
 }
 
 impl Database {
-    /// `url` if given (it must be a `postgres://` or `postgresql://` URL), else the SQLite
-    /// file `default`.
-    pub fn choose(url: Option<&str>, default: &Path) -> Result<Database> {
+    /// `url` if given (it must be a `postgres://` or `postgresql://` URL; `ca`: the CA
+    /// certificate(s) that sign PostgreSQL's server certificate, which makes TLS required),
+    /// else the SQLite file `default`.
+    pub fn choose(url: Option<&str>, ca: Option<&Path>, default: &Path) -> Result<Database> {
         match url.map(str::trim) {
+            None | Some("") if ca.is_some() => Err(StoreError::Conflict(
+                "--database-ca is for a PostgreSQL store: give --database too".into(),
+            )),
             None | Some("") => Ok(Database::Sqlite(default.to_path_buf())),
             Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                pg::check_url(u)?;
-                Ok(Database::Postgres(u.to_string()))
+                let t = PgTarget {
+                    url: u.to_string(),
+                    ca: ca.map(Path::to_path_buf),
+                };
+                t.check()?;
+                Ok(Database::Postgres(t))
             }
             Some(u) => Err(StoreError::Conflict(format!(
                 "--database must be a postgres:// URL (postgres://USER:PASSWORD@HOST:PORT/DBNAME), \
@@ -269,7 +277,12 @@ impl std::fmt::Display for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::Sqlite(p) => write!(f, "{} (SQLite)", p.display()),
-            Database::Postgres(u) => write!(f, "{} (PostgreSQL)", pg::redact(u)),
+            Database::Postgres(t) => write!(
+                f,
+                "{} (PostgreSQL{})",
+                pg::redact(&t.url),
+                if t.ca.is_some() { ", TLS" } else { "" }
+            ),
         }
     }
 }
@@ -304,7 +317,7 @@ impl Store {
     pub fn open(db: &Database) -> Result<Store> {
         Ok(match db {
             Database::Sqlite(p) => Store::Sqlite(SqliteStore::open(p)?),
-            Database::Postgres(u) => Store::Postgres(Box::new(PgStore::open(u)?)),
+            Database::Postgres(t) => Store::Postgres(Box::new(PgStore::open(t)?)),
         })
     }
 

@@ -10,14 +10,17 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chaos_protocol::admin::{RunDetail, RunSummary};
 use chaos_protocol::agent::{AbortTask, RunTask, Task};
 use chaos_protocol::run::{FaultStatus, LogLine, RunResult, RunState, StatusUpdate};
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Config, NoTls, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     missing_kinds, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
@@ -126,9 +129,97 @@ pub fn redact(url: &str) -> String {
     out
 }
 
-/// Check that `url` reads as a PostgreSQL connection URL.
-pub fn check_url(url: &str) -> Result<()> {
-    config(url).map(|_| ())
+/// A PostgreSQL database: its URL (`postgres://user:password@host:port/dbname`), and the CA
+/// that signs its server certificate when the connection is to use TLS.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    /// The URL (holds the password: print it only through [`redact`]).
+    pub url: String,
+    /// PEM file of the CA certificate(s) PostgreSQL's certificate must chain to. Given, the
+    /// connection is TLS (rustls; the host name or address of the URL must be in the
+    /// certificate) and never falls back to plain text.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTarget")
+            .field("url", &redact(&self.url))
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+impl PgTarget {
+    /// Check the URL, and the CA file when one is given, without connecting.
+    pub fn check(&self) -> Result<()> {
+        self.config()?;
+        self.tls()?;
+        Ok(())
+    }
+
+    /// The client configuration: with a CA, TLS is required (`sslmode=disable` with a CA is
+    /// refused; without a CA, `sslmode=require` is refused: nothing to check the server's
+    /// certificate against).
+    fn config(&self) -> Result<Config> {
+        let mut c = config(&self.url)?;
+        match (c.get_ssl_mode(), &self.ca) {
+            (SslMode::Disable, Some(_)) => {
+                return Err(StoreError::Conflict(
+                    "the database URL says sslmode=disable, but --database-ca asks for TLS".into(),
+                ))
+            }
+            (SslMode::Require, None) => {
+                return Err(StoreError::Conflict(
+                    "the database URL says sslmode=require: give --database-ca with the CA \
+                     certificate that signs PostgreSQL's server certificate"
+                        .into(),
+                ))
+            }
+            (_, Some(_)) => {
+                c.ssl_mode(SslMode::Require);
+            }
+            _ => {
+                // No CA: plain text (prefer would try TLS with nothing to verify it by).
+                c.ssl_mode(SslMode::Disable);
+            }
+        }
+        Ok(c)
+    }
+
+    fn tls(&self) -> Result<Option<MakeRustlsConnect>> {
+        let Some(ca) = &self.ca else { return Ok(None) };
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let bad = |m: String| StoreError::Conflict(format!("--database-ca {}: {m}", ca.display()));
+        let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            let c = c.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("holds no certificate".into()));
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Some(MakeRustlsConnect::new(cfg)))
+    }
+
+    fn connect(&self) -> Result<Client> {
+        let c = self.config()?;
+        Ok(match self.tls()? {
+            Some(tls) => c.connect(tls)?,
+            None => c.connect(NoTls)?,
+        })
+    }
 }
 
 fn config(url: &str) -> Result<Config> {
@@ -239,27 +330,23 @@ fn enum_str<T: serde::Serialize>(v: &T) -> String {
 
 /// A store in a PostgreSQL database. One connection, opened again when it was lost.
 pub struct PgStore {
-    url: String,
+    target: PgTarget,
     client: Option<Client>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore")
-            .field("url", &redact(&self.url))
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
 
-fn connect(url: &str) -> Result<Client> {
-    Ok(config(url)?.connect(NoTls)?)
-}
-
 impl PgStore {
     /// Connect, and create the tables when the database has none.
-    pub fn open(url: &str) -> Result<PgStore> {
+    pub fn open(target: &PgTarget) -> Result<PgStore> {
         let mut s = PgStore {
-            url: url.to_string(),
+            target: target.clone(),
             client: None,
         };
         let mut tx = s.client()?.transaction()?;
@@ -292,7 +379,7 @@ impl PgStore {
     pub(super) fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = None;
-            self.client = Some(connect(&self.url)?);
+            self.client = Some(self.target.connect()?);
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
@@ -1074,10 +1161,10 @@ pub enum Heard {
 /// Listen on [`CHANNEL`] until `stop` is set (checked every second), calling `on` for each
 /// notification. A lost connection is made again (every 2 s until it works); `on` then
 /// hears [`Heard::Connected`], since notifications sent meanwhile are gone.
-pub fn listen(url: &str, stop: &AtomicBool, on: &dyn Fn(Heard)) {
+pub fn listen(target: &PgTarget, stop: &AtomicBool, on: &dyn Fn(Heard)) {
     let mut complained = false;
     while !stop.load(Ordering::SeqCst) {
-        let mut client = match connect(url).and_then(|mut c| {
+        let mut client = match target.connect().and_then(|mut c| {
             c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
             Ok(c)
         }) {
