@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chaos_control::pki::{self, InitOptions, Paths};
 use chaos_control::server::{Server, Settings};
+use chaos_control::store::pg::PgTarget;
 use chaos_control::store::Database;
 use chaos_protocol::admin::{
     AddAgentRequest, CreateRunsRequest, CreateRunsResponse, RegistrationKey,
@@ -56,7 +57,7 @@ impl Harness {
     pub fn with(mut settings: Settings) -> Harness {
         if on_postgres() && settings.database.is_none() {
             match pg::database() {
-                Ok(url) => settings.database = Some(Database::Postgres(url)),
+                Ok(url) => settings.database = Some(Database::Postgres(PgTarget { url, ca: None })),
                 Err(why) => eprintln!(
                     "SKIPPED {} on PostgreSQL ({why}): on SQLite instead",
                     std::thread::current().name().unwrap_or("this test")
