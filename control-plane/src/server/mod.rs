@@ -364,7 +364,8 @@ impl App {
         match what {
             Heard::Wake(agent_id) => self.wake(&agent_id),
             Heard::Logs => self.logs_changed.notify_waiters(),
-            Heard::Connected => self.wake_all(),
+            Heard::Listening => {}
+            Heard::Reconnected => self.wake_all(),
         }
     }
 

@@ -188,13 +188,36 @@ impl Server {
         let listener_thread = match &self.database {
             Database::Postgres(target) => {
                 let (app, target) = (app.clone(), target.clone());
+                let own = app
+                    .with_store(|s| Ok(s.backend_pid()))
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let (ready, listening) = tokio::sync::oneshot::channel::<()>();
+                let ready = Mutex::new(Some(ready));
                 let t = std::thread::Builder::new()
                     .name("pg-listen".into())
                     .spawn(move || {
-                        crate::store::pg::listen(&target, &app.shutdown.flag, &|h| app.heard(h))
+                        crate::store::pg::listen(&target, &app.shutdown.flag, &own, &|h| {
+                            if h == crate::store::pg::Heard::Listening {
+                                if let Some(r) = ready.lock().ok().and_then(|mut r| r.take()) {
+                                    let _ = r.send(());
+                                }
+                            }
+                            app.heard(h)
+                        })
                     })
                     .map_err(|e| Error(format!("cannot start the PostgreSQL listener: {e}")))?;
-                tracing::info!(database = %self.database, "store on PostgreSQL; listening for other replicas' changes");
+                // Agents are served once other replicas' changes are heard: a run created
+                // elsewhere meanwhile would otherwise wait for the end of a poll's wait.
+                match tokio::time::timeout(Duration::from_secs(10), listening).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(database = %self.database, "store on PostgreSQL; listening for other replicas' changes")
+                    }
+                    _ => {
+                        tracing::warn!(database = %self.database, "not yet listening for other replicas' changes after 10 s; serving anyway (their runs reach agents at the end of a poll's wait until it is)")
+                    }
+                }
                 Some(t)
             }
             Database::Sqlite(_) => None,

@@ -326,6 +326,14 @@ impl Store {
         Ok(Store::Sqlite(SqliteStore::open(path)?))
     }
 
+    /// With PostgreSQL: the backend pid of the store's connection (see [`pg::listen`]).
+    pub fn backend_pid(&self) -> Option<std::sync::Arc<std::sync::atomic::AtomicI32>> {
+        match self {
+            Store::Postgres(s) => Some(s.backend_pid()),
+            Store::Sqlite(_) => None,
+        }
+    }
+
     /// Whether calls go over the network to PostgreSQL (and so may block for longer).
     pub fn is_postgres(&self) -> bool {
         matches!(self, Store::Postgres(_))

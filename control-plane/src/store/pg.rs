@@ -9,7 +9,7 @@
 //! transaction, so it is delivered when, and only if, the change commits: see [`listen`].
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -332,6 +332,9 @@ fn enum_str<T: serde::Serialize>(v: &T) -> String {
 pub struct PgStore {
     target: PgTarget,
     client: Option<Client>,
+    /// The server process (backend) of that connection: its own `NOTIFY`s are not news to
+    /// this replica (see [`listen`]).
+    pid: Arc<AtomicI32>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -348,6 +351,7 @@ impl PgStore {
         let mut s = PgStore {
             target: target.clone(),
             client: None,
+            pid: Arc::new(AtomicI32::new(0)),
         };
         let mut tx = s.client()?.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])?;
@@ -379,9 +383,17 @@ impl PgStore {
     pub(super) fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
             self.client = None;
-            self.client = Some(self.target.connect()?);
+            let mut c = self.target.connect()?;
+            let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[])?.try_get(0)?;
+            self.pid.store(pid, Ordering::SeqCst);
+            self.client = Some(c);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// The backend process id of this store's connection (kept current across reconnects).
+    pub fn backend_pid(&self) -> Arc<AtomicI32> {
+        self.pid.clone()
     }
 
     /// Whether the database holds nothing yet (no agents, runs, or admin token).
@@ -1154,15 +1166,21 @@ pub enum Heard {
     Wake(String),
     /// Some run's logs, status or result.
     Logs,
-    /// The listening connection was (re)made: anything may have been missed meanwhile.
-    Connected,
+    /// The first `LISTEN` is in place: from now on no change is missed.
+    Listening,
+    /// The listening connection was lost and made again: changes made meanwhile were not
+    /// heard, so everything waiting must look again.
+    Reconnected,
 }
 
 /// Listen on [`CHANNEL`] until `stop` is set (checked every second), calling `on` for each
-/// notification. A lost connection is made again (every 2 s until it works); `on` then
-/// hears [`Heard::Connected`], since notifications sent meanwhile are gone.
-pub fn listen(target: &PgTarget, stop: &AtomicBool, on: &dyn Fn(Heard)) {
+/// notification, except those sent by the backend whose pid `own` holds (this replica's
+/// store connection: it woke its own waiters already). `on` hears [`Heard::Listening`] once
+/// the first `LISTEN` is in place. A lost connection is made again (every 2 s until it
+/// works); `on` then hears [`Heard::Reconnected`], since notifications sent meanwhile are gone.
+pub fn listen(target: &PgTarget, stop: &AtomicBool, own: &AtomicI32, on: &dyn Fn(Heard)) {
     let mut complained = false;
+    let mut first = true;
     while !stop.load(Ordering::SeqCst) {
         let mut client = match target.connect().and_then(|mut c| {
             c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
@@ -1187,11 +1205,17 @@ pub fn listen(target: &PgTarget, stop: &AtomicBool, on: &dyn Fn(Heard)) {
             tracing::info!("listening for other replicas' changes again");
             complained = false;
         }
-        on(Heard::Connected);
+        on(if first {
+            Heard::Listening
+        } else {
+            Heard::Reconnected
+        });
+        first = false;
         let mut notes = client.notifications();
         while !stop.load(Ordering::SeqCst) {
             let next = notes.timeout_iter(Duration::from_secs(1)).next();
             match next {
+                Ok(Some(n)) if n.process_id() == own.load(Ordering::SeqCst) => {}
                 Ok(Some(n)) => match n.payload().strip_prefix("wake:") {
                     Some(agent) => on(Heard::Wake(agent.to_string())),
                     None => on(Heard::Logs),
