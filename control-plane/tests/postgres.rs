@@ -457,3 +457,81 @@ fn migrate_moves_a_sqlite_store_into_postgresql() {
         (Some("completed"), Some(25))
     );
 }
+
+/// The server connections (`application_name` chaos-control) to database `db` and whether
+/// each uses TLS, as PostgreSQL reports them.
+fn server_connections(url: &str, db: &str) -> Vec<bool> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    c.query(
+        "SELECT s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s ON s.pid = a.pid
+         WHERE a.datname = $1 AND a.application_name = 'chaos-control'",
+        &[&db],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[test]
+fn tls_to_postgresql_is_checked_against_the_given_ca() {
+    let test = "tls_to_postgresql_is_checked_against_the_given_ca";
+    let Some(url) = common::pg::require(test) else {
+        return;
+    };
+    let ca = common::pg::tls_ca().unwrap();
+    let ca_arg = ca.to_str().unwrap();
+    let db = url.rsplit('/').next().unwrap().to_string();
+
+    // A CA that did not sign PostgreSQL's certificate: init refuses, and writes nothing.
+    let other = Served::init(&[]);
+    let wrong = other.join("ca.pem");
+    let dir = common::StateDir::fresh();
+    let out = Served::cli_output(
+        &dir,
+        &[
+            "init",
+            "--name",
+            "localhost",
+            "--database",
+            &url,
+            "--database-ca",
+            wrong.to_str().unwrap(),
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "init trusted a wrong CA");
+    assert!(said.contains("certificate"), "{said}");
+    assert!(!said.contains(password(&url)), "{said}");
+    assert!(
+        !dir.join("ca.key").exists(),
+        "init wrote files before it failed"
+    );
+
+    // sslmode=require without a CA is refused (exit 2): nothing to check the server against.
+    let out = Served::cli_output(
+        &dir,
+        &["init", "--database", &format!("{url}?sslmode=require")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // The right CA: init and serve connect over TLS (every server connection of this
+    // database is TLS, the listener's too), and the API works.
+    let state = Served::init(&["--database", &url, "--database-ca", ca_arg]);
+    let s = Served::serve_on(
+        &state,
+        Served::init_port(&state),
+        &["--database", &url, "--database-ca", ca_arg],
+    );
+    let admin = admin_token(&state);
+    let c = s.client();
+    let reg = agent(&c, &admin, "over-tls");
+    c.tasks(&reg.agent_id, &reg.token.token, Duration::ZERO)
+        .unwrap();
+    let conns = server_connections(&url, &db);
+    assert!(
+        conns.len() >= 2 && conns.iter().all(|tls| *tls),
+        "the server's connections (store and listener) should all be TLS: {conns:?}\n{}",
+        s.log()
+    );
+}

@@ -292,6 +292,11 @@ pub struct Served {
 pub struct StateDir(PathBuf);
 
 impl StateDir {
+    /// A new temporary state directory, not created yet (its parent is).
+    pub fn fresh() -> StateDir {
+        StateDir(temp_dir().join("state"))
+    }
+
     /// Keep the directory (another owner removes it); its path.
     pub fn into_path(mut self) -> PathBuf {
         std::mem::take(&mut self.0)

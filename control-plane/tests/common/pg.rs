@@ -29,6 +29,8 @@ const USER: &str = "chaos";
 struct Cluster {
     port: u16,
     password: String,
+    /// The CA (PEM) that signs the server's TLS certificate (for 127.0.0.1 and localhost).
+    ca: PathBuf,
     /// To create databases (a connection to `postgres`).
     admin: Mutex<postgres::Client>,
 }
@@ -55,6 +57,13 @@ pub fn database() -> Result<String, String> {
         "postgres://{USER}:{}@127.0.0.1:{}/{name}",
         cluster.password, cluster.port
     ))
+}
+
+/// The CA certificate (PEM file) that signs the cluster's TLS certificate (the server takes
+/// TLS and plain connections alike).
+pub fn tls_ca() -> Result<PathBuf, String> {
+    let cluster = CLUSTER.get_or_init(start).as_ref().map_err(Clone::clone)?;
+    Ok(cluster.ca.clone())
 }
 
 /// [`database`] for a test: `None` after printing `SKIPPED <test>: <why>`.
@@ -245,6 +254,29 @@ fn start() -> Result<Cluster, String> {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // TLS: a CA and a certificate for 127.0.0.1 made by chaos-control's own `init`, the
+    // certificate and key in the data directory (PostgreSQL's default file names).
+    let tls = dir.join("tls");
+    let made = chaos_control::pki::init(&chaos_control::pki::InitOptions {
+        state_dir: tls.clone(),
+        names: vec!["127.0.0.1".into()],
+        port: 5432,
+        force: false,
+        database: None,
+    })
+    .unwrap_or_else(|e| panic!("certificates for the PostgreSQL cluster: {e}"));
+    for (from, to) in [
+        (made.paths.server_pem(), data.join("server.crt")),
+        (made.paths.server_key(), data.join("server.key")),
+    ] {
+        std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", to.display()));
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&to, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let ca = made.paths.ca_pem();
+
     // The port is free when picked, but another process may take it before the server binds
     // it: then (and only then) start again on another port.
     let log = dir.join("postgres.log");
@@ -271,6 +303,7 @@ fn start() -> Result<Cluster, String> {
                     return Ok(Cluster {
                         port,
                         password,
+                        ca,
                         admin: Mutex::new(client),
                     })
                 }
@@ -309,7 +342,7 @@ fn spawn_server(
         .args(["-c", "listen_addresses=127.0.0.1"])
         .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
         .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-        .args(["-c", "shared_buffers=32MB"])
+        .args(["-c", "shared_buffers=32MB", "-c", "ssl=on"])
         .stdout(std::fs::File::create(log).unwrap())
         .stderr(std::fs::File::options().append(true).open(log).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
