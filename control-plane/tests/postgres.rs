@@ -535,3 +535,115 @@ fn tls_to_postgresql_is_checked_against_the_given_ca() {
         s.log()
     );
 }
+
+/// Two replicas' stores (two connections) racing on what must be unique: one use of a
+/// registration key, one agent per machine, one next token generation. Each race starts both
+/// calls together (a barrier) and is repeated; every interleaving must give one winner.
+#[test]
+fn racing_replicas_leave_one_winner() {
+    use chaos_control::store::{Database, PgTarget, RegisterRefusal, Store};
+    use std::sync::{Arc, Barrier};
+    let Some(url) = common::pg::require("racing_replicas_leave_one_winner") else {
+        return;
+    };
+    let db = Database::Postgres(PgTarget { url, ca: None });
+    let stores = [Store::open(&db).unwrap(), Store::open(&db).unwrap()];
+    let stores: Vec<_> = stores
+        .into_iter()
+        .map(|s| Arc::new(std::sync::Mutex::new(s)))
+        .collect();
+    let now = chaos_protocol::now_ms();
+    let hash = |s: &str| chaos_control::secrets::hash(s);
+    // Run `f(replica)` on both replicas at once; both answers, in replica order.
+    fn race<T: Send + 'static>(
+        stores: &[Arc<std::sync::Mutex<Store>>],
+        f: impl Fn(usize, &mut Store) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let f = Arc::new(f);
+        let go = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|i| {
+                let (s, f, go) = (stores[i].clone(), f.clone(), go.clone());
+                std::thread::spawn(move || {
+                    let mut s = s.lock().unwrap();
+                    go.wait();
+                    f(i, &mut s)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    }
+    let host = |machine: &str| {
+        let mut h = common::host();
+        h.machine_id = machine.to_string();
+        serde_json::to_string(&h).unwrap()
+    };
+
+    for round in 0..15 {
+        // One key, registered through both replicas at once: one identity, one refusal.
+        let (id, key) = (format!("a{round}"), format!("key-{round}"));
+        let mut s0 = stores[0].lock().unwrap();
+        s0.add_agent(
+            &id,
+            &format!("agent-{round}"),
+            &hash(&key),
+            now + 60_000,
+            now,
+        )
+        .unwrap();
+        drop(s0);
+        let (h, m) = (hash(&key), host(&format!("m{round}")));
+        let got = race(&stores, move |i, s| {
+            s.register(&h, &m, &hash(&format!("t{round}-{i}")), now + 60_000, now)
+                .unwrap()
+        });
+        let won = got.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: one key registered twice: {got:?}");
+        assert!(
+            got.iter().any(|r| *r == Err(RegisterRefusal::Used)),
+            "{got:?}"
+        );
+
+        // Two rotations from generation 1 at once: one unused token of generation 2 stays.
+        let (id2, r) = (id.clone(), round);
+        race(&stores, move |i, s| {
+            s.rotate(&id2, 1, &hash(&format!("g2-{r}-{i}")), now + 60_000, now)
+                .unwrap()
+        });
+        let mut s0 = stores[0].lock().unwrap();
+        let live = (0..2)
+            .filter(|i| {
+                s0.token(&hash(&format!("g2-{round}-{i}")))
+                    .unwrap()
+                    .is_some()
+            })
+            .count();
+        assert_eq!(live, 1, "round {round}: two tokens of generation 2");
+
+        // Two agents on one machine registering at once: one agent per machine.
+        for k in 0..2 {
+            s0.add_agent(
+                &format!("b{round}-{k}"),
+                &format!("twin-{round}-{k}"),
+                &hash(&format!("twin-key-{round}-{k}")),
+                now + 60_000,
+                now,
+            )
+            .unwrap();
+        }
+        drop(s0);
+        let m = host(&format!("shared-{round}"));
+        let got = race(&stores, move |i, s| {
+            s.register(
+                &hash(&format!("twin-key-{r}-{i}")),
+                &m,
+                &hash(&format!("twin-token-{r}-{i}")),
+                now + 60_000,
+                now,
+            )
+            .unwrap()
+        });
+        let won = got.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: two agents on one machine: {got:?}");
+    }
+}
