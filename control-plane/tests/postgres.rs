@@ -644,3 +644,57 @@ fn racing_replicas_leave_one_winner() {
         assert_eq!(won, 1, "round {round}: two agents on one machine: {got:?}");
     }
 }
+
+/// Like the SQLite store, PostgreSQL holds secrets only as SHA-256 hashes: no registration
+/// key, access token (first or rotated) or admin token appears in any table.
+#[test]
+fn secrets_reach_postgresql_only_as_hashes() {
+    use chaos_control::store::{Database, PgTarget};
+    let Some(url) = common::pg::require("secrets_reach_postgresql_only_as_hashes") else {
+        return;
+    };
+    let h = common::Harness::with(chaos_control::server::Settings {
+        database: Some(Database::Postgres(PgTarget {
+            url: url.clone(),
+            ca: None,
+        })),
+        ..Default::default()
+    });
+    let key = h.add_agent("hashy");
+    let c = h.client();
+    let reg = c.register(&register_req(&key.registration_key)).unwrap();
+    let next = c.rotate(&reg.agent_id, &reg.token.token).expect("rotate");
+    let mut pg = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let mut hay = String::new();
+    for table in ["meta", "agents", "tokens", "runs", "run_faults", "logs"] {
+        for r in pg
+            .query(&format!("SELECT row_to_json(t)::text FROM {table} t"), &[])
+            .unwrap()
+        {
+            hay.push_str(r.get::<_, &str>(0));
+        }
+    }
+    assert!(
+        hay.contains(&reg.agent_id),
+        "the dump should hold the agent"
+    );
+    for (what, secret) in [
+        ("registration key", &key.registration_key[4..]),
+        ("access token", &reg.token.token[4..]),
+        ("rotated access token", &next.token[4..]),
+        ("admin token", &h.admin[6..]),
+    ] {
+        assert!(!hay.contains(secret), "{what} stored in clear");
+    }
+    // The binary columns (shown as hex above) hold 32-byte digests, nothing longer.
+    let odd: i64 = pg
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM tokens WHERE length(hash) <> 32)
+                  + (SELECT COUNT(*) FROM agents WHERE key_hash IS NOT NULL AND length(key_hash) <> 32)
+                  + (SELECT COUNT(*) FROM meta WHERE key = 'admin_token_sha256' AND length(value) <> 32)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(odd, 0, "a stored secret is not a SHA-256 digest");
+}
