@@ -308,7 +308,10 @@ fn receipts_of_the_first_release_still_read_and_write_back_the_same() {
 #[test]
 fn plan_records_the_mount_namespace_and_boot() {
     let dir = std::env::temp_dir();
-    let f = build(json!({"path": dir, "size": 4096})).unwrap();
+    // Only planned, never injected: the protected-filesystem guard (which refuses a plan when
+    // the temporary directory's filesystem is short of its safe reserve, as a full build disk
+    // can be) is not what this test is about.
+    let f = build(json!({"path": dir, "size": 4096, "allow_protected_filesystem": true})).unwrap();
     let cx = Context::new("plan-ns", "run");
     let r = f.plan(&cx).unwrap();
     assert_eq!(r.mnt_ns, files::current_mnt_ns());
