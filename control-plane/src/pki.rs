@@ -307,7 +307,7 @@ pub(crate) fn make_ca() -> Result<(String, String, Issuer<'static, KeyPair>)> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    ca.not_before = rcgen::date_time_ymd(y, m, d) - time_day();
+    ca.not_before = rcgen::date_time_ymd(y, m, d) - back_date();
     ca.not_after = rcgen::date_time_ymd(y + 10, m, d);
     let ca_cert = ca.self_signed(&ca_key).map_err(cert_err)?;
     let ca_key_pem = ca_key.serialize_pem();
@@ -335,7 +335,7 @@ pub(crate) fn make_server_cert(
         .push(DnType::CommonName, names[0].as_str());
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     sp.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    sp.not_before = rcgen::date_time_ymd(y, m, d) - time_day();
+    sp.not_before = rcgen::date_time_ymd(y, m, d) - back_date();
     sp.not_after = rcgen::date_time_ymd(y + 5, m, d);
     let cert = sp.signed_by(&key, issuer).map_err(cert_err)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -371,8 +371,13 @@ pub(crate) fn url_for(names: &[String], port: u16) -> String {
     format!("https://{host}:{port}")
 }
 
-fn time_day() -> std::time::Duration {
-    std::time::Duration::from_secs(86_400)
+/// How far certificates are back-dated: 366 days. An agent checks the control plane's
+/// certificate against its host's wall clock, which a `time.offset` fault may move back; with
+/// a year of margin, shifts of up to a year back keep the agent talking to the control plane
+/// (forward, the five-year validity is the margin). Back-dating gives nobody anything: the
+/// CA is new, so nothing it signed can predate it.
+fn back_date() -> std::time::Duration {
+    std::time::Duration::from_secs(366 * 86_400)
 }
 
 /// Today's date (UTC) as (year, month, day), from the civil-from-days algorithm.
@@ -412,6 +417,49 @@ pub fn format_ms(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn certificates_hold_a_year_back_and_five_forward() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime};
+        let (ca_pem, _, server_pem, _) = make_certs(&["localhost".to_string()]).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let cert = CertificateDer::from_pem_slice(server_pem.as_bytes()).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let day = 86_400;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // As an agent sees it with its clock moved by a time.offset fault.
+        let at = |t: u64| {
+            verifier.verify_server_cert(
+                &cert,
+                &[],
+                &name,
+                &[],
+                UnixTime::since_unix_epoch(std::time::Duration::from_secs(t)),
+            )
+        };
+        assert!(at(now).is_ok());
+        assert!(
+            at(now - 365 * day).is_ok(),
+            "a year back: {:?}",
+            at(now - 365 * day)
+        );
+        assert!(at(now + 4 * 365 * day).is_ok(), "four years on");
+        assert!(at(now - 368 * day).is_err(), "not before the back-dating");
+        assert!(at(now + 6 * 365 * day).is_err(), "five years' validity");
+    }
 
     #[test]
     fn dates() {
