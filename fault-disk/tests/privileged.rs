@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use fault_core::testing::Ext4Loop;
 use fault_core::testing::{TempDir, Tmpfs};
@@ -28,6 +29,17 @@ fn df(path: &Path) -> (u64, f64) {
     let used = (st.f_blocks - st.f_bfree) * fr;
     let avail = st.f_bavail * fr;
     (avail, used as f64 * 100.0 / (used + avail) as f64)
+}
+
+/// A child process (`mount`, `mkfs.ext4`, `umount`) holds a copy of every open file of this
+/// process from its fork to its exec, another test's fill file included, and the space of
+/// that file is not returned until then: on a loaded machine a revert measured in that window
+/// sees its space still taken. Tests that measure what a revert returns hold this lock while
+/// a fill file may be open; tests that start children hold it while they do.
+static CHILDREN: Mutex<()> = Mutex::new(());
+
+fn no_children() -> MutexGuard<'static, ()> {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn cx() -> Context {
@@ -73,6 +85,7 @@ fn entries(dir: &Path) -> Vec<String> {
 #[test]
 fn fill_by_size_takes_the_space_and_revert_returns_it() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = tmpfs();
     let (before, _) = df(fs.path());
     let cx = cx();
@@ -113,6 +126,7 @@ fn fill_by_size_takes_the_space_and_revert_returns_it() {
 #[test]
 fn percent_fills_to_the_df_percentage() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = tmpfs();
     hog(&fs.path().join("existing"), 8 * MIB); // start at 12.5%
     let cx = cx();
@@ -122,7 +136,8 @@ fn percent_fills_to_the_df_percentage() {
     let (_, pct) = df(fs.path());
     assert!((pct - 50.0).abs() <= 1.0, "{pct}% used");
     DiskFill::revert(&r).unwrap();
-    assert!((df(fs.path()).1 - 12.5).abs() < 0.1);
+    let (_, after) = df(fs.path());
+    assert!((after - 12.5).abs() < 0.1, "{after}% used after the revert");
 }
 
 #[test]
@@ -143,6 +158,7 @@ fn percent_already_reached_is_refused_at_plan() {
 #[test]
 fn inject_twice_is_inject_once() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = tmpfs();
     let (before, _) = df(fs.path());
     let cx = cx();
@@ -176,6 +192,7 @@ fn inject_completes_a_fill_file_left_short() {
 #[test]
 fn revert_twice_and_from_a_journaled_receipt() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = tmpfs();
     let (before, _) = df(fs.path());
     let cx = cx();
@@ -274,6 +291,7 @@ fn reserve_violation_is_refused_at_plan() {
 #[test]
 fn enospc_during_inject_leaves_no_fill_file() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = tmpfs();
     let cx = cx();
     let f = fault(json!({"path": fs.path(), "size": "32MiB"}));
@@ -386,6 +404,7 @@ fn revert_refuses_to_delete_a_directory_or_symlink_at_the_fill_path() {
 #[test]
 fn read_only_filesystem_is_refused_at_plan() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = tmpfs();
     let ok = Command::new("mount")
         .args(["-o", "remount,ro"])
@@ -402,6 +421,7 @@ fn read_only_filesystem_is_refused_at_plan() {
 #[test]
 fn ext4_partial_allocation_on_enospc_is_removed() {
     fault_core::require_root!();
+    let _children = no_children();
     let Some(fs) = Ext4Loop::mount(32 * MIB) else {
         return;
     };
