@@ -1020,7 +1020,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chaos-control-group-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut store = SqliteStore::open(&dir.join("store.db")).unwrap();
-        store.add_agent("a1", "one", b"k", u64::MAX, 1).unwrap();
+        store.add_agent("a1", "one", b"k", 1_000_000, 1).unwrap();
         let runs = [
             ("r1".to_string(), "a1".to_string()),
             ("r2".to_string(), "a1".to_string()),
