@@ -601,7 +601,7 @@ impl PgStore {
         match tx.execute(
             "INSERT INTO runs(id, agent_id, name, experiment, lease_secs, state, created_at_ms,
                               delivered_at_ms)
-             SELECT v.r, v.a, $3, $4, $5, 'pending', $6, CASE WHEN v.h THEN $6 END
+             SELECT v.r, v.a, $3, $4, $5, 'pending', $6, CASE WHEN v.h THEN $6::bigint END
              FROM unnest($1::text[], $2::text[], $7::bool[]) AS v(r, a, h)",
             &[
                 &ids,
