@@ -1,12 +1,6 @@
 //! `chaos-control`: the reference control plane for chaos-agent, and its command line.
 //! See `chaos-control --help`.
 
-/// mimalloc instead of glibc malloc: with thousands of connections held, glibc's
-/// `_int_malloc` (bin searches and consolidation in a fragmented heap) was the largest
-/// single cost of a broadcast (docs/benchmarks.md, "Issue 13 (fleet speed)").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
