@@ -198,6 +198,8 @@ pub(super) async fn create_runs(
         }
     };
     let mut targets: Vec<(String, String)> = Vec::new();
+    // Agent ids already named (a broadcast names thousands: no quadratic search).
+    let mut named: HashSet<String> = HashSet::new();
     if problems.is_empty() {
         for (i, key) in req.agents.iter().enumerate() {
             let path = format!("agents[{i}]");
@@ -213,7 +215,7 @@ pub(super) async fn create_runs(
                         a.name, a.state
                     ),
                 }),
-                Some(a) if targets.iter().any(|(id, _)| *id == a.id) => problems.push(Problem {
+                Some(a) if named.contains(&a.id) => problems.push(Problem {
                     path,
                     message: format!("agent {} is named twice", a.name),
                 }),
@@ -224,6 +226,7 @@ pub(super) async fn create_runs(
                         .map(|k| crate::store::missing_kinds(k, &exp_json))
                         .unwrap_or_default();
                     if missing.is_empty() {
+                        named.insert(a.id.clone());
                         targets.push((a.id, a.name));
                     } else {
                         problems.push(Problem {
@@ -249,8 +252,11 @@ pub(super) async fn create_runs(
     }
     let lease = req.lease_secs.unwrap_or(app.settings.lease.as_secs());
     let exp_text = serde_json::to_string(&exp_json).map_err(internal)?;
+    // What a poll reading the store would hand out: the stored text, parsed.
+    let exp_stored: serde_json::Value = serde_json::from_str(&exp_text).map_err(internal)?;
+    let agent_ids: Vec<String> = targets.iter().map(|(id, _)| id.clone()).collect();
     let mut attempt = 0;
-    let runs = loop {
+    let (runs, handed, created) = loop {
         let runs: Vec<(String, String)> = targets
             .iter()
             .map(|(id, _)| (secrets::random_hex(4), id.clone()))
@@ -261,13 +267,17 @@ pub(super) async fn create_runs(
         if ids.len() != runs.len() {
             continue;
         }
+        // Agents whose long poll waits here get their run from memory, stored as handed
+        // out now (no store read and no delivery mark per agent).
+        let handed = app.waiting(&agent_ids);
+        let now = now_ms();
         match app.db(
-            |s| match s.create_runs(&runs, &name, &exp_text, lease, now_ms()) {
+            |s| match s.create_runs(&runs, &handed, &name, &exp_text, lease, now) {
                 Err(StoreError::Conflict(m)) => Ok(Err(m)),
                 other => other.map(Ok),
             },
         )? {
-            Ok(()) => break runs,
+            Ok(()) => break (runs, handed, now),
             Err(m) if attempt < 5 => {
                 attempt += 1;
                 tracing::debug!(%m, "run id collision; retrying");
@@ -276,8 +286,19 @@ pub(super) async fn create_runs(
         }
     };
     let mut out = Vec::with_capacity(runs.len());
-    for ((run_id, agent_id), (_, agent_name)) in runs.into_iter().zip(targets) {
-        app.wake(&agent_id);
+    for (((run_id, agent_id), (_, agent_name)), handed) in runs.into_iter().zip(targets).zip(handed)
+    {
+        if handed {
+            let task = chaos_protocol::agent::RunTask {
+                run_id: run_id.clone(),
+                experiment: exp_stored.clone(),
+                lease_secs: lease,
+                created_at_ms: created,
+            };
+            app.hand_over(&agent_id, task, created);
+        } else {
+            app.wake(&agent_id);
+        }
         tracing::info!(%run_id, %agent_id, experiment = %name, "run created");
         out.push(RunRef {
             run_id,

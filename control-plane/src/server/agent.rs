@@ -1,6 +1,7 @@
 //! The agents' calls: register, rotate, tasks (the long poll), status, logs, result.
 
 use super::*;
+use crate::store::{Write, Written};
 
 pub(super) async fn health() -> Json<Health> {
     Json(Health {
@@ -104,23 +105,59 @@ pub(super) async fn tasks(
         ));
     }
     let wait = Duration::from_secs(query_u64(&q, "wait", 0)?.min(MAX_WAIT_SECS));
-    let waker = app.waker(&id);
-    let woken = waker.notified();
+    let mailbox = app.mailbox(&id);
+    let woken = mailbox.notify.notified();
     tokio::pin!(woken);
     woken.as_mut().enable();
+    // Runs handed over to an earlier poll that ended before taking them: they are stored
+    // as delivered, but never reached the agent, so this poll answers at once.
+    let missed = {
+        let mut m = mailbox.lock();
+        m.stale = false;
+        !std::mem::take(&mut m.handed).is_empty()
+    };
     let redeliver = |now: u64| now.saturating_sub(ms(app.settings.redeliver_after));
     let (mut list, due, mut first) = app.db(|s| s.tasks_with_first(&id, redeliver(now_ms())))?;
-    if !due && !wait.is_zero() {
+    let mut from_memory = false;
+    if !due && !missed && !wait.is_zero() {
+        // Only a poll that holds nothing may take runs handed over at their creation.
+        let empty = list.is_empty();
+        if empty {
+            mailbox.lock().waiting += 1;
+        }
         let _held = app.metrics.long_poll();
         tokio::select! {
             _ = &mut woken => {}
             _ = tokio::time::sleep(wait) => {}
             _ = app.shutdown.wait() => {}
         }
-        (list, _, first) = app.db(|s| s.tasks_with_first(&id, redeliver(now_ms())))?;
+        let handed = if empty {
+            let mut m = mailbox.lock();
+            m.waiting = m.waiting.saturating_sub(1);
+            let handed = std::mem::take(&mut m.handed);
+            (!m.stale).then_some(handed)
+        } else {
+            None
+        };
+        match handed {
+            // Nothing else changed for this agent since the store said it had nothing:
+            // the answer is what was handed over (already stored as delivered).
+            Some(handed) if !handed.is_empty() => {
+                let now = now_ms();
+                list = Vec::with_capacity(handed.len());
+                for (task, created) in handed {
+                    app.metrics.dispatched(now.saturating_sub(created));
+                    list.push(chaos_protocol::agent::Task::Run(task));
+                }
+                from_memory = true;
+            }
+            _ => {
+                (list, _, first) = app.db(|s| s.tasks_with_first(&id, redeliver(now_ms())))?;
+            }
+        }
         app.saw(&id);
     }
-    if !list.is_empty() {
+    if !list.is_empty() && !from_memory {
         let now = now_ms();
         app.db(|s| s.mark_delivered(&list, now))?;
         for created in first {
@@ -144,7 +181,17 @@ pub(super) async fn status(
         .iter()
         .map(|f| (f.fault_id.as_str(), f.step, f.kind.as_str()));
     app.check_faults(&run, "faults", reported)?;
-    let (state, abort) = app.db(|s| s.update_status(&run, &up, now_ms()))?;
+    let (state, abort) = match app
+        .durable(Write::Status {
+            run_id: run.clone(),
+            update: up,
+            now: now_ms(),
+        })
+        .await?
+    {
+        Written::State(s, a) => (s, a),
+        Written::Logs(..) => return Err(internal("the store answered a status with log counts")),
+    };
     app.logs_changed.notify_waiters();
     tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), "run status");
     let abort_reason = app.abort_reason(&run, abort)?;
@@ -166,7 +213,16 @@ pub(super) async fn logs(
     batch
         .validate()
         .map_err(|e| ApiErr::from_invalid("log batch", e))?;
-    let (accepted, duplicates) = app.db(|s| s.append_logs(&run, &batch.lines))?;
+    let (accepted, duplicates) = match app
+        .durable(Write::Logs {
+            run_id: run.clone(),
+            lines: batch.lines,
+        })
+        .await?
+    {
+        Written::Logs(a, d) => (a, d),
+        Written::State(..) => return Err(internal("the store answered log lines with a state")),
+    };
     let owner = app.db(|s| s.run_owner(&run))?;
     let abort_requested = owner.as_ref().is_some_and(|o| o.abort_requested);
     let abort_reason = owner.and_then(|o| o.abort_reason);
@@ -205,9 +261,20 @@ pub(super) async fn result(
             .map(move |f| (f.fault_id.as_str(), si as u32, f.kind.as_str()))
     });
     app.check_faults(&run, "steps[].faults", reported)?;
-    let (state, abort) = app.db(|s| s.store_result(&run, &res, now_ms()))?;
+    let host_clean = res.host_clean();
+    let (state, abort) = match app
+        .durable(Write::Result {
+            run_id: run.clone(),
+            result: res,
+            now: now_ms(),
+        })
+        .await?
+    {
+        Written::State(s, a) => (s, a),
+        Written::Logs(..) => return Err(internal("the store answered a result with log counts")),
+    };
     app.logs_changed.notify_waiters();
-    tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), host_clean = res.host_clean(), "run result");
+    tracing::info!(run_id = %run, agent_id = %auth.agent_id, state = state.as_str(), host_clean, "run result");
     let abort_reason = app.abort_reason(&run, abort)?;
     Ok(Json(StatusResponse {
         run_id: run,

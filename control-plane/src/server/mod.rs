@@ -57,6 +57,7 @@ use crate::{Error, Result};
 mod admin;
 mod agent;
 mod extract;
+mod group;
 mod serve;
 
 use admin::*;
@@ -142,15 +143,43 @@ impl Shutdown {
     }
 }
 
+/// One agent's long polls on this replica: the wake-up, and the runs handed over at their
+/// creation to a poll waiting here (so the woken poll answers them without reading the
+/// store; the store has them already, marked delivered).
+#[derive(Debug, Default)]
+struct Mailbox {
+    notify: Notify,
+    state: Mutex<MailState>,
+}
+
+#[derive(Debug, Default)]
+struct MailState {
+    /// Polls waiting now that held nothing when they started (only those take handed runs).
+    waiting: u32,
+    /// Runs created for a waiting poll, with their creation times, for the next answer.
+    handed: Vec<(chaos_protocol::agent::RunTask, u64)>,
+    /// Something else changed for this agent (an abort, a revocation, another replica's
+    /// run, a run created while no poll was waiting): the next answer reads the store.
+    stale: bool,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Shared state of the server.
 pub struct App {
-    store: Mutex<Store>,
+    store: Arc<Mutex<Store>>,
+    /// Group commit of the writes agents wait for (SQLite only; see `group.rs`).
+    committer: Option<group::CommitHandle>,
     /// The store is PostgreSQL: its calls block on the network (see [`App::db`]).
     remote_store: bool,
     settings: Settings,
     admin_hash: Vec<u8>,
     registry: fault_core::Registry,
-    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    wakers: Mutex<HashMap<String, Arc<Mailbox>>>,
     logs_changed: Notify,
     seen: Mutex<HashMap<String, u64>>,
     lost: Mutex<HashSet<String>>,
@@ -297,9 +326,20 @@ impl App {
         let admin_hash = store.meta(ADMIN_HASH_KEY)?.ok_or_else(|| {
             Error::msg("the store has no admin token: run `chaos-control init` first")
         })?;
+        let remote_store = store.is_postgres();
+        let store = Arc::new(Mutex::new(store));
+        let committer = if remote_store {
+            None
+        } else {
+            Some(
+                group::Committer::start(store.clone())
+                    .map_err(|e| Error(format!("cannot start the store's committer: {e}")))?,
+            )
+        };
         Ok(App {
-            remote_store: store.is_postgres(),
-            store: Mutex::new(store),
+            remote_store,
+            store,
+            committer,
             settings,
             admin_hash,
             registry: crate::registry(),
@@ -318,6 +358,20 @@ impl App {
         f: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send,
     ) -> Result<T, ApiErr> {
         self.with_store(f).map_err(store_err)
+    }
+
+    /// A write the agent waits for: with SQLite committed with others queued meanwhile
+    /// (one fsync for the group, see `group.rs`), with PostgreSQL on its own. Answered only
+    /// once committed.
+    async fn durable(&self, w: crate::store::Write) -> Result<crate::store::Written, ApiErr> {
+        match &self.committer {
+            Some(c) => c.write(w).await.map_err(store_err),
+            None => self.db(|s| {
+                s.write_group(std::slice::from_ref(&w))?
+                    .pop()
+                    .unwrap_or_else(|| Err(StoreError::NotFound("no write".into())))
+            }),
+        }
     }
 
     /// Run `f` on the store. A PostgreSQL call waits on the network with its own small
@@ -351,8 +405,9 @@ impl App {
     /// what changed).
     fn wake_all(&self) {
         let w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        for n in w.values() {
-            n.notify_waiters();
+        for m in w.values() {
+            m.lock().stale = true;
+            m.notify.notify_waiters();
         }
         drop(w);
         self.logs_changed.notify_waiters();
@@ -369,16 +424,42 @@ impl App {
         }
     }
 
-    fn waker(&self, agent_id: &str) -> Arc<Notify> {
+    fn mailbox(&self, agent_id: &str) -> Arc<Mailbox> {
         let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         w.entry(agent_id.to_string()).or_default().clone()
     }
 
+    /// Wake the agent's long polls held here; they read the store for what changed.
     fn wake(&self, agent_id: &str) {
-        let w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = w.get(agent_id) {
-            n.notify_waiters();
+        let m = self
+            .wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent_id)
+            .cloned();
+        if let Some(m) = m {
+            m.lock().stale = true;
+            m.notify.notify_waiters();
         }
+    }
+
+    /// Which of `agents` have a long poll waiting here with nothing in hand: their new runs
+    /// are handed over from memory (see [`App::hand_over`]).
+    fn waiting(&self, agents: &[String]) -> Vec<bool> {
+        let w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        agents
+            .iter()
+            .map(|a| w.get(a).is_some_and(|m| m.lock().waiting > 0))
+            .collect()
+    }
+
+    /// Give a run, created (and stored as delivered) for a poll that was waiting, to that
+    /// poll. Should the poll have ended meanwhile, the next poll finds the run still in hand
+    /// and answers at once, from the store.
+    fn hand_over(&self, agent_id: &str, task: chaos_protocol::agent::RunTask, created: u64) {
+        let m = self.mailbox(agent_id);
+        m.lock().handed.push((task, created));
+        m.notify.notify_waiters();
     }
 
     fn saw(&self, agent_id: &str) {

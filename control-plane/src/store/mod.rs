@@ -60,6 +60,46 @@ impl std::error::Error for StoreError {}
 /// Result of store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A write an agent waits for (its answer says it is stored): one of a group committed
+/// together, see [`Store::write_group`].
+#[derive(Debug)]
+pub enum Write {
+    /// [`Store::update_status`].
+    Status {
+        /// The run.
+        run_id: String,
+        /// What the agent reported.
+        update: StatusUpdate,
+        /// When.
+        now: u64,
+    },
+    /// [`Store::append_logs`].
+    Logs {
+        /// The run.
+        run_id: String,
+        /// The lines.
+        lines: Vec<LogLine>,
+    },
+    /// [`Store::store_result`].
+    Result {
+        /// The run.
+        run_id: String,
+        /// The result.
+        result: RunResult,
+        /// When.
+        now: u64,
+    },
+}
+
+/// What a [`Write`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// A status or result: the run's state now, and whether an abort was asked.
+    State(RunState, bool),
+    /// Log lines: accepted, duplicates.
+    Logs(u32, u32),
+}
+
 /// What a token lookup finds.
 #[derive(Debug, Clone)]
 pub struct TokenRow {
@@ -438,16 +478,20 @@ impl Store {
     }
 
     /// Create runs (one per agent) in one transaction. `ids` must be fresh; a collision
-    /// returns `Conflict` and nothing is stored.
+    /// returns `Conflict` and nothing is stored. `handed[i]`: run `i` is handed out now,
+    /// at its creation (its agent's long poll is waiting here and takes it from memory), so
+    /// it is stored as delivered at `now` (re-delivered after `redeliver_after` if not
+    /// acknowledged, as any task handed out).
     pub fn create_runs(
         &mut self,
         runs: &[(String, String)],
+        handed: &[bool],
         name: &str,
         experiment: &str,
         lease_secs: u64,
         now: u64,
     ) -> Result<()> {
-        each!(self, s => s.create_runs(runs, name, experiment, lease_secs, now))
+        each!(self, s => s.create_runs(runs, handed, name, experiment, lease_secs, now))
     }
 
     /// Fail the runs waiting for `agent_id` that need a kind it no longer offers.
@@ -488,6 +532,39 @@ impl Store {
         now: u64,
     ) -> Result<(RunState, bool)> {
         each!(self, s => s.update_status(run_id, update, now))
+    }
+
+    /// Apply `writes` and commit them together: on SQLite one transaction (one fsync), each
+    /// write in its own savepoint, so a refused write (a conflict) leaves the others in;
+    /// on PostgreSQL one transaction each. The outer error (the commit failed) means none
+    /// is stored; otherwise each write's own result, in order. Nothing here is durable
+    /// before this returns.
+    pub fn write_group(&mut self, writes: &[Write]) -> Result<Vec<Result<Written>>> {
+        match self {
+            Store::Sqlite(s) => s.write_group(writes),
+            Store::Postgres(s) => Ok(writes
+                .iter()
+                .map(|w| match w {
+                    Write::Status {
+                        run_id,
+                        update,
+                        now,
+                    } => s
+                        .update_status(run_id, update, *now)
+                        .map(|(st, a)| Written::State(st, a)),
+                    Write::Logs { run_id, lines } => s
+                        .append_logs(run_id, lines)
+                        .map(|(a, d)| Written::Logs(a, d)),
+                    Write::Result {
+                        run_id,
+                        result,
+                        now,
+                    } => s
+                        .store_result(run_id, result, *now)
+                        .map(|(st, a)| Written::State(st, a)),
+                })
+                .collect()),
+        }
     }
 
     /// Store log lines; lines whose `seq` is already held are ignored.

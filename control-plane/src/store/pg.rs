@@ -685,6 +685,7 @@ impl PgStore {
     pub fn create_runs(
         &mut self,
         runs: &[(String, String)],
+        handed: &[bool],
         name: &str,
         experiment: &str,
         lease_secs: u64,
@@ -692,12 +693,24 @@ impl PgStore {
     ) -> Result<()> {
         let ids: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
         let agents: Vec<&str> = runs.iter().map(|r| r.1.as_str()).collect();
+        let handed: Vec<bool> = (0..runs.len())
+            .map(|k| handed.get(k).copied().unwrap_or(false))
+            .collect();
         let mut tx = self.client()?.transaction()?;
         match tx.execute(
-            "INSERT INTO runs(id, agent_id, name, experiment, lease_secs, state, created_at_ms)
-             SELECT v.r, v.a, $3, $4, $5, 'pending', $6
-             FROM unnest($1::text[], $2::text[]) AS v(r, a)",
-            &[&ids, &agents, &name, &experiment, &i(lease_secs), &i(now)],
+            "INSERT INTO runs(id, agent_id, name, experiment, lease_secs, state, created_at_ms,
+                              delivered_at_ms)
+             SELECT v.r, v.a, $3, $4, $5, 'pending', $6, CASE WHEN v.h THEN $6::bigint END
+             FROM unnest($1::text[], $2::text[], $7::bool[]) AS v(r, a, h)",
+            &[
+                &ids,
+                &agents,
+                &name,
+                &experiment,
+                &i(lease_secs),
+                &i(now),
+                &handed,
+            ],
         ) {
             Err(e) if unique_violation(&e) => {
                 return Err(StoreError::Conflict("a run id is taken".into()))

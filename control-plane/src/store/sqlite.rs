@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     missing_kinds, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
-    StoreError, TokenRow,
+    StoreError, TokenRow, Write, Written,
 };
 
 const SCHEMA: &str = "
@@ -257,13 +257,13 @@ impl SqliteStore {
 
     /// An agent by id or name.
     pub fn find_agent(&self, id_or_name: &str) -> Result<Option<AgentRow>> {
+        // Cached: a run for thousands of agents looks each one up.
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {AGENT_COLS} FROM agents WHERE id=?1 OR name=?1"),
-                params![id_or_name],
-                agent_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {AGENT_COLS} FROM agents WHERE id=?1 OR name=?1"
+            ))?
+            .query_row(params![id_or_name], agent_row)
             .optional()?)
     }
 
@@ -437,6 +437,7 @@ impl SqliteStore {
     pub fn create_runs(
         &mut self,
         runs: &[(String, String)],
+        handed: &[bool],
         name: &str,
         experiment: &str,
         lease_secs: u64,
@@ -446,14 +447,18 @@ impl SqliteStore {
         {
             let mut exists = tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM runs WHERE id=?1)")?;
             let mut ins = tx.prepare_cached(
-                "INSERT INTO runs(id, agent_id, name, experiment, lease_secs, state, created_at_ms)
-                 VALUES(?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
+                "INSERT INTO runs(id, agent_id, name, experiment, lease_secs, state, created_at_ms,
+                                  delivered_at_ms)
+                 VALUES(?1, ?2, ?3, ?4, ?5, 'pending', ?6, CASE WHEN ?7 THEN ?6 END)",
             )?;
-            for (run_id, agent_id) in runs {
+            for (i, (run_id, agent_id)) in runs.iter().enumerate() {
                 if exists.query_row(params![run_id], |r| r.get::<_, bool>(0))? {
                     return Err(StoreError::Conflict(format!("run id {run_id} is taken")));
                 }
-                ins.execute(params![run_id, agent_id, name, experiment, lease_secs, now])?;
+                let handed = handed.get(i).copied().unwrap_or(false);
+                ins.execute(params![
+                    run_id, agent_id, name, experiment, lease_secs, now, handed
+                ])?;
             }
         }
         tx.commit()?;
@@ -577,14 +582,12 @@ impl SqliteStore {
         let tx = self.conn.transaction()?;
         for t in tasks {
             match t {
-                Task::Run(r) => tx.execute(
-                    "UPDATE runs SET delivered_at_ms=?2 WHERE id=?1",
-                    params![r.run_id, now],
-                )?,
-                Task::Abort(a) => tx.execute(
-                    "UPDATE runs SET abort_delivered_at_ms=?2 WHERE id=?1",
-                    params![a.run_id, now],
-                )?,
+                Task::Run(r) => tx
+                    .prepare_cached("UPDATE runs SET delivered_at_ms=?2 WHERE id=?1")?
+                    .execute(params![r.run_id, now])?,
+                Task::Abort(a) => tx
+                    .prepare_cached("UPDATE runs SET abort_delivered_at_ms=?2 WHERE id=?1")?
+                    .execute(params![a.run_id, now])?,
             };
         }
         tx.commit()?;
@@ -628,80 +631,17 @@ impl SqliteStore {
         now: u64,
     ) -> Result<(RunState, bool)> {
         let tx = self.conn.transaction()?;
-        let (state, abort): (String, bool) = tx.query_row(
-            "SELECT state, abort_requested_at_ms IS NOT NULL FROM runs WHERE id=?1",
-            params![run_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        let state = state_of(state);
-        if state.is_terminal() {
-            if state == update.state {
-                return Ok((state, abort));
-            }
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {}; it cannot become {}",
-                state.as_str(),
-                update.state.as_str()
-            )));
-        }
-        let new = update.state;
-        tx.execute(
-            "UPDATE runs SET state=?2,
-                started_at_ms = COALESCE(started_at_ms, ?3),
-                finished_at_ms = CASE WHEN ?4 THEN ?3 ELSE finished_at_ms END,
-                step = COALESCE(?5, step),
-                message = COALESCE(?6, message)
-             WHERE id=?1",
-            params![
-                run_id,
-                new.as_str(),
-                now,
-                new.is_terminal(),
-                update.step,
-                update.message
-            ],
-        )?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT INTO run_faults(run_id, fault_id, step, kind, state, detail, updated_at_ms)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT(run_id, fault_id) DO UPDATE SET step=excluded.step,
-                    kind=excluded.kind, state=excluded.state, detail=excluded.detail,
-                    updated_at_ms=excluded.updated_at_ms",
-            )?;
-            for f in &update.faults {
-                let fs = serde_json::to_value(f.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                st.execute(params![
-                    run_id, f.fault_id, f.step, f.kind, fs, f.detail, now
-                ])?;
-            }
-        }
+        let r = update_status_in(&tx, run_id, update, now)?;
         tx.commit()?;
-        Ok((new, abort))
+        Ok(r)
     }
 
     /// Store log lines; lines whose `seq` is already held are ignored.
     pub fn append_logs(&mut self, run_id: &str, lines: &[LogLine]) -> Result<(u32, u32)> {
         let tx = self.conn.transaction()?;
-        let mut accepted = 0;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR IGNORE INTO logs(run_id, seq, at_ms, level, message)
-                 VALUES(?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for l in lines {
-                let level = serde_json::to_value(l.level)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                accepted += st.execute(params![run_id, l.seq, l.at_ms, level, l.message])? as u32;
-            }
-        }
+        let r = append_logs_in(&tx, run_id, lines)?;
         tx.commit()?;
-        Ok((accepted, lines.len() as u32 - accepted))
+        Ok(r)
     }
 
     /// Store the final result. The same result again is fine; a different one is a conflict.
@@ -712,37 +652,42 @@ impl SqliteStore {
         now: u64,
     ) -> Result<(RunState, bool)> {
         let tx = self.conn.transaction()?;
-        let (state, abort, stored): (String, bool, Option<String>) = tx.query_row(
-            "SELECT state, abort_requested_at_ms IS NOT NULL, result FROM runs WHERE id=?1",
-            params![run_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        let state = state_of(state);
-        let new = result.outcome.state();
-        if let Some(stored) = stored {
-            let same = serde_json::from_str::<RunResult>(&stored).ok().as_ref() == Some(result);
-            if same {
-                return Ok((state, abort));
-            }
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} already has a different result"
-            )));
-        }
-        if state.is_terminal() && state != new {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {}; a result of {} contradicts it",
-                state.as_str(),
-                new.as_str()
-            )));
-        }
-        let json = serde_json::to_string(result).unwrap_or_default();
-        tx.execute(
-            "UPDATE runs SET state=?2, result=?3, started_at_ms=COALESCE(started_at_ms, ?4),
-                finished_at_ms=COALESCE(finished_at_ms, ?4) WHERE id=?1",
-            params![run_id, new.as_str(), json, now],
-        )?;
+        let r = store_result_in(&tx, run_id, result, now)?;
         tx.commit()?;
-        Ok((new, abort))
+        Ok(r)
+    }
+
+    /// See [`super::Store::write_group`]: one transaction, one commit (one fsync), each
+    /// write in a savepoint of its own (rolled back alone when it is refused).
+    pub fn write_group(&mut self, writes: &[Write]) -> Result<Vec<Result<Written>>> {
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(writes.len());
+        for w in writes {
+            let sp = tx.savepoint()?;
+            let r = match w {
+                Write::Status {
+                    run_id,
+                    update,
+                    now,
+                } => update_status_in(&sp, run_id, update, *now).map(|(s, a)| Written::State(s, a)),
+                Write::Logs { run_id, lines } => {
+                    append_logs_in(&sp, run_id, lines).map(|(a, d)| Written::Logs(a, d))
+                }
+                Write::Result {
+                    run_id,
+                    result,
+                    now,
+                } => store_result_in(&sp, run_id, result, *now).map(|(s, a)| Written::State(s, a)),
+            };
+            if r.is_ok() {
+                sp.commit()?;
+            } // else: dropped, rolled back
+            out.push(r);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Ask for an abort. A run never handed out is aborted at once.
@@ -892,6 +837,121 @@ impl SqliteStore {
     }
 }
 
+/// [`SqliteStore::update_status`] inside the caller's transaction (or savepoint).
+fn update_status_in(
+    c: &Connection,
+    run_id: &str,
+    update: &StatusUpdate,
+    now: u64,
+) -> Result<(RunState, bool)> {
+    let (state, abort): (String, bool) = c
+        .prepare_cached("SELECT state, abort_requested_at_ms IS NOT NULL FROM runs WHERE id=?1")?
+        .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let state = state_of(state);
+    if state.is_terminal() {
+        if state == update.state {
+            return Ok((state, abort));
+        }
+        return Err(StoreError::Conflict(format!(
+            "run {run_id} is already {}; it cannot become {}",
+            state.as_str(),
+            update.state.as_str()
+        )));
+    }
+    let new = update.state;
+    c.prepare_cached(
+        "UPDATE runs SET state=?2,
+            started_at_ms = COALESCE(started_at_ms, ?3),
+            finished_at_ms = CASE WHEN ?4 THEN ?3 ELSE finished_at_ms END,
+            step = COALESCE(?5, step),
+            message = COALESCE(?6, message)
+         WHERE id=?1",
+    )?
+    .execute(params![
+        run_id,
+        new.as_str(),
+        now,
+        new.is_terminal(),
+        update.step,
+        update.message
+    ])?;
+    if !update.faults.is_empty() {
+        let mut st = c.prepare_cached(
+            "INSERT INTO run_faults(run_id, fault_id, step, kind, state, detail, updated_at_ms)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(run_id, fault_id) DO UPDATE SET step=excluded.step,
+                kind=excluded.kind, state=excluded.state, detail=excluded.detail,
+                updated_at_ms=excluded.updated_at_ms",
+        )?;
+        for f in &update.faults {
+            let fs = serde_json::to_value(f.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            st.execute(params![
+                run_id, f.fault_id, f.step, f.kind, fs, f.detail, now
+            ])?;
+        }
+    }
+    Ok((new, abort))
+}
+
+/// [`SqliteStore::append_logs`] inside the caller's transaction (or savepoint).
+fn append_logs_in(c: &Connection, run_id: &str, lines: &[LogLine]) -> Result<(u32, u32)> {
+    let mut accepted = 0;
+    let mut st = c.prepare_cached(
+        "INSERT OR IGNORE INTO logs(run_id, seq, at_ms, level, message)
+         VALUES(?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for l in lines {
+        let level = serde_json::to_value(l.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        accepted += st.execute(params![run_id, l.seq, l.at_ms, level, l.message])? as u32;
+    }
+    Ok((accepted, lines.len() as u32 - accepted))
+}
+
+/// [`SqliteStore::store_result`] inside the caller's transaction (or savepoint).
+fn store_result_in(
+    c: &Connection,
+    run_id: &str,
+    result: &RunResult,
+    now: u64,
+) -> Result<(RunState, bool)> {
+    let (state, abort, stored): (String, bool, Option<String>) = c
+        .prepare_cached(
+            "SELECT state, abort_requested_at_ms IS NOT NULL, result FROM runs WHERE id=?1",
+        )?
+        .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let state = state_of(state);
+    let new = result.outcome.state();
+    if let Some(stored) = stored {
+        let same = serde_json::from_str::<RunResult>(&stored).ok().as_ref() == Some(result);
+        if same {
+            return Ok((state, abort));
+        }
+        return Err(StoreError::Conflict(format!(
+            "run {run_id} already has a different result"
+        )));
+    }
+    if state.is_terminal() && state != new {
+        return Err(StoreError::Conflict(format!(
+            "run {run_id} is already {}; a result of {} contradicts it",
+            state.as_str(),
+            new.as_str()
+        )));
+    }
+    let json = serde_json::to_string(result).unwrap_or_default();
+    c.prepare_cached(
+        "UPDATE runs SET state=?2, result=?3, started_at_ms=COALESCE(started_at_ms, ?4),
+            finished_at_ms=COALESCE(finished_at_ms, ?4) WHERE id=?1",
+    )?
+    .execute(params![run_id, new.as_str(), json, now])?;
+    Ok((new, abort))
+}
+
 fn summary_row(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     Ok(RunSummary {
         run_id: r.get(0)?,
@@ -944,5 +1004,74 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         // 2 = FULL: WAL commits are fsync'd (NORMAL, 1, may lose the last ones on power loss)
         assert_eq!((journal.as_str(), sync.as_str()), ("wal", "2"));
+    }
+
+    fn status(state: RunState) -> StatusUpdate {
+        StatusUpdate {
+            state,
+            step: None,
+            faults: Vec::new(),
+            message: None,
+        }
+    }
+
+    #[test]
+    fn a_group_commit_keeps_each_writes_own_result() {
+        let dir = std::env::temp_dir().join(format!("chaos-control-group-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut store = SqliteStore::open(&dir.join("store.db")).unwrap();
+        store.add_agent("a1", "one", b"k", 1_000_000, 1).unwrap();
+        let runs = [
+            ("r1".to_string(), "a1".to_string()),
+            ("r2".to_string(), "a1".to_string()),
+        ];
+        // r2 is handed out at creation: stored as delivered, so not due again at once.
+        store
+            .create_runs(&runs, &[false, true], "x", "{}", 60, 100)
+            .unwrap();
+        let (tasks, due) = store.tasks_for("a1", 50).unwrap();
+        assert_eq!((tasks.len(), due), (2, true));
+        store.mark_delivered(&tasks[..1], 100).unwrap();
+        assert!(!store.tasks_for("a1", 50).unwrap().1);
+        store
+            .update_status("r2", &status(RunState::Completed), 101)
+            .unwrap();
+        let line = LogLine {
+            seq: 1,
+            at_ms: 102,
+            level: chaos_protocol::run::LogLevel::Info,
+            message: "hello".into(),
+        };
+        let out = store
+            .write_group(&[
+                Write::Status {
+                    run_id: "r1".into(),
+                    update: status(RunState::Running),
+                    now: 102,
+                },
+                // A terminal state is final: refused, alone.
+                Write::Status {
+                    run_id: "r2".into(),
+                    update: status(RunState::Running),
+                    now: 102,
+                },
+                Write::Logs {
+                    run_id: "r1".into(),
+                    lines: vec![line.clone(), line],
+                },
+            ])
+            .unwrap();
+        assert!(matches!(
+            out[0],
+            Ok(Written::State(RunState::Running, false))
+        ));
+        assert!(matches!(out[1], Err(StoreError::Conflict(_))));
+        assert!(matches!(out[2], Ok(Written::Logs(1, 1))));
+        let owner = |r: &str| store.run_owner(r).unwrap().unwrap().state;
+        assert_eq!(owner("r1"), RunState::Running);
+        assert_eq!(owner("r2"), RunState::Completed);
+        assert_eq!(store.logs_after("r1", 0, 10).unwrap().len(), 1);
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
