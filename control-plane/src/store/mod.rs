@@ -14,6 +14,7 @@ use chaos_protocol::run::{LogLine, RunResult, RunState, StatusUpdate};
 
 mod migrate;
 pub mod pg;
+pub(crate) mod rules;
 mod sqlite;
 
 pub use self::migrate::{sqlite_to_postgres, Copied};

@@ -8,22 +8,23 @@
 //! long poll it holds, new log lines for a follower) is sent with `NOTIFY` inside the same
 //! transaction, so it is delivered when, and only if, the change commits: see [`listen`].
 
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use chaos_protocol::admin::{RunDetail, RunSummary};
-use chaos_protocol::agent::{AbortTask, RunTask, Task};
+use chaos_protocol::agent::Task;
 use chaos_protocol::run::{FaultStatus, LogLine, RunResult, RunState, StatusUpdate};
-use postgres::config::SslMode;
 use postgres::error::SqlState;
-use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls, Row};
-use tokio_postgres_rustls::MakeRustlsConnect;
+use postgres::{Client, Row};
+
+mod conn;
+mod listen;
+
+pub use conn::{describe, redact, PgTarget};
+pub use listen::{listen, Heard};
 
 use super::{
-    missing_kinds, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
+    rules, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
     StoreError, TokenRow,
 };
 
@@ -101,161 +102,6 @@ CREATE TABLE IF NOT EXISTS logs (
     PRIMARY KEY (run_id, seq)
 );
 ";
-
-/// The URL with its password (in the user part or a `password=` parameter) replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = &out[scheme_end + 3..];
-        let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..auth_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                let (a, b) = (scheme_end + 3 + colon + 1, scheme_end + 3 + at);
-                out.replace_range(a..b, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => p.to_string(),
-            })
-            .collect();
-        out = format!("{base}{}", query.join("&"));
-    }
-    out
-}
-
-/// A PostgreSQL database: its URL (`postgres://user:password@host:port/dbname`), and the CA
-/// that signs its server certificate when the connection is to use TLS.
-#[derive(Clone, PartialEq, Eq)]
-pub struct PgTarget {
-    /// The URL (holds the password: print it only through [`redact`]).
-    pub url: String,
-    /// PEM file of the CA certificate(s) PostgreSQL's certificate must chain to. Given, the
-    /// connection is TLS (rustls; the host name or address of the URL must be in the
-    /// certificate) and never falls back to plain text.
-    pub ca: Option<std::path::PathBuf>,
-}
-
-impl std::fmt::Debug for PgTarget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgTarget")
-            .field("url", &redact(&self.url))
-            .field("ca", &self.ca)
-            .finish()
-    }
-}
-
-impl PgTarget {
-    /// Check the URL, and the CA file when one is given, without connecting.
-    pub fn check(&self) -> Result<()> {
-        self.config()?;
-        self.tls()?;
-        Ok(())
-    }
-
-    /// The client configuration: with a CA, TLS is required (`sslmode=disable` with a CA is
-    /// refused; without a CA, `sslmode=require` is refused: nothing to check the server's
-    /// certificate against).
-    fn config(&self) -> Result<Config> {
-        let mut c = config(&self.url)?;
-        match (c.get_ssl_mode(), &self.ca) {
-            (SslMode::Disable, Some(_)) => {
-                return Err(StoreError::Conflict(
-                    "the database URL says sslmode=disable, but --database-ca asks for TLS".into(),
-                ))
-            }
-            (SslMode::Require, None) => {
-                return Err(StoreError::Conflict(
-                    "the database URL says sslmode=require: give --database-ca with the CA \
-                     certificate that signs PostgreSQL's server certificate"
-                        .into(),
-                ))
-            }
-            (_, Some(_)) => {
-                c.ssl_mode(SslMode::Require);
-            }
-            _ => {
-                // No CA: plain text (prefer would try TLS with nothing to verify it by).
-                c.ssl_mode(SslMode::Disable);
-            }
-        }
-        Ok(c)
-    }
-
-    fn tls(&self) -> Result<Option<MakeRustlsConnect>> {
-        let Some(ca) = &self.ca else { return Ok(None) };
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::CertificateDer;
-        let bad = |m: String| StoreError::Conflict(format!("--database-ca {}: {m}", ca.display()));
-        let pem = std::fs::read(ca).map_err(|e| bad(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(&pem) {
-            let c = c.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
-            roots
-                .add(c)
-                .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("holds no certificate".into()));
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Some(MakeRustlsConnect::new(cfg)))
-    }
-
-    fn connect(&self) -> Result<Client> {
-        let c = self.config()?;
-        Ok(match self.tls()? {
-            Some(tls) => c.connect(tls)?,
-            None => c.connect(NoTls)?,
-        })
-    }
-}
-
-fn config(url: &str) -> Result<Config> {
-    let mut c = Config::from_str(url).map_err(|e| {
-        StoreError::Conflict(format!(
-            "{} is not a PostgreSQL URL the client reads: {e}",
-            redact(url)
-        ))
-    })?;
-    if c.get_connect_timeout().is_none() {
-        c.connect_timeout(Duration::from_secs(10));
-    }
-    if c.get_application_name().is_none() {
-        c.application_name("chaos-control");
-    }
-    Ok(c)
-}
-
-/// One line saying what PostgreSQL answered (its code and message), without the URL.
-pub fn describe(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(x) = src {
-                let t = x.to_string();
-                if !s.contains(&t) {
-                    s = format!("{s}: {t}");
-                }
-                src = x.source();
-            }
-            s
-        }
-    }
-}
 
 fn unique_violation(e: &postgres::Error) -> bool {
     e.code() == Some(&SqlState::UNIQUE_VIOLATION)
@@ -540,11 +386,7 @@ impl PgStore {
         if gou(&row, 2)?.unwrap_or(0) <= now {
             return Ok(Err(RegisterRefusal::Expired));
         }
-        let machine_id = serde_json::from_str::<serde_json::Value>(host_json)
-            .ok()
-            .and_then(|h| h.get("machine_id")?.as_str().map(str::to_string))
-            .filter(|m| !m.is_empty());
-        if let Some(machine_id) = machine_id {
+        if let Some(machine_id) = rules::machine_id(host_json) {
             // One registration per machine at a time, across replicas.
             tx.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('machine:' || $1))",
@@ -741,17 +583,9 @@ impl PgStore {
         for r in &rows {
             let (run_id, exp) = (gs(r, 0)?, gs(r, 1)?);
             let exp: serde_json::Value = serde_json::from_str(&exp).unwrap_or_default();
-            let missing = missing_kinds(&offered, &exp);
-            if missing.is_empty() {
+            let Some(message) = rules::unrunnable(&agent, &offered, &exp) else {
                 continue;
-            }
-            let message = format!(
-                "agent {} registered again without kind(s) {} (it now offers: {}); the run \
-                 was not sent. `chaos-agent doctor` on that host says why",
-                agent.name,
-                missing.join(", "),
-                offered.join(", ")
-            );
+            };
             tx.execute(
                 "UPDATE runs SET state='failed', finished_at_ms=$2, message=$3 WHERE id=$1",
                 &[&run_id, &i(now), &message],
@@ -779,36 +613,23 @@ impl PgStore {
              ORDER BY created_at_ms",
             &[&agent_id],
         )?;
-        let mut tasks = Vec::new();
-        let mut first = Vec::new();
-        let mut due = false;
-        let is_due = |t: Option<u64>| t.is_none_or(|t| t < redeliver_before_ms);
-        for r in &rows {
-            let run_id = gs(r, 0)?;
-            let state = gs(r, 8)?;
-            if let Some(at) = gou(r, 5)? {
-                due |= is_due(gou(r, 7)?);
-                tasks.push(Task::Abort(AbortTask {
-                    run_id,
-                    reason: gos(r, 6)?.unwrap_or_default(),
-                    requested_at_ms: at,
-                }));
-            } else if state == "pending" {
-                let delivered = gou(r, 4)?;
-                due |= is_due(delivered);
-                let created = gu(r, 3)?;
-                if delivered.is_none() {
-                    first.push(created);
-                }
-                tasks.push(Task::Run(RunTask {
-                    run_id,
-                    experiment: serde_json::from_str(&gs(r, 1)?).unwrap_or_default(),
+        let rows = rows
+            .iter()
+            .map(|r| {
+                Ok(rules::TaskRow {
+                    run_id: gs(r, 0)?,
+                    experiment: gs(r, 1)?,
                     lease_secs: gu(r, 2)?,
-                    created_at_ms: created,
-                }));
-            }
-        }
-        Ok((tasks, due, first))
+                    created_at_ms: gu(r, 3)?,
+                    delivered_at_ms: gou(r, 4)?,
+                    abort_requested_at_ms: gou(r, 5)?,
+                    abort_reason: gos(r, 6)?,
+                    abort_delivered_at_ms: gou(r, 7)?,
+                    state: gs(r, 8)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::tasks(rows, redeliver_before_ms))
     }
 
     /// Record that these tasks were handed out now. Like the SQLite store, this one commit
@@ -885,15 +706,8 @@ impl PgStore {
             return Err(StoreError::NotFound(format!("no run {run_id}")));
         };
         let (state, abort) = (state_of(gs(&row, 0)?), gb(&row, 1)?);
-        if state.is_terminal() {
-            if state == update.state {
-                return Ok((state, abort));
-            }
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {}; it cannot become {}",
-                state.as_str(),
-                update.state.as_str()
-            )));
+        if !rules::status_change(run_id, state, update.state)? {
+            return Ok((state, abort));
         }
         let new = update.state;
         tx.execute(
@@ -979,21 +793,8 @@ impl PgStore {
         };
         let (state, abort, stored) = (state_of(gs(&row, 0)?), gb(&row, 1)?, gos(&row, 2)?);
         let new = result.outcome.state();
-        if let Some(stored) = stored {
-            let same = serde_json::from_str::<RunResult>(&stored).ok().as_ref() == Some(result);
-            if same {
-                return Ok((state, abort));
-            }
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} already has a different result"
-            )));
-        }
-        if state.is_terminal() && state != new {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {}; a result of {} contradicts it",
-                state.as_str(),
-                new.as_str()
-            )));
+        if !rules::result_change(run_id, state, stored.as_deref(), result)? {
+            return Ok((state, abort));
         }
         let json = serde_json::to_string(result).unwrap_or_default();
         tx.execute(
@@ -1017,22 +818,11 @@ impl PgStore {
             return Err(StoreError::NotFound(format!("no run {run_id}")));
         };
         let (state, delivered, agent_id) = (state_of(gs(&row, 0)?), gou(&row, 1)?, gs(&row, 2)?);
-        if state.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {}",
-                state.as_str()
-            )));
-        }
-        let new = if state == RunState::Pending && delivered.is_none() {
+        let new = if rules::abort_now(run_id, state, delivered)? {
             tx.execute(
                 "UPDATE runs SET state='aborted', finished_at_ms=$2, abort_requested_at_ms=$2,
                     abort_reason=$3, message=$4 WHERE id=$1",
-                &[
-                    &run_id,
-                    &i(now),
-                    &reason,
-                    &"aborted before the agent received it",
-                ],
+                &[&run_id, &i(now), &reason, &rules::ABORTED_UNSENT],
             )?;
             RunState::Aborted
         } else {
@@ -1170,98 +960,4 @@ fn notify_agents(tx: &mut postgres::Transaction<'_>, agents: &[&str]) -> Result<
 fn notify_logs(tx: &mut postgres::Transaction<'_>) -> Result<()> {
     tx.execute("SELECT pg_notify($1, 'logs')", &[&CHANNEL])?;
     Ok(())
-}
-
-/// What another replica (or this one) changed, as heard on [`CHANNEL`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Heard {
-    /// A run or an abort for this agent.
-    Wake(String),
-    /// Some run's logs, status or result.
-    Logs,
-    /// The first `LISTEN` is in place: from now on no change is missed.
-    Listening,
-    /// The listening connection was lost and made again: changes made meanwhile were not
-    /// heard, so everything waiting must look again.
-    Reconnected,
-}
-
-/// Listen on [`CHANNEL`] until `stop` is set (checked every second), calling `on` for each
-/// notification, except those sent by the backend whose pid `own` holds (this replica's
-/// store connection: it woke its own waiters already). `on` hears [`Heard::Listening`] once
-/// the first `LISTEN` is in place. A lost connection is made again (every 2 s until it
-/// works); `on` then hears [`Heard::Reconnected`], since notifications sent meanwhile are gone.
-pub fn listen(target: &PgTarget, stop: &AtomicBool, own: &AtomicI32, on: &dyn Fn(Heard)) {
-    let mut complained = false;
-    let mut first = true;
-    while !stop.load(Ordering::SeqCst) {
-        let mut client = match target.connect().and_then(|mut c| {
-            c.batch_execute(&format!("LISTEN {CHANNEL}"))?;
-            Ok(c)
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                if !complained {
-                    tracing::error!(error = %e, "cannot listen for other replicas' changes; retrying every 2 s (long polls still see them within their wait)");
-                    complained = true;
-                }
-                for _ in 0..20 {
-                    if stop.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                continue;
-            }
-        };
-        if complained {
-            tracing::info!("listening for other replicas' changes again");
-            complained = false;
-        }
-        on(if first {
-            Heard::Listening
-        } else {
-            Heard::Reconnected
-        });
-        first = false;
-        let mut notes = client.notifications();
-        while !stop.load(Ordering::SeqCst) {
-            let next = notes.timeout_iter(Duration::from_secs(1)).next();
-            match next {
-                Ok(Some(n)) if n.process_id() == own.load(Ordering::SeqCst) => {}
-                Ok(Some(n)) => match n.payload().strip_prefix("wake:") {
-                    Some(agent) => on(Heard::Wake(agent.to_string())),
-                    None => on(Heard::Logs),
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %describe(&e), "lost the connection that listens for other replicas' changes");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_appear_in_a_printed_url() {
-        for (url, want) in [
-            (
-                "postgres://chaos:s3cret@db.example:5432/chaos",
-                "postgres://chaos:***@db.example:5432/chaos",
-            ),
-            (
-                "postgresql://u:p%40ss@h/db?sslmode=disable&password=x",
-                "postgresql://u:***@h/db?sslmode=disable&password=***",
-            ),
-            ("postgres://u@h/db", "postgres://u@h/db"),
-            ("postgres://h:5432/db", "postgres://h:5432/db"),
-        ] {
-            assert_eq!(redact(url), want, "{url}");
-        }
-    }
 }

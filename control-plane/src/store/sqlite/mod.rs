@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use chaos_protocol::admin::{RunDetail, RunSummary};
-use chaos_protocol::agent::{AbortTask, RunTask, Task};
+use chaos_protocol::agent::Task;
 use chaos_protocol::run::{FaultStatus, LogLine, RunResult, RunState, StatusUpdate};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    missing_kinds, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
+    rules, state_of, AgentRow, RegisterRefusal, Result, RunFilter, RunOwner, StateCounts,
     StoreError, TokenRow, Write, Written,
 };
 
@@ -303,11 +303,7 @@ impl SqliteStore {
         if expires <= now {
             return Ok(Err(RegisterRefusal::Expired));
         }
-        let machine_id = serde_json::from_str::<serde_json::Value>(host_json)
-            .ok()
-            .and_then(|h| h.get("machine_id")?.as_str().map(str::to_string))
-            .filter(|m| !m.is_empty());
-        if let Some(machine_id) = machine_id {
+        if let Some(machine_id) = rules::machine_id(host_json) {
             let taken: Option<(String, String)> = tx
                 .query_row(
                     "SELECT name, state FROM agents
@@ -487,17 +483,9 @@ impl SqliteStore {
                 .collect::<rusqlite::Result<_>>()?;
             for (run_id, exp) in rows {
                 let exp: serde_json::Value = serde_json::from_str(&exp).unwrap_or_default();
-                let missing = missing_kinds(&offered, &exp);
-                if missing.is_empty() {
+                let Some(message) = rules::unrunnable(&agent, &offered, &exp) else {
                     continue;
-                }
-                let message = format!(
-                    "agent {} registered again without kind(s) {} (it now offers: {}); the run \
-                     was not sent. `chaos-agent doctor` on that host says why",
-                    agent.name,
-                    missing.join(", "),
-                    offered.join(", ")
-                );
+                };
                 tx.execute(
                     "UPDATE runs SET state='failed', finished_at_ms=?2, message=?3 WHERE id=?1",
                     params![run_id, now, message],
@@ -529,38 +517,22 @@ impl SqliteStore {
              FROM runs WHERE agent_id=?1 AND state IN ('pending', 'running')
              ORDER BY created_at_ms",
         )?;
-        let mut rows = st.query(params![agent_id])?;
-        let mut tasks = Vec::new();
-        let mut first = Vec::new();
-        let mut due = false;
-        let is_due = |t: Option<u64>| t.is_none_or(|t| t < redeliver_before_ms);
-        while let Some(r) = rows.next()? {
-            let run_id: String = r.get(0)?;
-            let abort_at: Option<u64> = r.get(5)?;
-            let state: String = r.get(8)?;
-            if let Some(at) = abort_at {
-                due |= is_due(r.get(7)?);
-                tasks.push(Task::Abort(AbortTask {
-                    run_id,
-                    reason: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
-                    requested_at_ms: at,
-                }));
-            } else if state == "pending" {
-                let delivered: Option<u64> = r.get(4)?;
-                due |= is_due(delivered);
-                if delivered.is_none() {
-                    first.push(r.get(3)?);
-                }
-                let exp: String = r.get(1)?;
-                tasks.push(Task::Run(RunTask {
-                    run_id,
-                    experiment: serde_json::from_str(&exp).unwrap_or_default(),
+        let rows = st
+            .query_map(params![agent_id], |r| {
+                Ok(rules::TaskRow {
+                    run_id: r.get(0)?,
+                    experiment: r.get(1)?,
                     lease_secs: r.get(2)?,
                     created_at_ms: r.get(3)?,
-                }));
-            }
-        }
-        Ok((tasks, due, first))
+                    delivered_at_ms: r.get(4)?,
+                    abort_requested_at_ms: r.get(5)?,
+                    abort_reason: r.get(6)?,
+                    abort_delivered_at_ms: r.get(7)?,
+                    state: r.get(8)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rules::tasks(rows, redeliver_before_ms))
     }
 
     /// Record that these tasks were handed out now.
@@ -704,17 +676,11 @@ impl SqliteStore {
             return Err(StoreError::NotFound(format!("no run {run_id}")));
         };
         let state = state_of(state);
-        if state.is_terminal() {
-            return Err(StoreError::Conflict(format!(
-                "run {run_id} is already {}",
-                state.as_str()
-            )));
-        }
-        let new = if state == RunState::Pending && delivered.is_none() {
+        let new = if rules::abort_now(run_id, state, delivered)? {
             tx.execute(
                 "UPDATE runs SET state='aborted', finished_at_ms=?2, abort_requested_at_ms=?2,
                     abort_reason=?3, message=?4 WHERE id=?1",
-                params![run_id, now, reason, "aborted before the agent received it"],
+                params![run_id, now, reason, rules::ABORTED_UNSENT],
             )?;
             RunState::Aborted
         } else {
@@ -837,121 +803,6 @@ impl SqliteStore {
     }
 }
 
-/// [`SqliteStore::update_status`] inside the caller's transaction (or savepoint).
-fn update_status_in(
-    c: &Connection,
-    run_id: &str,
-    update: &StatusUpdate,
-    now: u64,
-) -> Result<(RunState, bool)> {
-    let (state, abort): (String, bool) = c
-        .prepare_cached("SELECT state, abort_requested_at_ms IS NOT NULL FROM runs WHERE id=?1")?
-        .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let state = state_of(state);
-    if state.is_terminal() {
-        if state == update.state {
-            return Ok((state, abort));
-        }
-        return Err(StoreError::Conflict(format!(
-            "run {run_id} is already {}; it cannot become {}",
-            state.as_str(),
-            update.state.as_str()
-        )));
-    }
-    let new = update.state;
-    c.prepare_cached(
-        "UPDATE runs SET state=?2,
-            started_at_ms = COALESCE(started_at_ms, ?3),
-            finished_at_ms = CASE WHEN ?4 THEN ?3 ELSE finished_at_ms END,
-            step = COALESCE(?5, step),
-            message = COALESCE(?6, message)
-         WHERE id=?1",
-    )?
-    .execute(params![
-        run_id,
-        new.as_str(),
-        now,
-        new.is_terminal(),
-        update.step,
-        update.message
-    ])?;
-    if !update.faults.is_empty() {
-        let mut st = c.prepare_cached(
-            "INSERT INTO run_faults(run_id, fault_id, step, kind, state, detail, updated_at_ms)
-             VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(run_id, fault_id) DO UPDATE SET step=excluded.step,
-                kind=excluded.kind, state=excluded.state, detail=excluded.detail,
-                updated_at_ms=excluded.updated_at_ms",
-        )?;
-        for f in &update.faults {
-            let fs = serde_json::to_value(f.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            st.execute(params![
-                run_id, f.fault_id, f.step, f.kind, fs, f.detail, now
-            ])?;
-        }
-    }
-    Ok((new, abort))
-}
-
-/// [`SqliteStore::append_logs`] inside the caller's transaction (or savepoint).
-fn append_logs_in(c: &Connection, run_id: &str, lines: &[LogLine]) -> Result<(u32, u32)> {
-    let mut accepted = 0;
-    let mut st = c.prepare_cached(
-        "INSERT OR IGNORE INTO logs(run_id, seq, at_ms, level, message)
-         VALUES(?1, ?2, ?3, ?4, ?5)",
-    )?;
-    for l in lines {
-        let level = serde_json::to_value(l.level)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        accepted += st.execute(params![run_id, l.seq, l.at_ms, level, l.message])? as u32;
-    }
-    Ok((accepted, lines.len() as u32 - accepted))
-}
-
-/// [`SqliteStore::store_result`] inside the caller's transaction (or savepoint).
-fn store_result_in(
-    c: &Connection,
-    run_id: &str,
-    result: &RunResult,
-    now: u64,
-) -> Result<(RunState, bool)> {
-    let (state, abort, stored): (String, bool, Option<String>) = c
-        .prepare_cached(
-            "SELECT state, abort_requested_at_ms IS NOT NULL, result FROM runs WHERE id=?1",
-        )?
-        .query_row(params![run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    let state = state_of(state);
-    let new = result.outcome.state();
-    if let Some(stored) = stored {
-        let same = serde_json::from_str::<RunResult>(&stored).ok().as_ref() == Some(result);
-        if same {
-            return Ok((state, abort));
-        }
-        return Err(StoreError::Conflict(format!(
-            "run {run_id} already has a different result"
-        )));
-    }
-    if state.is_terminal() && state != new {
-        return Err(StoreError::Conflict(format!(
-            "run {run_id} is already {}; a result of {} contradicts it",
-            state.as_str(),
-            new.as_str()
-        )));
-    }
-    let json = serde_json::to_string(result).unwrap_or_default();
-    c.prepare_cached(
-        "UPDATE runs SET state=?2, result=?3, started_at_ms=COALESCE(started_at_ms, ?4),
-            finished_at_ms=COALESCE(finished_at_ms, ?4) WHERE id=?1",
-    )?
-    .execute(params![run_id, new.as_str(), json, now])?;
-    Ok((new, abort))
-}
-
 fn summary_row(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     Ok(RunSummary {
         run_id: r.get(0)?,
@@ -968,110 +819,7 @@ fn summary_row(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
+mod writes;
 
-    #[test]
-    fn a_commit_is_on_disk_before_it_is_acknowledged() {
-        let dir = std::env::temp_dir().join(format!("chaos-control-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = SqliteStore::open(&dir.join("store.db")).unwrap();
-        let q = |pragma: &str| -> String {
-            store
-                .conn
-                .query_row(&format!("PRAGMA {pragma}"), [], |r| {
-                    r.get::<_, rusqlite::types::Value>(0)
-                })
-                .map(|v| match v {
-                    rusqlite::types::Value::Integer(i) => i.to_string(),
-                    rusqlite::types::Value::Text(t) => t,
-                    other => format!("{other:?}"),
-                })
-                .unwrap()
-        };
-        let (journal, sync) = (q("journal_mode"), q("synchronous"));
-        let mut store = store;
-        store.mark_delivered(&[], 1).unwrap();
-        let after: i64 = store
-            .conn
-            .query_row("PRAGMA synchronous", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(
-            after, 2,
-            "a delivery mark leaves synchronous=FULL behind it"
-        );
-        drop(store);
-        std::fs::remove_dir_all(&dir).unwrap();
-        // 2 = FULL: WAL commits are fsync'd (NORMAL, 1, may lose the last ones on power loss)
-        assert_eq!((journal.as_str(), sync.as_str()), ("wal", "2"));
-    }
-
-    fn status(state: RunState) -> StatusUpdate {
-        StatusUpdate {
-            state,
-            step: None,
-            faults: Vec::new(),
-            message: None,
-        }
-    }
-
-    #[test]
-    fn a_group_commit_keeps_each_writes_own_result() {
-        let dir = std::env::temp_dir().join(format!("chaos-control-group-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut store = SqliteStore::open(&dir.join("store.db")).unwrap();
-        store.add_agent("a1", "one", b"k", 1_000_000, 1).unwrap();
-        let runs = [
-            ("r1".to_string(), "a1".to_string()),
-            ("r2".to_string(), "a1".to_string()),
-        ];
-        // r2 is handed out at creation: stored as delivered, so not due again at once.
-        store
-            .create_runs(&runs, &[false, true], "x", "{}", 60, 100)
-            .unwrap();
-        let (tasks, due) = store.tasks_for("a1", 50).unwrap();
-        assert_eq!((tasks.len(), due), (2, true));
-        store.mark_delivered(&tasks[..1], 100).unwrap();
-        assert!(!store.tasks_for("a1", 50).unwrap().1);
-        store
-            .update_status("r2", &status(RunState::Completed), 101)
-            .unwrap();
-        let line = LogLine {
-            seq: 1,
-            at_ms: 102,
-            level: chaos_protocol::run::LogLevel::Info,
-            message: "hello".into(),
-        };
-        let out = store
-            .write_group(&[
-                Write::Status {
-                    run_id: "r1".into(),
-                    update: status(RunState::Running),
-                    now: 102,
-                },
-                // A terminal state is final: refused, alone.
-                Write::Status {
-                    run_id: "r2".into(),
-                    update: status(RunState::Running),
-                    now: 102,
-                },
-                Write::Logs {
-                    run_id: "r1".into(),
-                    lines: vec![line.clone(), line],
-                },
-            ])
-            .unwrap();
-        assert!(matches!(
-            out[0],
-            Ok(Written::State(RunState::Running, false))
-        ));
-        assert!(matches!(out[1], Err(StoreError::Conflict(_))));
-        assert!(matches!(out[2], Ok(Written::Logs(1, 1))));
-        let owner = |r: &str| store.run_owner(r).unwrap().unwrap().state;
-        assert_eq!(owner("r1"), RunState::Running);
-        assert_eq!(owner("r2"), RunState::Completed);
-        assert_eq!(store.logs_after("r1", 0, 10).unwrap().len(), 1);
-        drop(store);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+use writes::{append_logs_in, store_result_in, update_status_in};
