@@ -6,25 +6,10 @@ use std::time::{Duration, Instant};
 
 use chaos_protocol::agent::Task;
 use chaos_protocol::client::{ClientError, Method};
-use chaos_protocol::run::{
-    FaultState, FaultStatus, LogBatch, LogLevel, LogLine, RunResult, RunState, StatusUpdate,
-};
+use chaos_protocol::run::{FaultState, FaultStatus, RunResult, RunState, StatusUpdate};
 use chaos_protocol::ErrorCode;
-use common::{code, experiment, register_req, Harness};
+use common::{code, experiment, lines, register_req, Harness};
 use serde_json::json;
-
-fn lines(from: u64, to: u64) -> LogBatch {
-    LogBatch {
-        lines: (from..=to)
-            .map(|seq| LogLine {
-                seq,
-                at_ms: 1_700_000_000_000 + seq,
-                level: LogLevel::Info,
-                message: format!("line {seq}"),
-            })
-            .collect(),
-    }
-}
 
 fn result_json(run_id: &str, outcome: &str) -> RunResult {
     // The JSON a chaos-agent sends: chaos_engine::runner::RunReport as it is.

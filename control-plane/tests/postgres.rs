@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chaos_protocol::admin::{AddAgentRequest, CreateRunsRequest, CreateRunsResponse};
 use chaos_protocol::agent::{RegisterResponse, Task, TasksResponse};
 use chaos_protocol::client::{Client, Method};
-use chaos_protocol::run::{LogBatch, LogLevel, LogLine, RunResult, RunState, StatusUpdate};
-use common::{code, experiment, free_port, register_req, Served};
+use chaos_protocol::run::{RunResult, RunState, StatusUpdate};
+use common::{code, experiment, free_port, lines, register_req, Served};
 use serde_json::{json, Value};
 
 /// The long polls' wait: a poll answered before it ran out was woken by the dispatch.
@@ -167,19 +167,6 @@ fn running() -> StatusUpdate {
         step: Some(0),
         faults: vec![],
         message: None,
-    }
-}
-
-fn lines(from: u64, to: u64) -> LogBatch {
-    LogBatch {
-        lines: (from..=to)
-            .map(|seq| LogLine {
-                seq,
-                at_ms: 1_700_000_000_000 + seq,
-                level: LogLevel::Info,
-                message: format!("line {seq}"),
-            })
-            .collect(),
     }
 }
 

@@ -480,3 +480,18 @@ impl Drop for Served {
         }
     }
 }
+
+/// Log lines `from..=to` (seq, a fixed time base, `line N`), as an agent sends them.
+pub fn lines(from: u64, to: u64) -> chaos_protocol::run::LogBatch {
+    use chaos_protocol::run::{LogBatch, LogLevel, LogLine};
+    LogBatch {
+        lines: (from..=to)
+            .map(|seq| LogLine {
+                seq,
+                at_ms: 1_700_000_000_000 + seq,
+                level: LogLevel::Info,
+                message: format!("line {seq}"),
+            })
+            .collect(),
+    }
+}
