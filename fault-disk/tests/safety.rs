@@ -20,6 +20,18 @@ use serde_json::json;
 
 const MIB: u64 = 1 << 20;
 
+/// A child process (`mount`, `umount`, `mkfs.ext4`, the `sleep` holding a mount namespace)
+/// holds a copy of every open file of this process from its fork to its exec, another test's
+/// fill file included, and that file's space is not returned until then: a revert measured in
+/// that window sees its space still taken (CI saw a plan right after a revert find 0 B free).
+/// Most tests here start children or measure space, so each test holds this lock throughout:
+/// they run one at a time (about a second in all).
+static CHILDREN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn no_children() -> std::sync::MutexGuard<'static, ()> {
+    CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn cx() -> Context {
     Context::new(
         format!("t-{}", fault_core::host::random_hex(6)),
@@ -68,6 +80,7 @@ fn json_round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(r: &T) -> 
 #[test]
 fn a_fill_receipt_edited_to_another_file_is_refused_and_the_file_survives() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = Tmpfs::mount(64 * MIB).unwrap();
     let cx = cx();
     let f = fill(json!({"path": fs.path(), "size": "4MiB"}));
@@ -112,6 +125,7 @@ fn a_fill_receipt_edited_to_another_file_is_refused_and_the_file_survives() {
 #[test]
 fn a_fill_file_replaced_after_inject_is_never_unlinked() {
     fault_core::require_root!();
+    let _children = no_children();
     let tmpfs = Tmpfs::mount(64 * MIB).unwrap();
     replaced_fill_file(tmpfs.path());
     // ext4 gives a new file the inode number of the one just deleted: the generation
@@ -165,6 +179,7 @@ fn replaced_fill_file(dir: &Path) {
 #[test]
 fn a_disk_io_receipt_edited_to_another_file_is_refused_and_the_file_survives() {
     fault_core::require_root!();
+    let _children = no_children();
     let Some(fs) = Ext4Loop::mount(32 * MIB) else {
         return;
     };
@@ -296,6 +311,7 @@ impl Drop for MntNs {
 #[test]
 fn revert_enters_the_mount_namespace_the_fill_was_made_in() {
     fault_core::require_root!();
+    let _children = no_children();
     let dir = TempDir::new("chaos-disk-mntns");
     let ns = MntNs::with_tmpfs(dir.path(), 32 * MIB);
     let cx = cx();
@@ -359,6 +375,7 @@ fn revert_enters_the_mount_namespace_the_fill_was_made_in() {
 #[test]
 fn a_mount_namespace_gone_in_the_same_boot_fails_revert_clearly_and_touches_nothing() {
     fault_core::require_root!();
+    let _children = no_children();
     let dir = TempDir::new("chaos-disk-mntns");
     let mut ns = MntNs::with_tmpfs(dir.path(), 32 * MIB);
     let cx = cx();
@@ -411,6 +428,7 @@ fn protecting(paths: &[&Path]) -> Context {
 #[test]
 fn a_fill_below_the_safe_reserve_of_a_protected_filesystem_is_refused() {
     fault_core::require_root!();
+    let _children = no_children();
     // 64 MiB: the safe reserve is a quarter, 16 MiB.
     let fs = Tmpfs::mount(64 * MIB).unwrap();
     let state = fs.path().join("state");
@@ -466,6 +484,7 @@ fn a_fill_below_the_safe_reserve_of_a_protected_filesystem_is_refused() {
 #[test]
 fn the_guard_is_checked_again_at_inject() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = Tmpfs::mount(64 * MIB).unwrap();
     let cx = protecting(&[fs.path()]);
     let f = fill(json!({"path": fs.path(), "size": "40MiB"}));
@@ -485,6 +504,7 @@ fn the_guard_is_checked_again_at_inject() {
 #[test]
 fn touches_says_how_full_the_filesystem_will_be() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = Tmpfs::mount(64 * MIB).unwrap();
     let cx = cx();
     let f = fill(json!({"path": fs.path(), "percent": 60}));
@@ -525,6 +545,7 @@ fn touches_says_how_full_the_filesystem_will_be() {
 #[test]
 fn leftovers_find_fill_files_of_known_ids_within_the_bounds() {
     fault_core::require_root!();
+    let _children = no_children();
     let fs = Tmpfs::mount(64 * MIB).unwrap();
     let nested = fs.path().join("nested");
     std::fs::create_dir(&nested).unwrap();
@@ -608,6 +629,7 @@ fn leftovers_find_fill_files_of_known_ids_within_the_bounds() {
 #[test]
 fn leftovers_of_disk_io_find_scratch_files_and_cgroups() {
     fault_core::require_root!();
+    let _children = no_children();
     let Some(fs) = Ext4Loop::mount(32 * MIB) else {
         return;
     };
