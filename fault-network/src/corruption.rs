@@ -2,7 +2,10 @@
 //! bit flip).
 //!
 //! **On the host:** our htb root qdisc whose class carries `netem corrupt <percent>`, on all
-//! or only matching traffic (see [`crate::shape`]).
+//! or only matching traffic (see [`crate::shape`]). ARP is never corrupted: it has no
+//! checksum, so a neighbour would take a corrupted ARP packet at its word and keep sending
+//! to a wrong address after the revert, for minutes (Linux) to hours (some routers). On a
+//! whole interface a filter sends ARP around the netem; targeted faults never classify it.
 //!
 //! **Privileges:** CAP_NET_ADMIN (CAP_SYS_ADMIN to revert from another namespace). **Needs** netem (`CONFIG_NET_SCH_NETEM`): plan fails with
 //! "qdisc netem is not available in this kernel" before anything changes otherwise.
@@ -57,8 +60,10 @@ impl Fault for Corruption {
 
     fn info() -> KindInfo {
         KindInfo {
-            summary: "Corrupts a percentage of outgoing packets (netem corrupt) under an htb root qdisc of \
-                      our own. Revert deletes it and restores the previous root qdisc. Needs netem.",
+            summary: "Corrupts a percentage of outgoing packets (netem corrupt) under an htb root qdisc \
+                      of our own; ARP is spared, since a corrupted ARP would teach neighbours a wrong \
+                      address that outlives the revert. Revert deletes the qdisc and restores the \
+                      previous root qdisc. Needs netem.",
             privileges: "CAP_NET_ADMIN (and CAP_SYS_ADMIN to revert from another network namespace)",
             reversible: true,
             params: params![

@@ -206,7 +206,7 @@ impl Fault for Loss {
             Ok(LossReceipt::Netem(shape::plan(
                 cx,
                 &self.target,
-                "netem",
+                &Leaf::Netem(self.netem()),
                 self.netem().effect(),
             )?))
         } else {

@@ -206,7 +206,7 @@ impl Fault for RateLimit {
             Bytes(self.tbf.burst as u64).human(),
             Bytes(self.tbf.limit as u64).human()
         );
-        shape::plan(cx, &self.target, "tbf", effect)
+        shape::plan(cx, &self.target, &Leaf::Tbf(self.tbf), effect)
     }
 
     fn inject(&self, _cx: &Context, r: &mut RateReceipt) -> Result<()> {

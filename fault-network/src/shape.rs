@@ -8,7 +8,7 @@
 //!   ├── u32 filters, prio 1-2: excluded destinations/ports -> <R>:0 (htb's direct queue, unshaped)
 //!   ├── u32 filters, prio 3-4: targeted traffic            -> <R>:10
 //!   ├── u32 filter,  prio 5:   ARP, when the whole interface is faulted with exclusions
-//!   │                          -> <R>:0 (so excluded destinations stay reachable)
+//!   │                          or the leaf corrupts -> <R>:0 (unshaped, see [`filters_for`])
 //!   └── class htb <R>:10 (32 Gbit/s, never the bottleneck)
 //!         └── leaf qdisc <R+1>: tbf or netem
 //! ```
@@ -82,6 +82,16 @@ impl Leaf {
             Leaf::Tbf(p) => p.encode(m),
             Leaf::Netem(p) => p.encode(m),
         }
+    }
+    /// Whether ARP must bypass this leaf even when the whole interface is faulted: a leaf
+    /// that corrupts packets. ARP carries no checksum, so a neighbour accepts a corrupted
+    /// ARP packet as it is and learns from it a wrong hardware address for this host (or
+    /// this host's address for another IP). That outlives the revert: the neighbour sends
+    /// to the wrong address until its cache entry expires, which is minutes on Linux and
+    /// hours on some routers. Measured in the VM suite before this existed: 4 corrupted
+    /// ARP exchanges in 40 left the gateway unreachable after the revert.
+    pub(crate) fn spares_arp(&self) -> bool {
+        matches!(self, Leaf::Netem(p) if p.corrupt > 0.0)
     }
 }
 
@@ -201,8 +211,17 @@ fn route_socket() -> Result<Socket> {
     Socket::open(nl::NETLINK_ROUTE).map_err(|e| Error::io("open a NETLINK_ROUTE socket", e))
 }
 
-/// The u32 filters for a targeting, for a qdisc of handle `root`.
-pub(crate) fn filters_for(t: &Targeting, root: u32) -> Vec<Filter> {
+/// The u32 filters for a targeting, for a qdisc of handle `root` whose leaf is `leaf`.
+///
+/// Targeted faults classify only IPv4/IPv6 packets, so ARP stays unclassified and goes
+/// through htb's direct queue, unshaped. A whole-interface fault sends unclassified
+/// packets, ARP included, to the faulted class (classic netem/tbf semantics), except in
+/// two cases, where a prio 5 filter sends ARP to the direct queue:
+/// * excluded destinations must stay reachable, and reaching any of them (or the gateway
+///   in front of it) needs ARP: a lost or delayed ARP stalls neighbour resolution for a
+///   second per retry;
+/// * a corrupting leaf would teach neighbours wrong addresses ([`Leaf::spares_arp`]).
+pub(crate) fn filters_for(t: &Targeting, root: u32, leaf: &Leaf) -> Vec<Filter> {
     let class = root | CLASS_MINOR as u32;
     let mut out = Vec::new();
     let mut add = |sel: &Selector, prio_v4: u16, classid: u32| {
@@ -241,11 +260,7 @@ pub(crate) fn filters_for(t: &Targeting, root: u32) -> Vec<Filter> {
     for s in t.includes() {
         add(&s, 3, class);
     }
-    if t.is_whole() && !excludes.is_empty() {
-        // Whole-interface faults send unclassified packets to the faulted class, ARP too.
-        // Excluded destinations must stay reachable, and reaching any of them (or the
-        // gateway in front of it) needs ARP: a lost or delayed ARP stalls neighbour
-        // resolution for a second per retry. So ARP goes to the unshaped direct queue.
+    if t.is_whole() && (!excludes.is_empty() || leaf.spares_arp()) {
         out.push(Filter {
             prio: 5,
             eth_proto: u32f::ETH_P_ARP,
@@ -261,17 +276,18 @@ pub(crate) fn filters_for(t: &Targeting, root: u32) -> Vec<Filter> {
 }
 
 /// Plan: record the namespace, resolve interfaces, snapshot their root qdisc, refuse what
-/// we cannot undo. `effect` says what the fault does, for people.
+/// we cannot undo. `leaf` is what inject will attach; `effect` says what the fault does,
+/// for people.
 pub(crate) fn plan(
     cx: &Context,
     t: &Targeting,
-    mechanism: &str,
+    leaf: &Leaf,
     effect: String,
 ) -> Result<QdiscReceipt> {
     let netns = place::here()?;
     let ifaces = resolve_interfaces(t)?;
     let t = &t.resolve()?;
-    let (root, leaf) = handles(&cx.fault_id);
+    let (root, leaf_handle) = handles(&cx.fault_id);
     let mut sock = route_socket()?;
     let mut out = Vec::new();
     for i in ifaces {
@@ -314,7 +330,7 @@ pub(crate) fn plan(
             name: i.name,
             ifindex: i.ifindex,
             root,
-            leaf,
+            leaf: leaf_handle,
             prior,
         });
     }
@@ -322,8 +338,8 @@ pub(crate) fn plan(
         fault_id: cx.fault_id.clone(),
         boot_id: cx.boot_id.clone(),
         netns: Some(netns),
-        mechanism: mechanism.into(),
-        filters: filters_for(t, root).len(),
+        mechanism: leaf.kind().into(),
+        filters: filters_for(t, root, leaf).len(),
         interfaces: out,
         effect,
         traffic: t.traffic(),
@@ -438,7 +454,7 @@ fn inject_all(r: &QdiscReceipt, leaf: &Leaf, t: &Targeting) -> Result<()> {
     let mut sock = route_socket()?;
     for i in &r.interfaces {
         same_interface(r, i)?;
-        let filters = filters_for(t, i.root);
+        let filters = filters_for(t, i.root, leaf);
         if let Some(s) = inspect(&mut sock, &r.fault_id, i, leaf.kind())? {
             if s.root_ok && s.class_ok && s.leaf_ok && s.filters == filters.len() {
                 continue;
@@ -989,26 +1005,57 @@ mod tests {
         }
     }
 
-    fn arp_filters(t: &Targeting) -> Vec<Filter> {
-        filters_for(t, 0xc000_0000)
+    fn arp_filters(t: &Targeting, leaf: &Leaf) -> Vec<Filter> {
+        filters_for(t, 0xc000_0000, leaf)
             .into_iter()
             .filter(|f| f.eth_proto == u32f::ETH_P_ARP)
             .collect()
     }
 
+    fn netem(corrupt: f64, loss: f64) -> Leaf {
+        Leaf::Netem(NetemParams {
+            limit: 1000,
+            corrupt,
+            loss,
+            ..Default::default()
+        })
+    }
+
     #[test]
-    fn arp_is_spared_only_when_the_whole_interface_is_faulted_with_exclusions() {
+    fn arp_is_spared_when_the_whole_interface_is_faulted_with_exclusions() {
+        let loss = netem(0.0, 50.0);
         // Whole interface with an exclusion: ARP goes to the direct queue (unshaped).
-        let arp = arp_filters(&targeting(&[], &["10.0.0.5/32"]));
+        let arp = arp_filters(&targeting(&[], &["10.0.0.5/32"]), &loss);
         assert_eq!(arp.len(), 1);
         assert_eq!(
             arp[0].classid, 0xc000_0000,
             "htb's direct queue, not the faulted class"
         );
         // Whole interface, nothing excluded: classic netem/tbf semantics, ARP included.
-        assert!(arp_filters(&targeting(&[], &[])).is_empty());
+        assert!(arp_filters(&targeting(&[], &[]), &loss).is_empty());
         // Targeted faults: ARP is unclassified and already unshaped; no filter needed.
-        assert!(arp_filters(&targeting(&["10.0.0.0/24"], &["10.0.0.5/32"])).is_empty());
+        assert!(arp_filters(&targeting(&["10.0.0.0/24"], &["10.0.0.5/32"]), &loss).is_empty());
+    }
+
+    #[test]
+    fn arp_is_never_corrupted() {
+        // A corrupted ARP poisons neighbours' caches beyond the revert, so a corrupting
+        // leaf spares ARP on a whole interface, with or without exclusions...
+        for exclude in [&[][..], &["10.0.0.5/32"][..]] {
+            let arp = arp_filters(&targeting(&[], exclude), &netem(5.0, 0.0));
+            assert_eq!(arp.len(), 1, "exclusions {exclude:?}");
+            assert_eq!(arp[0].classid, 0xc000_0000);
+        }
+        // ... and a targeted one never classifies it.
+        assert!(arp_filters(&targeting(&["10.0.0.0/24"], &[]), &netem(5.0, 0.0)).is_empty());
+        // The other leaves keep classic semantics on a whole interface.
+        let tbf = Leaf::Tbf(TbfParams {
+            rate_bytes: 125_000,
+            burst: 1600,
+            limit: 10_000,
+        });
+        assert!(arp_filters(&targeting(&[], &[]), &tbf).is_empty());
+        assert!(!netem(0.0, 50.0).spares_arp());
     }
 
     use fault_core::host::ns::NsKind;

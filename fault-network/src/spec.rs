@@ -137,7 +137,12 @@ macro_rules! netem_fault_body {
             cx: &fault_core::Context,
         ) -> fault_core::Result<$crate::shape::QdiscReceipt> {
             $crate::shape::require_netem()?;
-            $crate::shape::plan(cx, &self.target, "netem", self.netem().effect())
+            $crate::shape::plan(
+                cx,
+                &self.target,
+                &$crate::shape::Leaf::Netem(self.netem()),
+                self.netem().effect(),
+            )
         }
         fn inject(
             &self,
