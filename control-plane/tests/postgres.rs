@@ -685,3 +685,78 @@ fn secrets_reach_postgresql_only_as_hashes() {
         .get(0);
     assert_eq!(odd, 0, "a stored secret is not a SHA-256 digest");
 }
+
+/// Poll `cond` every 20 ms for up to 20 s (a condition, not a timer); panics with `what`.
+fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_replica_that_lost_its_listener_wakes_its_polls_once_it_listens_again() {
+    let Some(url) = common::pg::require(
+        "a_replica_that_lost_its_listener_wakes_its_polls_once_it_listens_again",
+    ) else {
+        return;
+    };
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let dir = Served::init(&["--database", &url]);
+    let admin = admin_token(&dir);
+    let a = Replica::start(&dir, Served::init_port(&dir), &url);
+    let b = Replica::start(&dir, free_port(), &url);
+    let ca = a.client();
+    let reg = agent(&ca, &admin, "deaf-0");
+    let p = poll(b.client(), &reg);
+    b.wait_for_polls(1, &[&p]);
+
+    // Cut both replicas' listening connections and keep them from coming back: the
+    // database takes no new connections, while the store connections already open go on.
+    // (from the cluster's `postgres` database: a database cannot close itself)
+    let other = format!("{}/postgres", url.rsplit_once('/').unwrap().0);
+    let mut pg = postgres::Client::connect(&other, postgres::NoTls).unwrap();
+    pg.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"))
+        .unwrap();
+    let cut = pg
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND query = 'LISTEN chaos_control'",
+            &[&db],
+        )
+        .unwrap();
+    assert_eq!(cut.len(), 2, "one listener per replica");
+    until("B never noticed its listener was gone", || {
+        b.served
+            .log()
+            .contains("cannot listen for other replicas' changes")
+    });
+
+    // A run made now is announced while B cannot hear it...
+    let run = create_run(&ca, &admin, &["deaf-0"]).runs.remove(0).run_id;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !p.is_finished(),
+        "the poll on B was answered while B could not hear A:\n{}",
+        b.served.log()
+    );
+    // ... and reaches the agent waiting on B once B listens again, not at the wait's end.
+    pg.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"))
+        .unwrap();
+    let (r, took) = p.join().unwrap();
+    assert!(
+        took < WAIT,
+        "the run came only with the wait's end:\n{}",
+        b.served.log()
+    );
+    let [Task::Run(got)] = r.tasks.as_slice() else {
+        panic!("answered without its run: {r:?}")
+    };
+    assert_eq!(got.run_id, run);
+    let log = b.served.log();
+    assert!(
+        log.contains("listening for other replicas' changes again"),
+        "{log}"
+    );
+}
