@@ -32,10 +32,14 @@ pub struct Harness {
     pub app: std::sync::Arc<chaos_control::server::App>,
 }
 
-/// Whether this test binary runs its [`Harness`]es on PostgreSQL: `tests/api_postgres.rs`,
-/// which is `tests/api.rs` again (the API test suite against both stores).
+/// Whether this test binary runs its [`Harness`]es on PostgreSQL: `tests/api_postgres.rs`
+/// and `tests/security_postgres.rs`, which are `tests/api.rs` and `tests/security.rs` again
+/// (those suites against both stores).
 pub fn on_postgres() -> bool {
-    env!("CARGO_CRATE_NAME") == "api_postgres"
+    matches!(
+        env!("CARGO_CRATE_NAME"),
+        "api_postgres" | "security_postgres"
+    )
 }
 
 fn temp_dir() -> PathBuf {
