@@ -88,8 +88,9 @@ impl Leaf {
     /// ARP packet as it is and learns from it a wrong hardware address for this host (or
     /// this host's address for another IP). That outlives the revert: the neighbour sends
     /// to the wrong address until its cache entry expires, which is minutes on Linux and
-    /// hours on some routers. Measured in the VM suite before this existed: 4 corrupted
-    /// ARP exchanges in 40 left the gateway unreachable after the revert.
+    /// hours on some routers. Measured in a VM guest before this existed, with plain `tc`:
+    /// after 4 rounds in 40 of a fresh ARP under `netem corrupt 50%`, the gateway (slirp)
+    /// still sent to a wrong MAC once the qdisc was gone.
     pub(crate) fn spares_arp(&self) -> bool {
         matches!(self, Leaf::Netem(p) if p.corrupt > 0.0)
     }
